@@ -1,0 +1,211 @@
+//! Environment overrides: one table, one line per setting, so the README table and the code
+//! cannot drift apart silently. Any variable may instead be given as `NAME_FILE` (a path whose
+//! contents, trimmed, are the value) — the usual way to hand secrets to a container.
+
+use std::collections::HashMap;
+
+use super::{CacheRule, ConfigError, Settings};
+
+/// Where variables come from: the process in production, a map in tests.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// `NAME`, else the contents of the file named by `NAME_FILE`.
+pub fn lookup(env: &dyn EnvSource, name: &str) -> Result<Option<String>, ConfigError> {
+    if let Some(v) = env.var(name) {
+        return Ok(Some(v));
+    }
+    match env.var(&format!("{name}_FILE")) {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(&path)
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|e| ConfigError(format!("{name}_FILE: cannot read {path}: {e}"))),
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| ConfigError(format!("{name}: `{v}` is not a number")))
+}
+
+fn boolean(name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError(format!("{name}: `{v}` is not true/false"))),
+    }
+}
+
+/// `/static/=public, max-age=86400|/x/=no-store`
+fn cache_rules(name: &str, v: &str) -> Result<Vec<CacheRule>, ConfigError> {
+    v.split('|')
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| {
+            let (prefix, value) = r
+                .split_once('=')
+                .ok_or_else(|| ConfigError(format!("{name}: `{r}` is not PREFIX=VALUE")))?;
+            Ok(CacheRule {
+                prefix: prefix.trim().into(),
+                value: value.trim().into(),
+            })
+        })
+        .collect()
+}
+
+type Setter = fn(&mut Settings, &str, &str) -> Result<(), ConfigError>;
+
+/// Every environment variable wxedge reads for its own settings.
+pub const VARIABLES: &[(&str, Setter)] = &[
+    ("WXEDGE_LISTEN", |s, _, v| Ok(s.listen = list(v))),
+    ("WXEDGE_DIST", |s, _, v| Ok(s.dist = v.trim().into())),
+    ("WX_MP_VERIFY", |s, _, v| Ok(s.mp_verify = list(v))),
+    ("WXEDGE_SPA_FALLBACK", |s, n, v| {
+        Ok(s.static_files.spa_fallback = boolean(n, v)?)
+    }),
+    ("WXEDGE_FALLBACK_EXCLUDE", |s, _, v| {
+        Ok(s.static_files.fallback_exclude = list(v))
+    }),
+    ("WXEDGE_MEMORY_MAX_BYTES", |s, n, v| {
+        Ok(s.static_files.memory_max_bytes = number(n, v)?)
+    }),
+    ("WXEDGE_MEMORY_MAX_FILE_BYTES", |s, n, v| {
+        Ok(s.static_files.memory_max_file_bytes = number(n, v)?)
+    }),
+    ("WXEDGE_COMPRESS_MIN_BYTES", |s, n, v| {
+        Ok(s.static_files.compress_min_bytes = number(n, v)?)
+    }),
+    ("WXEDGE_CACHE_CONTROL", |s, n, v| {
+        Ok(s.static_files.cache_control = cache_rules(n, v)?)
+    }),
+    ("WXEDGE_PROXY_PREFIXES", |s, _, v| {
+        Ok(s.proxy.prefixes = list(v))
+    }),
+    ("WXEDGE_BACKEND", |s, _, v| Ok(s.proxy.backends = list(v))),
+    ("WXEDGE_PROXY_HOST", |s, _, v| {
+        Ok(s.proxy.host = v.trim().into())
+    }),
+    ("WXEDGE_CONNECT_TIMEOUT_MS", |s, n, v| {
+        Ok(s.proxy.connect_timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_READ_TIMEOUT_MS", |s, n, v| {
+        Ok(s.proxy.read_timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_WRITE_TIMEOUT_MS", |s, n, v| {
+        Ok(s.proxy.write_timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_MAX_BODY_BYTES", |s, n, v| {
+        Ok(s.proxy.max_body_bytes = number(n, v)?)
+    }),
+    ("WXEDGE_BACKEND_RETRY_SECONDS", |s, n, v| {
+        Ok(s.proxy.backend_retry_seconds = number(n, v)?)
+    }),
+    ("WXEDGE_KEEPALIVE_IDLE_SECONDS", |s, n, v| {
+        Ok(s.proxy.keepalive_idle_seconds = number(n, v)?)
+    }),
+    ("WXEDGE_DROP_UNDERSCORE_HEADERS", |s, n, v| {
+        Ok(s.proxy.drop_underscore_headers = boolean(n, v)?)
+    }),
+    ("WX_APPID", |s, _, v| Ok(s.wechat.appid = v.trim().into())),
+    ("WX_SECRET", |s, _, v| Ok(s.wechat.secret = v.trim().into())),
+    ("WX_API_BASE", |s, _, v| {
+        Ok(s.wechat.api_base = v.trim().trim_end_matches('/').into())
+    }),
+    ("WX_OPEN_BASE", |s, _, v| {
+        Ok(s.wechat.open_base = v.trim().trim_end_matches('/').into())
+    }),
+    ("WX_SCOPE", |s, _, v| Ok(s.wechat.scope = v.trim().into())),
+    ("WXEDGE_SANDBOX", |s, n, v| {
+        Ok(s.wechat.sandbox = Some(boolean(n, v)?))
+    }),
+    ("WX_CONNECT_TIMEOUT_MS", |s, n, v| {
+        Ok(s.wechat.connect_timeout_ms = number(n, v)?)
+    }),
+    ("WX_TIMEOUT_MS", |s, n, v| {
+        Ok(s.wechat.timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_COOKIE_NAME", |s, _, v| {
+        Ok(s.session.cookie_name = v.trim().into())
+    }),
+    ("WXEDGE_SESSION_KEY", |s, _, v| Ok(s.session.keys = list(v))),
+    ("WXEDGE_SESSION_LIFETIME_SECONDS", |s, n, v| {
+        Ok(s.session.lifetime_seconds = number(n, v)?)
+    }),
+    ("WXEDGE_COOKIE_SECURE", |s, n, v| {
+        Ok(s.session.cookie_secure = boolean(n, v)?)
+    }),
+    ("WXEDGE_ACCESS_LOG", |s, _, v| {
+        Ok(s.ops.access_log = v.trim().to_ascii_lowercase())
+    }),
+    ("WXEDGE_METRICS_LISTEN", |s, _, v| {
+        Ok(s.ops.metrics_listen = v.trim().into())
+    }),
+    ("WXEDGE_MAX_HEADER_BYTES", |s, n, v| {
+        Ok(s.ops.max_header_bytes = number(n, v)?)
+    }),
+];
+
+/// Pingora server keys settable from the environment: (variable, YAML key, is a number).
+pub const SERVER_VARIABLES: &[(&str, &str, bool)] = &[
+    ("WXEDGE_THREADS", "threads", true),
+    ("WXEDGE_PID_FILE", "pid_file", false),
+    ("WXEDGE_UPGRADE_SOCK", "upgrade_sock", false),
+    ("WXEDGE_GRACE_PERIOD_SECONDS", "grace_period_seconds", true),
+    (
+        "WXEDGE_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS",
+        "graceful_shutdown_timeout_seconds",
+        true,
+    ),
+];
+
+pub fn apply(settings: &mut Settings, env: &dyn EnvSource) -> Result<(), ConfigError> {
+    for (name, set) in VARIABLES {
+        if let Some(v) = lookup(env, name)? {
+            set(settings, name, &v)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn apply_server(yaml: String, env: &dyn EnvSource) -> Result<String, ConfigError> {
+    let mut map: serde_yaml::Mapping =
+        serde_yaml::from_str(&yaml).map_err(|e| ConfigError(format!("server settings: {e}")))?;
+    let mut changed = false;
+    for (name, key, numeric) in SERVER_VARIABLES {
+        if let Some(v) = lookup(env, name)? {
+            let value = if *numeric {
+                serde_yaml::Value::from(number::<u64>(name, &v)?)
+            } else {
+                serde_yaml::Value::from(v.trim().to_string())
+            };
+            map.insert((*key).into(), value);
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(yaml);
+    }
+    serde_yaml::to_string(&map).map_err(|e| ConfigError(format!("server settings: {e}")))
+}

@@ -1,0 +1,505 @@
+//! Configuration: one YAML file (Pingora's server keys at the top level, ours under `wxedge:`),
+//! then environment variables on top, then validation. Every setting has an environment
+//! variable; secrets may also come from `NAME_FILE`.
+
+mod env;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+pub use env::{EnvSource, ProcessEnv, VARIABLES as ENV_VARIABLES};
+
+/// A configuration problem, worded for the operator: one line, no backtrace.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Everything wxedge reads, after file + environment + defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Public listeners, `host:port`.
+    pub listen: Vec<String>,
+    /// The H5 build folder.
+    pub dist: PathBuf,
+    /// Tokens whose `/MP_verify_<token>.txt` is always served, whatever `dist/` holds.
+    pub mp_verify: Vec<String>,
+    pub static_files: StaticSettings,
+    pub proxy: ProxySettings,
+    pub wechat: WechatSettings,
+    pub session: SessionSettings,
+    pub ops: OpsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StaticSettings {
+    /// History-mode fallback to `/index.html` for navigations.
+    pub spa_fallback: bool,
+    /// Prefixes that never fall back to `index.html` (a missing asset is a real 404).
+    pub fallback_exclude: Vec<String>,
+    /// Upper bound of the bytes (files and their compressed variants) kept in memory.
+    pub memory_max_bytes: u64,
+    /// Files larger than this are served from disk.
+    pub memory_max_file_bytes: u64,
+    /// Text files at least this large get gzip and br variants made at start-up.
+    pub compress_min_bytes: u64,
+    /// `Cache-Control` overrides by path prefix; the longest matching prefix wins.
+    pub cache_control: Vec<CacheRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    pub prefix: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Path prefixes forwarded to the backend.
+    pub prefixes: Vec<String>,
+    /// Backend base URLs, `http://host:port`; round-robin.
+    pub backends: Vec<String>,
+    /// `Host` sent upstream; empty = the client's own `Host` (like `proxy_set_header Host $host`).
+    pub host: String,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// Request bodies above this are refused with 413.
+    pub max_body_bytes: u64,
+    /// How long a backend that refused a connection is skipped.
+    pub backend_retry_seconds: u64,
+    /// Upstream keep-alive idle timeout.
+    pub keepalive_idle_seconds: u64,
+    /// Drop client request headers whose names contain `_` (nginx's `underscores_in_headers off`).
+    pub drop_underscore_headers: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WechatSettings {
+    pub appid: String,
+    pub secret: String,
+    /// Where the edge calls `sns/*`; empty = real WeChat or the sandbox.
+    pub api_base: String,
+    /// Where the browser is sent to authorize; empty = real WeChat or the sandbox.
+    pub open_base: String,
+    pub scope: String,
+    /// Run the built-in WeChat stand-in (defaults to on when no appid is configured).
+    pub sandbox: Option<bool>,
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    pub cookie_name: String,
+    pub keys: Vec<String>,
+    pub lifetime_seconds: u64,
+    pub cookie_secure: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsSettings {
+    /// `combined`, `json` or `off`.
+    pub access_log: String,
+    /// Prometheus listener, empty = off.
+    pub metrics_listen: String,
+    /// Largest request head (request line and headers) accepted; more is 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: vec!["127.0.0.1:8080".into()],
+            dist: PathBuf::from("dist"),
+            mp_verify: vec![],
+            static_files: StaticSettings::default(),
+            proxy: ProxySettings::default(),
+            wechat: WechatSettings {
+                scope: "snsapi_base".into(),
+                connect_timeout_ms: 2_000,
+                timeout_ms: 5_000,
+                ..Default::default()
+            },
+            session: SessionSettings {
+                cookie_name: "wxedge_session".into(),
+                keys: vec![],
+                lifetime_seconds: 7 * 24 * 3600,
+                cookie_secure: true,
+            },
+            ops: OpsSettings::default(),
+        }
+    }
+}
+
+impl Default for StaticSettings {
+    fn default() -> Self {
+        StaticSettings {
+            spa_fallback: true,
+            fallback_exclude: vec!["/assets/".into(), "/static/".into()],
+            memory_max_bytes: 256 << 20,
+            memory_max_file_bytes: 16 << 20,
+            compress_min_bytes: 1024,
+            cache_control: vec![],
+        }
+    }
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            prefixes: vec!["/api/".into()],
+            backends: vec![],
+            host: String::new(),
+            connect_timeout_ms: 2_000,
+            read_timeout_ms: 60_000,
+            write_timeout_ms: 60_000,
+            max_body_bytes: 10 << 20,
+            backend_retry_seconds: 10,
+            keepalive_idle_seconds: 60,
+            drop_underscore_headers: true,
+        }
+    }
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        OpsSettings {
+            access_log: "combined".into(),
+            metrics_listen: String::new(),
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// A backend as parsed from `http://host:port`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendAddr {
+    pub addr: SocketAddr,
+    /// `host:port` as written, for logs and the default upstream `Host`.
+    pub authority: String,
+}
+
+/// The validated, ready-to-use configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfOwned,
+    pub settings: Settings,
+    pub listen: Vec<SocketAddr>,
+    pub backends: Vec<BackendAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the settings came from, for `-t` and the start-up log.
+    pub source: String,
+}
+
+/// `ServerConf` is not `Clone`; keep its YAML so it can be rebuilt when needed.
+#[derive(Debug, Clone)]
+pub struct ServerConfOwned {
+    yaml: String,
+}
+
+impl ServerConfOwned {
+    pub fn build(&self) -> ServerConf {
+        ServerConf::from_yaml(&self.yaml).expect("validated at load")
+    }
+}
+
+impl Config {
+    pub fn proxy_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.proxy.connect_timeout_ms)
+    }
+}
+
+/// Load from an optional YAML file and the environment.
+pub fn load(path: Option<&str>, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+    let (server_yaml, mut settings, source) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .or_else(|e| err(format!("cannot read config file {p}: {e}")))?;
+            let (server, settings) =
+                parse_file(&text).map_err(|e| ConfigError(format!("{p}: {e}")))?;
+            (server, settings, p.to_string())
+        }
+        None => (
+            default_server_yaml(),
+            Settings::default(),
+            "embedded defaults".to_string(),
+        ),
+    };
+    env::apply(&mut settings, env)?;
+    let server_yaml = env::apply_server(server_yaml, env)?;
+    validate(ServerConfOwned { yaml: server_yaml }, settings, source)
+}
+
+/// Pingora keys that wxedge fills in when the file leaves them out.
+fn default_server_yaml() -> String {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    format!(
+        "---\nversion: 1\nthreads: {threads}\npid_file: /tmp/wxedge.pid\nupgrade_sock: /tmp/wxedge_upgrade.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 10\n"
+    )
+}
+
+/// Split the file into Pingora's part and ours; unknown keys anywhere are an error.
+fn parse_file(text: &str) -> Result<(String, Settings), String> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let mut map = match doc {
+        serde_yaml::Value::Mapping(m) => m,
+        serde_yaml::Value::Null => serde_yaml::Mapping::new(),
+        _ => return Err("the config file must be a YAML mapping".into()),
+    };
+    let ours = map.remove("wxedge").unwrap_or(serde_yaml::Value::Null);
+    let settings: Settings = if ours.is_null() {
+        Settings::default()
+    } else {
+        serde_yaml::from_value(ours).map_err(|e| format!("wxedge: {e}"))?
+    };
+    // Pingora ignores unknown keys; a typo there would silently do nothing, so refuse it.
+    let known = serde_yaml::to_value(ServerConf::default()).map_err(|e| e.to_string())?;
+    let mut server = serde_yaml::from_str::<serde_yaml::Mapping>(&default_server_yaml())
+        .map_err(|e| e.to_string())?;
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or("?").to_string();
+        if known.get(&name).is_none() {
+            return Err(format!(
+                "unknown field `{name}` (Pingora server keys or `wxedge:` expected)"
+            ));
+        }
+        server.insert(k, v);
+    }
+    let yaml = serde_yaml::to_string(&server).map_err(|e| e.to_string())?;
+    ServerConf::from_yaml(&yaml).map_err(|e| format!("server settings: {e}"))?;
+    Ok((yaml, settings))
+}
+
+fn parse_listen(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim()
+        .parse()
+        .or_else(|_| err(format!("{what}: `{s}` is not host:port (e.g. 0.0.0.0:80)")))
+}
+
+/// `http://host:port[/]` → socket address. Names are resolved once, at start-up.
+pub fn parse_backend(raw: &str) -> Result<BackendAddr, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError(format!(
+            "backend `{raw}`: {why} (expected http://host:port)"
+        ))
+    };
+    let rest = raw
+        .trim()
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// backends are supported"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+        return Err(bad("no path or user info allowed"));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    use std::net::ToSocketAddrs;
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| bad(&format!("cannot resolve: {e}")))?
+        .next()
+        .ok_or_else(|| bad("resolves to no address"))?;
+    Ok(BackendAddr {
+        addr,
+        authority: authority.to_string(),
+    })
+}
+
+fn validate(
+    server: ServerConfOwned,
+    settings: Settings,
+    source: String,
+) -> Result<Config, ConfigError> {
+    if settings.listen.is_empty() {
+        return err("listen: at least one address is needed");
+    }
+    let listen = settings
+        .listen
+        .iter()
+        .map(|l| parse_listen(l, "listen"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !settings.dist.is_dir() {
+        return err(format!(
+            "dist: {} is not a directory",
+            settings.dist.display()
+        ));
+    }
+    for t in &settings.mp_verify {
+        if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return err(format!(
+                "mp_verify: `{t}` is not a WeChat verify token (letters and digits)"
+            ));
+        }
+    }
+    for p in &settings.proxy.prefixes {
+        if !p.starts_with('/') {
+            return err(format!("proxy.prefixes: `{p}` must start with /"));
+        }
+    }
+    for r in &settings.static_files.cache_control {
+        if !r.prefix.starts_with('/') {
+            return err(format!(
+                "static_files.cache_control: prefix `{}` must start with /",
+                r.prefix
+            ));
+        }
+        http::HeaderValue::from_str(&r.value).or_else(|_| {
+            err(format!(
+                "static_files.cache_control: `{}` is not a header value",
+                r.value
+            ))
+        })?;
+    }
+    if !settings.proxy.host.is_empty() {
+        http::HeaderValue::from_str(&settings.proxy.host).or_else(|_| {
+            err(format!(
+                "proxy.host: `{}` is not a header value",
+                settings.proxy.host
+            ))
+        })?;
+    }
+    let backends = settings
+        .proxy
+        .backends
+        .iter()
+        .map(|b| parse_backend(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !matches!(
+        settings.ops.access_log.as_str(),
+        "combined" | "json" | "off"
+    ) {
+        return err(format!(
+            "ops.access_log: `{}` must be combined, json or off",
+            settings.ops.access_log
+        ));
+    }
+    let metrics_listen = match settings.ops.metrics_listen.trim() {
+        "" => None,
+        s => Some(parse_listen(s, "ops.metrics_listen")?),
+    };
+    if settings.ops.max_header_bytes < 1024 {
+        return err("ops.max_header_bytes: at least 1024");
+    }
+    Ok(Config {
+        server,
+        settings,
+        listen,
+        backends,
+        metrics_listen,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_in_both_parts() {
+        let e = parse_file("wxedge:\n  lisen: [\"1.2.3.4:1\"]\n").unwrap_err();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        let e = parse_file("threadz: 3\n").unwrap_err();
+        assert!(e.contains("unknown field `threadz`"), "{e}");
+        let (yaml, s) = parse_file("threads: 3\nwxedge:\n  mp_verify: [abc]\n").unwrap();
+        assert_eq!(ServerConf::from_yaml(&yaml).unwrap().threads, 3);
+        assert_eq!(s.mp_verify, vec!["abc"]);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_reads_secret_files() {
+        let dir = std::env::temp_dir().join(format!("wxedge-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cr3t\n").unwrap();
+        let e = env(&[
+            ("WXEDGE_DIST", dir.to_str().unwrap()),
+            ("WXEDGE_LISTEN", "127.0.0.1:9999, 127.0.0.1:9998"),
+            (
+                "WXEDGE_BACKEND",
+                "http://127.0.0.1:7000,http://localhost:7001/",
+            ),
+            ("WX_MP_VERIFY", "tok1,tok2"),
+            ("WX_SECRET_FILE", secret.to_str().unwrap()),
+        ]);
+        let c = load(None, &e).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[1].authority, "localhost:7001");
+        assert_eq!(c.settings.mp_verify, vec!["tok1", "tok2"]);
+        assert_eq!(c.settings.wechat.secret, "s3cr3t");
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        let dir = std::env::temp_dir();
+        let d = dir.to_str().unwrap();
+        for (k, v, needle) in [
+            ("WXEDGE_BACKEND", "ftp://x", "only http://"),
+            ("WXEDGE_LISTEN", "nope", "not host:port"),
+            ("WX_MP_VERIFY", "a/b", "verify token"),
+            ("WXEDGE_MAX_BODY_BYTES", "lots", "WXEDGE_MAX_BODY_BYTES"),
+        ] {
+            let e = load(None, &env(&[("WXEDGE_DIST", d), (k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{k}={v}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = load(None, &env(&[("WXEDGE_DIST", "/no/such/dir")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn backend_urls() {
+        assert_eq!(
+            parse_backend("http://127.0.0.1:81").unwrap().addr.port(),
+            81
+        );
+        assert_eq!(parse_backend("http://127.0.0.1").unwrap().addr.port(), 80);
+        assert_eq!(parse_backend("http://[::1]:82").unwrap().addr.port(), 82);
+        assert!(parse_backend("http://127.0.0.1:81/api").is_err());
+        assert!(parse_backend("https://127.0.0.1").is_err());
+        assert!(parse_backend("http://").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! Prometheus metrics, one registry for the process, served on the metrics listener.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// By route class (static, proxy, auth, …) and status code.
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    /// Static answers by content encoding (identity, gzip, br).
+    pub static_hits: IntCounterVec,
+    /// WeChat code exchanges by result (ok, error) and errcode (or timeout, garbage, …).
+    pub wechat_exchanges: IntCounterVec,
+    /// Requests that waited on another request's in-flight exchange of the same code.
+    pub singleflight_joins: IntCounter,
+    /// Requests answered from the code cache.
+    pub code_cache_hits: IntCounter,
+    /// Backend failures by kind (connect, timeout, no_backend, …).
+    pub backend_errors: IntCounterVec,
+    pub in_flight: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "wxedge_request_duration_seconds",
+                "Time from request to the last byte sent",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(latency.clone()))
+            .expect("unique metric name");
+        let in_flight = IntGauge::new("wxedge_requests_in_flight", "Requests being handled now")
+            .expect("static");
+        r.register(Box::new(in_flight.clone()))
+            .expect("unique metric name");
+        Metrics {
+            requests: counter_vec(
+                &r,
+                "wxedge_requests_total",
+                "Requests by route class and status",
+                &["route", "status"],
+            ),
+            latency,
+            static_hits: counter_vec(
+                &r,
+                "wxedge_static_responses_total",
+                "Static answers by encoding",
+                &["encoding"],
+            ),
+            wechat_exchanges: counter_vec(
+                &r,
+                "wxedge_wechat_exchanges_total",
+                "Calls to WeChat's code exchange by result and errcode",
+                &["result", "errcode"],
+            ),
+            singleflight_joins: counter(
+                &r,
+                "wxedge_code_singleflight_joins_total",
+                "Requests that joined an in-flight exchange",
+            ),
+            code_cache_hits: counter(
+                &r,
+                "wxedge_code_cache_hits_total",
+                "Codes answered from the edge's cache",
+            ),
+            backend_errors: counter_vec(
+                &r,
+                "wxedge_backend_errors_total",
+                "Backend failures by kind",
+                &["kind"],
+            ),
+            in_flight,
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_format() {
+        METRICS.requests.with_label_values(&["static", "200"]).inc();
+        METRICS
+            .latency
+            .with_label_values(&["static"])
+            .observe(0.002);
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        assert!(
+            text.contains("wxedge_requests_total{route=\"static\",status=\"200\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wxedge_request_duration_seconds_bucket{route=\"static\",le=\"0.0025\"}"),
+            "{text}"
+        );
+    }
+}
+
+/// The metrics listener: `GET /metrics` in Prometheus text format, nothing else.
+pub struct MetricsEndpoint;
+
+#[async_trait::async_trait]
+impl pingora_proxy::ProxyHttp for MetricsEndpoint {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(
+        &self,
+        session: &mut pingora_proxy::Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<bool> {
+        let (status, body) = if session.req_header().uri.path() == "/metrics" {
+            (200, METRICS.render())
+        } else {
+            (404, b"not found\n".to_vec())
+        };
+        let mut resp = pingora::http::ResponseHeader::build(status, Some(3))?;
+        resp.insert_header(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(bytes::Bytes::from(body)), true)
+            .await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut pingora_proxy::Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<pingora::upstreams::peer::HttpPeer>> {
+        pingora::Error::e_explain(
+            pingora::ErrorType::HTTPStatus(404),
+            "the metrics listener proxies nothing",
+        )
+    }
+}

@@ -1,0 +1,30 @@
+//! Operations: request ids, the access log, Prometheus metrics and health answers.
+
+pub mod access_log;
+pub mod metrics;
+pub mod request_id;
+
+/// What kind of request this was, for logs and metrics (a closed set: bounded label values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteClass {
+    #[default]
+    Static,
+    Proxy,
+    Auth,
+    Health,
+    Sandbox,
+    Rejected,
+}
+
+impl RouteClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            RouteClass::Static => "static",
+            RouteClass::Proxy => "proxy",
+            RouteClass::Auth => "auth",
+            RouteClass::Health => "health",
+            RouteClass::Sandbox => "sandbox",
+            RouteClass::Rejected => "rejected",
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Process start-up: command line, configuration, the dist, then Pingora's server with the
+//! public listener(s) and the metrics listener.
+
+use clap::{Parser, Subcommand};
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+
+use crate::auth::Auth;
+use crate::config::{self, Config, ProcessEnv};
+use crate::edge::Edge;
+use crate::ops::metrics::MetricsEndpoint;
+use crate::static_files::StaticSite;
+
+/// Pingora's own flags (`-c`, `-t`, `-d`, `-u`) plus wxedge's subcommands.
+#[derive(Parser, Debug)]
+#[command(
+    name = "wxedge",
+    version,
+    about = "The edge for WeChat H5 sites: static dist, WeChat OAuth, API proxy"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub opt: Opt,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Exit 0 when the running edge answers /_wxedge/healthz (for container HEALTHCHECKs).
+    Healthcheck,
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+/// One-line summary of what will be served: for `-t` and the start-up log.
+fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
+    let t = &site.tree;
+    let mut lines = vec![
+        format!("config: {}", config.source),
+        format!(
+            "listen: {}",
+            config
+                .listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        format!(
+            "dist: {} ({} files, {} KiB in memory, {} on disk, index.html {})",
+            config.settings.dist.display(),
+            t.files.len(),
+            t.memory_bytes / 1024,
+            t.disk_files,
+            if site.has_index() {
+                "present"
+            } else {
+                "MISSING"
+            }
+        ),
+    ];
+    if t.mp_verify.is_empty() {
+        lines.push(
+            "mp_verify: none (set WX_MP_VERIFY=token to serve /MP_verify_<token>.txt)".into(),
+        );
+    }
+    for (path, from) in &t.mp_verify {
+        lines.push(format!("mp_verify: {path} (from {from})"));
+    }
+    let backends: Vec<&str> = config
+        .backends
+        .iter()
+        .map(|b| b.authority.as_str())
+        .collect();
+    lines.push(format!(
+        "proxy: {} -> {}",
+        config.settings.proxy.prefixes.join(", "),
+        if backends.is_empty() {
+            "no backend (502)".to_string()
+        } else {
+            backends.join(", ")
+        }
+    ));
+    lines.extend(auth.describe());
+    if let Some(m) = config.metrics_listen {
+        lines.push(format!("metrics: http://{m}/metrics"));
+    }
+    lines
+}
+
+fn healthcheck(config: &Config) -> i32 {
+    use std::io::{Read, Write};
+    let mut addr = config.listen[0];
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let result = (|| -> std::io::Result<bool> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(
+            b"GET /_wxedge/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
+    })();
+    match result {
+        Ok(true) => 0,
+        Ok(false) => {
+            eprintln!("wxedge healthcheck: {addr} answered, but not 200");
+            1
+        }
+        Err(e) => {
+            eprintln!("wxedge healthcheck: {addr}: {e}");
+            1
+        }
+    }
+}
+
+/// Returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    init_logging();
+    let mut opt = cli.opt;
+    let config = match config::load(opt.conf.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wxedge: configuration error: {e}");
+            return 2;
+        }
+    };
+    if let Some(Command::Healthcheck) = cli.command {
+        return healthcheck(&config);
+    }
+    let site = match StaticSite::load(
+        &config.settings.dist,
+        &config.settings.static_files,
+        &config.settings.mp_verify,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wxedge: {e}");
+            return 2;
+        }
+    };
+    let auth = match Auth::from_config(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wxedge: configuration error: {e}");
+            return 2;
+        }
+    };
+    let summary = describe(&config, &site, &auth);
+    if opt.test {
+        for line in &summary {
+            println!("{line}");
+        }
+        println!("configuration OK");
+        return 0;
+    }
+    for line in &summary {
+        log::info!("{line}");
+    }
+    // The file was read here already; Pingora must not read it again as its own.
+    opt.conf = None;
+    let mut server = Server::new_with_opt_and_conf(opt, config.server.build());
+    server.bootstrap();
+    let edge = Edge::new(&config, site, auth);
+    let mut public =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, edge, "wxedge");
+    for addr in &config.listen {
+        public.add_tcp(&addr.to_string());
+    }
+    server.add_service(public);
+    if let Some(addr) = config.metrics_listen {
+        let mut metrics = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            MetricsEndpoint,
+            "wxedge-metrics",
+        );
+        metrics.add_tcp(&addr.to_string());
+        server.add_service(metrics);
+    }
+    server.run_forever();
+}
