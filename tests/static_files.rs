@@ -1,0 +1,367 @@
+//! Static serving through the real binary: the uni-app fixture and purpose-built trees.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+
+const JS: &str = "/assets/index-bydhfUo3.js";
+
+#[test]
+fn serves_the_uniapp_build_with_types_validators_and_cache_policy() {
+    let edge = start_edge(&[]);
+    let index = std::fs::read(fixture_dist().join("index.html")).unwrap();
+
+    let r = get(&edge, "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, index);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(r.header("etag").unwrap().starts_with('"'));
+    assert!(httpdate::parse_http_date(r.header("last-modified").unwrap()).is_ok());
+    assert!(r.header("x-request-id").is_some_and(|v| v.len() == 32));
+
+    let js = get(&edge, JS, &[]);
+    assert_eq!(js.status, 200);
+    assert_eq!(
+        js.header("content-type"),
+        Some("application/javascript; charset=utf-8")
+    );
+    assert_eq!(
+        js.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(
+        js.body,
+        std::fs::read(fixture_dist().join(&JS[1..])).unwrap()
+    );
+    assert_eq!(
+        js.header("content-encoding"),
+        None,
+        "no Accept-Encoding, no encoding"
+    );
+
+    let css = get(&edge, "/assets/uni.424060a0.css", &[]);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    let png = get(&edge, "/static/logo.png", &[]);
+    assert_eq!(png.header("content-type"), Some("image/png"));
+    assert_eq!(
+        png.header("cache-control"),
+        Some("no-cache"),
+        "uni-app's static/ has no hashes"
+    );
+}
+
+#[test]
+fn conditional_requests_and_head() {
+    let edge = start_edge(&[]);
+    let first = get(&edge, JS, &[]);
+    let etag = first.header("etag").unwrap().to_string();
+    let lm = first.header("last-modified").unwrap().to_string();
+
+    let r = get(&edge, JS, &[("If-None-Match", &etag)]);
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("content-type"), None);
+    let r = get(
+        &edge,
+        JS,
+        &[("If-None-Match", &format!("\"nope\", W/{etag}"))],
+    );
+    assert_eq!(r.status, 304, "weak comparison and lists");
+    assert_eq!(get(&edge, JS, &[("If-Modified-Since", &lm)]).status, 304);
+    assert_eq!(
+        get(
+            &edge,
+            JS,
+            &[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(
+            &edge,
+            JS,
+            &[("If-None-Match", "\"stale\""), ("If-Modified-Since", &lm)]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(&edge, "/assets/nope-12345678.js", &[("If-None-Match", "*")]).status,
+        404,
+        "preconditions never turn a 404 into 304"
+    );
+
+    let h = request(&edge, "HEAD", JS, &[], b"");
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(h.header("content-length"), first.header("content-length"));
+}
+
+#[test]
+fn ranges() {
+    let edge = start_edge(&[]);
+    let full = get(&edge, JS, &[]).body;
+    let r = get(&edge, JS, &[("Range", "bytes=10-19")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &full[10..20]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 10-19/{}", full.len()).as_str())
+    );
+    let r = get(&edge, JS, &[("Range", "bytes=-5")]);
+    assert_eq!(r.body, &full[full.len() - 5..]);
+    let r = get(&edge, JS, &[("Range", &format!("bytes={}-", full.len()))]);
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{}", full.len()).as_str())
+    );
+    let r = get(&edge, JS, &[("Range", "bytes=0-1,4-5")]);
+    assert_eq!(r.status, 206);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/byteranges"));
+    let etag = get(&edge, JS, &[]).header("etag").unwrap().to_string();
+    assert_eq!(
+        get(&edge, JS, &[("Range", "bytes=0-9"), ("If-Range", &etag)]).status,
+        206
+    );
+    let r = get(
+        &edge,
+        JS,
+        &[("Range", "bytes=0-9"), ("If-Range", "\"changed\"")],
+    );
+    assert_eq!((r.status, r.body.len()), (200, full.len()));
+}
+
+#[test]
+fn spa_fallback_only_for_navigations() {
+    let edge = start_edge(&[]);
+    let index = std::fs::read(fixture_dist().join("index.html")).unwrap();
+    for nav in [
+        "/pages/login/login",
+        "/pages/wxAuthPage/wxAuthPage?code=abc&state=STATE",
+        "/pages/index/index",
+    ] {
+        let r = get(&edge, nav, &[("Accept", "text/html,application/xhtml+xml")]);
+        assert_eq!((r.status, &r.body), (200, &index), "{nav}");
+    }
+    for miss in [
+        "/assets/missing.js",
+        "/assets/gone",
+        "/nothing.css",
+        "/favicon.ico",
+        "/static/missing",
+    ] {
+        let r = get(&edge, miss, &[("Accept", "text/html")]);
+        assert_eq!(r.status, 404, "{miss}");
+        assert_ne!(r.body, index, "{miss}");
+    }
+    assert_eq!(
+        get(&edge, "/pages/x", &[("Accept", "application/json")]).status,
+        404,
+        "an XHR is no navigation"
+    );
+}
+
+#[test]
+fn directories_redirect_and_serve_index() {
+    let dist = temp_dir("dirs");
+    std::fs::create_dir_all(dist.join("docs")).unwrap();
+    std::fs::write(dist.join("index.html"), "root").unwrap();
+    std::fs::write(dist.join("docs/index.html"), "docs index").unwrap();
+    let d = dist.to_str().unwrap();
+    let edge = start_edge(&[("WXEDGE_DIST", d)]);
+    let r = get(&edge, "/docs?x=1", &[]);
+    assert_eq!((r.status, r.header("location")), (301, Some("/docs/?x=1")));
+    let r = get(&edge, "/docs/", &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, "docs index"));
+}
+
+#[test]
+fn precompressed_twins_and_on_the_fly_compression() {
+    let dist = temp_dir("gz");
+    std::fs::write(dist.join("index.html"), "<html></html>").unwrap();
+    let text = "function hello(){return 'wxedge';}\n".repeat(200);
+    std::fs::write(dist.join("app.js"), &text).unwrap();
+    // A precompressed twin made by the build: served as is, with its own ETag.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(text.as_bytes()).unwrap();
+    let twin = gz.finish().unwrap();
+    std::fs::write(dist.join("app.js.gz"), &twin).unwrap();
+    std::fs::write(dist.join("big.css"), ".a{color:red}\n".repeat(300)).unwrap();
+    std::fs::write(dist.join("tiny.css"), ".a{}").unwrap();
+    let d = dist.to_str().unwrap();
+    let edge = start_edge(&[("WXEDGE_DIST", d)]);
+
+    let plain = get(&edge, "/app.js", &[]);
+    let g = get(&edge, "/app.js", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(g.header("content-encoding"), Some("gzip"));
+    assert_eq!(g.body, twin, "the build's own .gz is served byte for byte");
+    assert_eq!(g.header("vary"), Some("Accept-Encoding"));
+    assert_ne!(g.header("etag"), plain.header("etag"));
+    let b = get(
+        &edge,
+        "/app.js",
+        &[("Accept-Encoding", "gzip, deflate, br")],
+    );
+    assert_eq!(
+        b.header("content-encoding"),
+        Some("br"),
+        "no .br twin: made at start-up"
+    );
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut &b.body[..], &mut out).unwrap();
+    assert_eq!(out, text.as_bytes());
+    assert_eq!(
+        get(&edge, "/app.js", &[("Accept-Encoding", "br;q=0, gzip;q=0")])
+            .header("content-encoding"),
+        None
+    );
+
+    let css = get(&edge, "/big.css", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(css.header("content-encoding"), Some("gzip"));
+    let mut dec = flate2::read::GzDecoder::new(&css.body[..]);
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut dec, &mut s).unwrap();
+    assert_eq!(s, ".a{color:red}\n".repeat(300));
+    assert_eq!(
+        get(&edge, "/tiny.css", &[("Accept-Encoding", "gzip")]).header("content-encoding"),
+        None,
+        "below the threshold"
+    );
+    // 304 works per encoding.
+    let etag = css.header("etag").unwrap();
+    assert_eq!(
+        get(
+            &edge,
+            "/big.css",
+            &[("Accept-Encoding", "gzip"), ("If-None-Match", etag)]
+        )
+        .status,
+        304
+    );
+}
+
+#[test]
+fn large_files_fall_back_to_disk_with_ranges() {
+    let dist = temp_dir("disk");
+    std::fs::write(dist.join("index.html"), "x").unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dist.join("video.mp4"), &big).unwrap();
+    let d = dist.to_str().unwrap();
+    let edge = start_edge(&[
+        ("WXEDGE_DIST", d),
+        ("WXEDGE_MEMORY_MAX_FILE_BYTES", "100000"),
+    ]);
+    assert!(edge.stderr().contains("1 on disk"), "{}", edge.stderr());
+    let r = get(&edge, "/video.mp4", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, big);
+    assert_eq!(r.header("content-type"), Some("video/mp4"));
+    let r = get(&edge, "/video.mp4", &[("Range", "bytes=100000-200009")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &big[100_000..200_010]);
+    let etag = r.header("etag").unwrap().to_string();
+    assert_eq!(
+        get(&edge, "/video.mp4", &[("If-None-Match", &etag)]).status,
+        304
+    );
+}
+
+#[test]
+fn nothing_escapes_the_root() {
+    let outside = temp_dir("outside");
+    std::fs::write(outside.join("secret.txt"), "TOP SECRET").unwrap();
+    let dist = temp_dir("safe");
+    std::fs::write(dist.join("index.html"), "<p>index</p>").unwrap();
+    std::fs::write(dist.join(".env"), "PASSWORD=1").unwrap();
+    std::fs::create_dir_all(dist.join(".git")).unwrap();
+    std::fs::write(dist.join(".git/config"), "[core]").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), dist.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, dist.join("leakdir")).unwrap();
+    std::fs::write(dist.join("inside.txt"), "fine").unwrap();
+    std::os::unix::fs::symlink(dist.join("inside.txt"), dist.join("alias.txt")).unwrap();
+    let d = dist.to_str().unwrap();
+    let edge = start_edge(&[("WXEDGE_DIST", d)]);
+
+    for path in [
+        "/../outside/secret.txt",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/a/..%2f..%2f..%2fetc/passwd",
+        "/..%5c..%5cetc%5cpasswd",
+        "/a\\..\\..\\etc\\passwd",
+        "/%c0%ae%c0%ae/etc/passwd",
+        "/index.html%00.txt",
+        "/%zz",
+    ] {
+        let r = get(&edge, path, &[]);
+        assert_eq!(r.status, 400, "{path}");
+        assert!(
+            !r.text().contains("root:") && !r.text().contains("SECRET"),
+            "{path}"
+        );
+    }
+    for path in [
+        "/leak.txt",
+        "/leakdir/secret.txt",
+        "/.env",
+        "/.git/config",
+        "/%2egit/config",
+    ] {
+        let r = get(&edge, path, &[("Accept", "text/html")]);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(
+            !r.text().contains("SECRET") && !r.text().contains("PASSWORD"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        get(&edge, "/alias.txt", &[]).text(),
+        "fine",
+        "symlinks inside the root are fine"
+    );
+}
+
+#[test]
+fn methods_and_header_limits() {
+    let edge = start_edge(&[("WXEDGE_MAX_HEADER_BYTES", "4096")]);
+    for m in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"] {
+        let r = request(&edge, m, "/index.html", &[], b"");
+        assert_eq!(r.status, 405, "{m}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    }
+    let big = "a".repeat(5000);
+    assert_eq!(get(&edge, "/", &[("X-Big", &big)]).status, 431);
+    assert_eq!(get(&edge, "/", &[("X-Small", "b")]).status, 200);
+}
+
+#[test]
+fn mp_verify_from_dist_and_from_config() {
+    // The fixture build lost its MP_verify file, as real builds do: configuration brings it back.
+    let edge = start_edge(&[("WX_MP_VERIFY", "Ab12Cd34,zz99")]);
+    for token in ["Ab12Cd34", "zz99"] {
+        let r = get(&edge, &format!("/MP_verify_{token}.txt"), &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), token, "the body is exactly the token");
+        assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    }
+    assert_eq!(get(&edge, "/MP_verify_other.txt", &[]).status, 404);
+    assert!(
+        edge.stderr()
+            .contains("mp_verify: /MP_verify_Ab12Cd34.txt (from config)"),
+        "{}",
+        edge.stderr()
+    );
+
+    let repo = start_edge(&[("WXEDGE_DIST", repo_dist().to_str().unwrap())]);
+    let r = get(&repo, "/MP_verify_wxedgeSample.txt", &[]);
+    assert_eq!(r.text(), "wxedgeSample");
+    assert!(repo.stderr().contains("(from dist)"));
+}
