@@ -198,6 +198,10 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         METRICS.in_flight.inc();
+        if crate::ops::lifecycle::draining() {
+            // Clients should open their next connection to the process taking over.
+            session.set_keepalive(None);
+        }
         ctx.request_id =
             request_id::accept(session.get_header("x-request-id").map(|v| v.as_bytes()))
                 .unwrap_or_else(request_id::generate);

@@ -175,6 +175,7 @@ pub fn main(cli: Cli) -> i32 {
     opt.conf = None;
     let mut server = Server::new_with_opt_and_conf(opt, config.server.build());
     server.bootstrap();
+    crate::ops::lifecycle::watch(&server);
     let edge = Edge::new(&config, site, auth);
     let mut public =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, edge, "wxedge");

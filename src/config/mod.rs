@@ -258,7 +258,7 @@ fn default_server_yaml() -> String {
         .map(|n| n.get())
         .unwrap_or(2);
     format!(
-        "---\nversion: 1\nthreads: {threads}\npid_file: /tmp/wxedge.pid\nupgrade_sock: /tmp/wxedge_upgrade.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 10\n"
+        "---\nversion: 1\nthreads: {threads}\npid_file: /tmp/wxedge.pid\nupgrade_sock: /tmp/wxedge_upgrade.sock\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\n"
     )
 }
 

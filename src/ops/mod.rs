@@ -1,6 +1,7 @@
 //! Operations: request ids, the access log, Prometheus metrics and health answers.
 
 pub mod access_log;
+pub mod lifecycle;
 pub mod metrics;
 pub mod request_id;
 
