@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+pub mod wechat;
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -321,8 +323,15 @@ impl Drop for Backend {
     }
 }
 
+/// An application handler: `Some((status, json))` answers the request, `None` falls back to echo.
+pub type Handler = Arc<dyn Fn(&Seen) -> Option<(u16, String)> + Send + Sync>;
+
 impl Backend {
     pub async fn start(name: &str) -> Backend {
+        Self::start_with(name, Arc::new(|_: &Seen| None)).await
+    }
+
+    pub async fn start_with(name: &str, handler: Handler) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -334,7 +343,7 @@ impl Backend {
                     break;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_conn(sock, s.clone(), n.clone()));
+                tokio::spawn(serve_conn(sock, s.clone(), n.clone(), handler.clone()));
             }
         });
         Backend {
@@ -355,7 +364,7 @@ impl Backend {
     }
 }
 
-async fn serve_conn(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>, name: String) {
+async fn serve_conn(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>, name: String, handler: Handler) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let end = loop {
@@ -405,12 +414,18 @@ async fn serve_conn(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>
                 }
             }
         }
-        seen.lock().unwrap().push(Seen {
-            method: method.clone(),
-            target: target.clone(),
-            headers: headers.clone(),
-            body: body.clone(),
-        });
+        let request = Seen { method: method.clone(), target: target.clone(), headers: headers.clone(), body: body.clone() };
+        seen.lock().unwrap().push(request.clone());
+        if let Some((status, json)) = handler(&request) {
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                json.len()
+            );
+            if sock.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
 
         if target.starts_with("/api/ws")
             && find("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
