@@ -38,7 +38,7 @@ pub struct Edge {
 #[derive(Default)]
 pub struct RequestCtx {
     started: Option<Instant>,
-    request_id: String,
+    pub request_id: String,
     class: RouteClass,
     /// Backends tried for this request, in order.
     tried: Vec<usize>,
@@ -47,6 +47,10 @@ pub struct RequestCtx {
     identity_headers: Vec<(String, HeaderValue)>,
     /// Cookie header with the edge's own cookies removed, when it had any.
     upstream_cookie: Option<Option<String>>,
+    /// `Set-Cookie` values for whatever response this request gets (session, login nonce).
+    pub set_cookies: Vec<HeaderValue>,
+    /// A valid session came with the request (or was just issued).
+    pub authenticated: bool,
 }
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -135,6 +139,9 @@ pub async fn respond(
         resp.append_header(k.clone(), v.clone())?;
     }
     resp.insert_header("x-request-id", &ctx.request_id)?;
+    for c in &ctx.set_cookies {
+        resp.append_header(header::SET_COOKIE, c.clone())?;
+    }
     let head = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head || body.is_empty())
@@ -277,7 +284,7 @@ impl ProxyHttp for Edge {
         if self.is_proxied(&path) {
             ctx.class = RouteClass::Proxy;
             if let Some(status) = self.auth.require_session_refusal(session, ctx) {
-                let body = self.auth.unauthorized_body(session);
+                let body = self.auth.unauthorized_body(session, ctx);
                 respond(session, ctx, status, JSON, &[], body).await?;
                 return Ok(true);
             }
@@ -354,6 +361,13 @@ impl ProxyHttp for Edge {
                 }
                 resp.insert_header("x-content-type-options", "nosniff")?;
                 resp.insert_header("x-request-id", &ctx.request_id)?;
+                if !ctx.set_cookies.is_empty() {
+                    // A response that sets a session must never be stored by a shared cache.
+                    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+                    for c in &ctx.set_cookies {
+                        resp.append_header(header::SET_COOKIE, c.clone())?;
+                    }
+                }
                 let done = plan.body.is_empty();
                 session.write_response_header(Box::new(resp), done).await?;
                 if !done {

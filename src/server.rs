@@ -91,6 +91,11 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
     if let Some(m) = config.metrics_listen {
         lines.push(format!("metrics: http://{m}/metrics"));
     }
+    if let Some(c) = config.compat_listen {
+        lines.push(format!(
+            "wechat-compatible code exchange for backends: http://{c}/sns/oauth2/access_token"
+        ));
+    }
     lines
 }
 
@@ -176,13 +181,21 @@ pub fn main(cli: Cli) -> i32 {
     let mut server = Server::new_with_opt_and_conf(opt, config.server.build());
     server.bootstrap();
     crate::ops::lifecycle::watch(&server);
-    let edge = Edge::new(&config, site, auth);
-    let mut public =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, edge, "wxedge");
-    for addr in &config.listen {
-        public.add_tcp(&addr.to_string());
+    if let Some(addr) = config.compat_listen {
+        let (appid, secret) = auth.credentials();
+        let compat = crate::auth::compat::CompatEndpoint {
+            exchanger: auth.exchanger(),
+            appid: appid.to_string(),
+            secret: secret.to_string(),
+        };
+        let mut svc = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            compat,
+            "wxedge-wechat-compat",
+        );
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
     }
-    server.add_service(public);
     if let Some(addr) = config.metrics_listen {
         let mut metrics = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
@@ -192,5 +205,12 @@ pub fn main(cli: Cli) -> i32 {
         metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
     }
+    let edge = Edge::new(&config, site, auth);
+    let mut public =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, edge, "wxedge");
+    for addr in &config.listen {
+        public.add_tcp(&addr.to_string());
+    }
+    server.add_service(public);
     server.run_forever();
 }

@@ -146,7 +146,7 @@ fn spa_fallback_only_for_navigations() {
     let index = std::fs::read(fixture_dist().join("index.html")).unwrap();
     for nav in [
         "/pages/login/login",
-        "/pages/wxAuthPage/wxAuthPage?code=abc&state=STATE",
+        "/pages/wxAuthPage/wxAuthPage?from=share&x=1",
         "/pages/index/index",
     ] {
         let r = get(&edge, nav, &[("Accept", "text/html,application/xhtml+xml")]);

@@ -1,39 +1,35 @@
-//! WeChat login at the edge, glued to the request phases: callback interception, the
-//! `/_wxedge/*` login endpoints, the sandbox, and which identity goes upstream.
-//! The building blocks live in `session` (cookies) and `wechat` (provider).
+//! WeChat login at the edge, glued to the request phases: the callback interception on page
+//! loads, the `/_wxedge/*` login endpoints, the sandbox, and which identity goes upstream.
+//! The building blocks live in `session` (cookies) and `wechat` (the provider).
+
+pub mod compat;
+pub mod pages;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::header::{self, HeaderName, HeaderValue};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
 use pingora::prelude::*;
-use pingora_proxy::Session;
+use pingora_proxy::Session as HttpSession;
 
-use crate::edge::RequestCtx;
+use crate::config::{Config, IdentityHeaderNames};
+use crate::edge::{json_error, respond, RequestCtx};
+use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
 use crate::proxy::headers::canonical;
+use crate::session::{
+    looks_like_login_state, now_unix, safe_return_path, Identity, Session, SessionCodec,
+    SessionKeys,
+};
+use crate::wechat::{
+    authorize_url, CodeExchanger, ExchangeError, ExchangerConfig, MemoryCodeCache, Obtained,
+    Sandbox, SandboxConfig, WechatClient, WechatClientConfig,
+};
 
-/// Header names the edge sets for the backend (configurable).
-#[derive(Debug, Clone)]
-pub struct IdentityHeaders {
-    pub openid: String,
-    pub unionid: String,
-    pub scope: String,
-    pub snapshot: String,
-    pub nickname: String,
-    pub avatar: String,
-}
-
-impl Default for IdentityHeaders {
-    fn default() -> Self {
-        IdentityHeaders {
-            openid: "X-WX-OpenID".into(),
-            unionid: "X-WX-UnionID".into(),
-            scope: "X-WX-Scope".into(),
-            snapshot: "X-WX-Snapshot".into(),
-            nickname: "X-WX-Nickname".into(),
-            avatar: "X-WX-Avatar".into(),
-        }
-    }
-}
+/// Marks a callback that already failed once, so a failing login cannot loop (1 minute).
+const RETRY_MARKER: &str = "wxedge_retry";
 
 pub enum AuthAction {
     /// The auth layer answered the request itself.
@@ -46,58 +42,787 @@ pub enum AuthAction {
     },
 }
 
+/// The resolved WeChat side: real WeChat, a stand-in, or the built-in sandbox.
+struct Provider {
+    appid: String,
+    secret: String,
+    scope: String,
+    /// Base of the authorize URL the browser is sent to (may be a relative path for the sandbox).
+    open_base: String,
+    api_base: String,
+}
+
 pub struct Auth {
-    headers: IdentityHeaders,
+    provider: Provider,
+    codec: SessionCodec,
+    exchanger: Arc<CodeExchanger>,
+    sandbox: Option<Sandbox>,
+    names: IdentityHeaderNames,
+    header_names: Vec<(HeaderName, Field)>,
+    callback_paths: Vec<String>,
+    frontend_states: Vec<String>,
+    require_session: Vec<String>,
+    proxy_prefixes: Vec<String>,
+    public_url: String,
+    secure: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    OpenId,
+    UnionId,
+    Scope,
+    Snapshot,
+    Nickname,
+    Avatar,
+}
+
+fn loopback_of(config: &Config) -> String {
+    let mut a = config.listen[0];
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    a.to_string()
+}
+
+/// `name` from a query string, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| {
+            percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The path and query without the OAuth callback's `code` and `state`.
+fn without_code(path: &str, query: Option<&str>) -> String {
+    let rest: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| {
+            let k = kv.split('=').next().unwrap_or("");
+            !kv.is_empty() && k != "code" && k != "state"
+        })
+        .collect();
+    if rest.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    }
+}
+
+fn cookie_values(session: &HttpSession) -> Vec<&[u8]> {
+    session
+        .req_header()
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect()
+}
+
+fn has_cookie(session: &HttpSession, name: &str) -> bool {
+    cookie_values(session).iter().any(|v| {
+        String::from_utf8_lossy(v)
+            .split(';')
+            .any(|p| p.trim().split('=').next().is_some_and(|n| n.trim() == name))
+    })
 }
 
 impl Auth {
-    pub fn disabled() -> Auth {
-        Auth {
-            headers: IdentityHeaders::default(),
-        }
-    }
-
-    pub fn from_config(_config: &crate::config::Config) -> Result<Auth, String> {
-        Ok(Auth::disabled())
+    pub fn from_config(config: &Config) -> Result<Auth, String> {
+        let w = &config.settings.wechat;
+        let s = &config.settings.session;
+        let sandbox_on = w.sandbox.unwrap_or(w.appid.is_empty());
+        let (appid, secret) = match (w.appid.is_empty(), sandbox_on) {
+            (true, true) => (
+                "wxsandbox0000001".to_string(),
+                crate::session::random_hex(16),
+            ),
+            (true, false) => {
+                return Err("wechat.appid (WX_APPID) is empty and the sandbox is off".into())
+            }
+            (false, _) if w.secret.is_empty() => {
+                return Err(
+                    "wechat.secret (WX_SECRET or WX_SECRET_FILE) is required with WX_APPID".into(),
+                )
+            }
+            (false, _) => (w.appid.clone(), w.secret.clone()),
+        };
+        let sandbox_base = format!("http://{}/_wxedge/sandbox", loopback_of(config));
+        let api_base = match (w.api_base.is_empty(), sandbox_on) {
+            (false, _) => w.api_base.clone(),
+            (true, true) => sandbox_base,
+            (true, false) => "https://api.weixin.qq.com".into(),
+        };
+        let open_base = match (w.open_base.is_empty(), sandbox_on) {
+            (false, _) => w.open_base.clone(),
+            // Relative: the browser stays on this origin, whatever name it used.
+            (true, true) => "/_wxedge/sandbox".into(),
+            (true, false) => "https://open.weixin.qq.com".into(),
+        };
+        let keys = if s.keys.is_empty() {
+            log::warn!(
+                "session: no WXEDGE_SESSION_KEY: a random key is used, so sessions end with this process and are not shared between replicas"
+            );
+            SessionKeys::random()
+        } else {
+            SessionKeys::from_secrets(&s.keys).map_err(|e| format!("session.keys: {e}"))?
+        };
+        let codec = SessionCodec::new(
+            keys,
+            s.cookie_name.clone(),
+            Duration::from_secs(s.lifetime_seconds),
+            s.cookie_secure,
+        );
+        let client = WechatClient::new(WechatClientConfig {
+            api_base: api_base.clone(),
+            appid: appid.clone(),
+            secret: secret.clone(),
+            connect_timeout: Duration::from_millis(w.connect_timeout_ms),
+            total_timeout: Duration::from_millis(w.timeout_ms),
+        })
+        .map_err(|e| format!("wechat: {e}"))?;
+        let exchanger = CodeExchanger::new(
+            Arc::new(client),
+            Arc::new(MemoryCodeCache::default()),
+            ExchangerConfig::default(),
+        );
+        let sandbox = sandbox_on.then(|| {
+            Sandbox::new(SandboxConfig {
+                appid: appid.clone(),
+                secret: secret.clone(),
+                ..SandboxConfig::default()
+            })
+        });
+        let n = &s.identity_headers;
+        let header_names = [
+            (&n.openid, Field::OpenId),
+            (&n.unionid, Field::UnionId),
+            (&n.scope, Field::Scope),
+            (&n.snapshot, Field::Snapshot),
+            (&n.nickname, Field::Nickname),
+            (&n.avatar, Field::Avatar),
+        ]
+        .into_iter()
+        .map(|(name, f)| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map(|h| (h, f))
+                .map_err(|e| format!("{name}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Auth {
+            provider: Provider {
+                appid,
+                secret,
+                scope: w.scope.clone(),
+                open_base,
+                api_base,
+            },
+            codec,
+            exchanger: Arc::new(exchanger),
+            sandbox,
+            names: n.clone(),
+            header_names,
+            callback_paths: w.callback_paths.clone(),
+            frontend_states: w.frontend_states.clone(),
+            require_session: s.require_session.clone(),
+            proxy_prefixes: config.settings.proxy.prefixes.clone(),
+            public_url: w.public_url.clone(),
+            secure: s.cookie_secure,
+        })
     }
 
     /// Start-up log lines.
     pub fn describe(&self) -> Vec<String> {
-        vec!["wechat: login at the edge is off".into()]
+        let mut lines = vec![format!(
+            "wechat: appid {} via {} (scope {}){}",
+            self.provider.appid,
+            self.provider.api_base,
+            self.provider.scope,
+            if self.sandbox.is_some() {
+                ", sandbox WeChat at /_wxedge/sandbox/"
+            } else {
+                ""
+            }
+        )];
+        lines.push(format!(
+            "wechat: callbacks intercepted on {}; frontend states accepted: {}",
+            if self.callback_paths.is_empty() {
+                "any SPA page".to_string()
+            } else {
+                self.callback_paths.join(", ")
+            },
+            if self.frontend_states.is_empty() {
+                "any".to_string()
+            } else {
+                self.frontend_states.join(", ")
+            }
+        ));
+        lines
+    }
+
+    pub fn exchanger(&self) -> Arc<CodeExchanger> {
+        self.exchanger.clone()
+    }
+
+    pub fn credentials(&self) -> (&str, &str) {
+        (&self.provider.appid, &self.provider.secret)
     }
 
     /// Every name a client must never be able to send upstream, in canonical spelling.
     pub fn protected_header_names(&self) -> Vec<String> {
-        let h = &self.headers;
+        let n = &self.names;
         [
-            &h.openid,
-            &h.unionid,
-            &h.scope,
-            &h.snapshot,
-            &h.nickname,
-            &h.avatar,
+            &n.openid,
+            &n.unionid,
+            &n.scope,
+            &n.snapshot,
+            &n.nickname,
+            &n.avatar,
         ]
         .iter()
-        .map(|n| canonical(n))
+        .map(|h| canonical(h))
         .collect()
     }
 
+    fn set_cookie(ctx: &mut RequestCtx, value: String) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            ctx.set_cookies.push(v);
+        }
+    }
+
+    fn marker_cookie(&self, on: bool) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        if on {
+            format!("{RETRY_MARKER}=1; Max-Age=60; Path=/; HttpOnly; SameSite=Lax{secure}")
+        } else {
+            format!("{RETRY_MARKER}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}")
+        }
+    }
+
+    /// The site's origin as the browser sees it, for `redirect_uri`.
+    fn origin(&self, session: &HttpSession) -> String {
+        if !self.public_url.is_empty() {
+            return self.public_url.clone();
+        }
+        let host = session
+            .req_header()
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+            })
+            .unwrap_or("localhost");
+        format!("{}://{host}", if self.secure { "https" } else { "http" })
+    }
+
+    fn identity_headers(&self, s: &Session) -> Vec<(String, HeaderValue)> {
+        let id = &s.identity;
+        let mut out = Vec::with_capacity(4);
+        for (name, field) in &self.header_names {
+            let value = match field {
+                Field::OpenId => Some(id.openid.clone()),
+                Field::UnionId => id.unionid.clone(),
+                Field::Scope => (!id.scope.is_empty()).then(|| id.scope.clone()),
+                Field::Snapshot => id.snapshot.then(|| "1".to_string()),
+                // Header values must be ASCII: nicknames are percent-encoded UTF-8.
+                Field::Nickname => id
+                    .nickname
+                    .as_ref()
+                    .map(|v| utf8_percent_encode(v, NON_ALPHANUMERIC).to_string()),
+                Field::Avatar => id
+                    .avatar
+                    .as_ref()
+                    .map(|v| utf8_percent_encode(v, NON_ALPHANUMERIC).to_string()),
+            };
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                out.push((name.as_str().to_string(), v));
+            }
+        }
+        out
+    }
+
+    fn is_callback_page(&self, session: &HttpSession, path: &str) -> bool {
+        let req = session.req_header();
+        if req.method != http::Method::GET || path.starts_with("/_wxedge/") {
+            return false;
+        }
+        if self
+            .proxy_prefixes
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+        {
+            return false;
+        }
+        if !self.callback_paths.is_empty() {
+            return self.callback_paths.iter().any(|p| p == path);
+        }
+        let last = path.rsplit('/').next().unwrap_or("");
+        let page = !last.contains('.') || last.ends_with(".html");
+        let html = req
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|a| a.contains("text/html") || a.contains("*/*"));
+        page && html
+    }
+
+    /// Exchange `code`; the identity on success, the error label otherwise.
+    async fn redeem(&self, code: &str) -> Result<Identity, (String, Option<String>)> {
+        let result = self.exchanger.redeem(code).await;
+        // A code refused before any call (malformed) is not a WeChat exchange.
+        let called_wechat = result.obtained == Obtained::Fresh && !result.rejected_locally;
+        match result.obtained {
+            Obtained::Joined => METRICS.singleflight_joins.inc(),
+            Obtained::Cached => METRICS.code_cache_hits.inc(),
+            Obtained::Fresh => {}
+        }
+        match result.outcome.as_ref() {
+            Ok(ex) => {
+                if called_wechat {
+                    METRICS
+                        .wechat_exchanges
+                        .with_label_values(&["ok", "0"])
+                        .inc();
+                }
+                let t = &ex.token;
+                let info = ex.userinfo.as_ref();
+                Ok(Identity {
+                    openid: t.openid.clone(),
+                    unionid: t
+                        .unionid
+                        .clone()
+                        .or_else(|| info.and_then(|i| i.unionid.clone())),
+                    scope: t.scope.clone(),
+                    snapshot: t.is_snapshotuser,
+                    nickname: info.map(|i| i.nickname.clone()),
+                    avatar: info.map(|i| i.headimgurl.clone()),
+                })
+            }
+            Err(e) => {
+                let label = e.errcode_label();
+                if called_wechat {
+                    METRICS
+                        .wechat_exchanges
+                        .with_label_values(&["error", &label])
+                        .inc();
+                }
+                let req_id = match e {
+                    ExchangeError::WeChat { req_id, .. } => req_id.clone(),
+                    _ => None,
+                };
+                Err((label, req_id))
+            }
+        }
+    }
+
+    /// Runs before static files and the proxy.
     pub async fn request_filter(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        session: &mut HttpSession,
+        ctx: &mut RequestCtx,
     ) -> Result<AuthAction> {
+        let path = session.req_header().uri.path().to_string();
+        let query = session.req_header().uri.query().map(str::to_string);
+        let now = now_unix();
+
+        if let Some(rest) = path.strip_prefix("/_wxedge/") {
+            if let Some(class) = self
+                .endpoint(session, ctx, rest, query.as_deref(), now)
+                .await?
+            {
+                return Ok(AuthAction::Responded(class));
+            }
+        }
+
+        let mut current = self
+            .codec
+            .open_from_cookie_header(&cookie_values(session), now);
+
+        if self.is_callback_page(session, &path) {
+            if let (Some(code), Some(state)) = (
+                query_param(query.as_deref(), "code"),
+                query_param(query.as_deref(), "state"),
+            ) {
+                let state_ok = !looks_like_login_state(&state)
+                    && (self.frontend_states.is_empty()
+                        || self.frontend_states.iter().any(|s| *s == state));
+                if !code.is_empty() && state_ok {
+                    match self.redeem(&code).await {
+                        Ok(identity) => {
+                            let (s, set) = self.codec.issue(&identity, now);
+                            Self::set_cookie(ctx, set);
+                            if has_cookie(session, RETRY_MARKER) {
+                                Self::set_cookie(ctx, self.marker_cookie(false));
+                            }
+                            current = Some(s);
+                        }
+                        Err((label, req_id)) => {
+                            log::warn!(
+                                "wechat code exchange failed on {path}: errcode {label}{}",
+                                req_id.map(|r| format!(" (req_id {r})")).unwrap_or_default()
+                            );
+                            if current.is_none() {
+                                self.callback_failed(session, ctx, &path, query.as_deref(), &label)
+                                    .await?;
+                                return Ok(AuthAction::Responded(RouteClass::Auth));
+                            }
+                            // A valid session already: the page is all the user needs.
+                        }
+                    }
+                } else if !state_ok {
+                    log::info!("callback on {path} with a state outside wechat.frontend_states: not intercepted");
+                }
+            }
+        }
+
+        let identity_headers = current
+            .as_ref()
+            .map(|s| self.identity_headers(s))
+            .unwrap_or_default();
+        ctx.authenticated = current.is_some();
+        let cookies = cookie_values(session);
+        let upstream_cookie = if cookies.is_empty() {
+            None
+        } else {
+            let joined = cookies
+                .iter()
+                .map(|v| String::from_utf8_lossy(v))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let stripped = self.codec.strip_cookie(&joined);
+            // Also keep the edge's retry marker to itself.
+            let stripped = stripped.and_then(|c| {
+                let kept: Vec<&str> = c
+                    .split("; ")
+                    .filter(|p| p.split('=').next() != Some(RETRY_MARKER))
+                    .collect();
+                (!kept.is_empty()).then(|| kept.join("; "))
+            });
+            Some(stripped)
+        };
         Ok(AuthAction::Continue {
-            identity_headers: vec![],
-            upstream_cookie: None,
+            identity_headers,
+            upstream_cookie,
         })
     }
 
-    pub fn require_session_refusal(&self, _session: &Session, _ctx: &RequestCtx) -> Option<u16> {
-        None
+    /// A callback whose code could not be exchanged, for a browser without a session:
+    /// restart the page's own login once (the page reloads without the spent code and asks
+    /// WeChat again), then show an error page instead of looping.
+    async fn callback_failed(
+        &self,
+        session: &mut HttpSession,
+        ctx: &mut RequestCtx,
+        path: &str,
+        query: Option<&str>,
+        label: &str,
+    ) -> Result<()> {
+        let clean = without_code(path, query);
+        let config_error = matches!(label, "40125" | "40013" | "40002");
+        if !config_error && !has_cookie(session, RETRY_MARKER) {
+            Self::set_cookie(ctx, self.marker_cookie(true));
+            let loc = HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static("/"));
+            return respond(
+                session,
+                ctx,
+                302,
+                "text/plain; charset=utf-8",
+                &[(header::LOCATION, loc)],
+                Bytes::new(),
+            )
+            .await;
+        }
+        let status = match label {
+            "40029" | "40163" | "41008" => 401,
+            _ if config_error => 500,
+            _ => 502,
+        };
+        let page = pages::error_page(label, &clean, &ctx.request_id);
+        respond(
+            session,
+            ctx,
+            status,
+            "text/html; charset=utf-8",
+            &[],
+            Bytes::from(page),
+        )
+        .await
     }
 
-    pub fn unauthorized_body(&self, _session: &Session) -> Bytes {
-        crate::edge::json_error("unauthorized", "no WeChat session")
+    fn authorize_for(
+        &self,
+        session: &HttpSession,
+        ctx: &mut RequestCtx,
+        return_to: &str,
+        now: u64,
+    ) -> String {
+        let (state, nonce_cookie) = self.codec.new_login(return_to, now);
+        Self::set_cookie(ctx, nonce_cookie);
+        let redirect_uri = format!("{}/_wxedge/callback", self.origin(session));
+        authorize_url(
+            &self.provider.open_base,
+            &self.provider.appid,
+            &redirect_uri,
+            &self.provider.scope,
+            &state,
+        )
+    }
+
+    /// `/_wxedge/*`; `None` when the path is not one of ours (health is handled by the edge).
+    async fn endpoint(
+        &self,
+        session: &mut HttpSession,
+        ctx: &mut RequestCtx,
+        rest: &str,
+        query: Option<&str>,
+        now: u64,
+    ) -> Result<Option<RouteClass>> {
+        const JSON: &str = "application/json; charset=utf-8";
+        if let Some(sub) = rest.strip_prefix("sandbox") {
+            let Some(sandbox) = &self.sandbox else {
+                return Ok(None);
+            };
+            let target = match query {
+                Some(q) => format!("{sub}?{q}"),
+                None => sub.to_string(),
+            };
+            let method = session.req_header().method.as_str().to_string();
+            let r = sandbox.handle(&method, &target, now);
+            let extra: Vec<(HeaderName, HeaderValue)> = r
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect();
+            respond(
+                session,
+                ctx,
+                r.status,
+                r.content_type,
+                &extra,
+                Bytes::from(r.body),
+            )
+            .await?;
+            return Ok(Some(RouteClass::Sandbox));
+        }
+        match rest {
+            "session" => {
+                let s = self
+                    .codec
+                    .open_from_cookie_header(&cookie_values(session), now);
+                let body = match &s {
+                    Some(s) => serde_json::json!({
+                        "authenticated": true,
+                        "openid": s.identity.openid,
+                        "unionid": s.identity.unionid,
+                        "scope": s.identity.scope,
+                        "snapshot": s.identity.snapshot,
+                        "expires_at": s.expires_at,
+                    }),
+                    None => serde_json::json!({
+                        "authenticated": false, "openid": null, "unionid": null, "snapshot": false, "expires_at": null,
+                    }),
+                };
+                respond(session, ctx, 200, JSON, &[], Bytes::from(body.to_string())).await?;
+            }
+            "logout" => {
+                Self::set_cookie(ctx, self.codec.clear_cookie_header());
+                let to = query_param(query, "return")
+                    .and_then(|r| safe_return_path(&r))
+                    .unwrap_or_else(|| "/".into());
+                let loc = HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/"));
+                respond(
+                    session,
+                    ctx,
+                    302,
+                    "text/plain; charset=utf-8",
+                    &[(header::LOCATION, loc)],
+                    Bytes::new(),
+                )
+                .await?;
+            }
+            "login" => {
+                let raw = query_param(query, "return").unwrap_or_else(|| "/".into());
+                let Some(to) = safe_return_path(&raw) else {
+                    let body = json_error(
+                        "bad_return",
+                        "return must be a path on this site, such as /pages/index/index",
+                    );
+                    respond(session, ctx, 400, JSON, &[], body).await?;
+                    return Ok(Some(RouteClass::Auth));
+                };
+                let url = self.authorize_for(session, ctx, &to, now);
+                let loc = HeaderValue::from_str(&url)
+                    .map_err(|_| Error::new(ErrorType::InternalError))?;
+                respond(
+                    session,
+                    ctx,
+                    302,
+                    "text/plain; charset=utf-8",
+                    &[(header::LOCATION, loc)],
+                    Bytes::new(),
+                )
+                .await?;
+            }
+            "callback" => {
+                let state = query_param(query, "state").unwrap_or_default();
+                let code = query_param(query, "code").unwrap_or_default();
+                match self
+                    .codec
+                    .finish_login(&state, &cookie_values(session), now)
+                {
+                    Err(e) => {
+                        log::info!("edge login callback refused: {}", e.label());
+                        let page =
+                            pages::error_page("state", "/_wxedge/login?return=/", &ctx.request_id);
+                        respond(
+                            session,
+                            ctx,
+                            400,
+                            "text/html; charset=utf-8",
+                            &[],
+                            Bytes::from(page),
+                        )
+                        .await?;
+                    }
+                    Ok(to) => {
+                        Self::set_cookie(ctx, self.codec.clear_login_cookie_header());
+                        if code.is_empty() {
+                            // The user refused authorization (snsapi_userinfo): no session, back to the page.
+                            let loc =
+                                HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/"));
+                            respond(
+                                session,
+                                ctx,
+                                302,
+                                "text/plain; charset=utf-8",
+                                &[(header::LOCATION, loc)],
+                                Bytes::new(),
+                            )
+                            .await?;
+                            return Ok(Some(RouteClass::Auth));
+                        }
+                        match self.redeem(&code).await {
+                            Ok(identity) => {
+                                let (_s, set) = self.codec.issue(&identity, now);
+                                Self::set_cookie(ctx, set);
+                                let loc = HeaderValue::from_str(&to)
+                                    .unwrap_or(HeaderValue::from_static("/"));
+                                respond(
+                                    session,
+                                    ctx,
+                                    302,
+                                    "text/plain; charset=utf-8",
+                                    &[(header::LOCATION, loc)],
+                                    Bytes::new(),
+                                )
+                                .await?;
+                            }
+                            Err((label, req_id)) => {
+                                log::warn!(
+                                    "wechat code exchange failed on the edge login: errcode {label}{}",
+                                    req_id.map(|r| format!(" (req_id {r})")).unwrap_or_default()
+                                );
+                                let retry = format!(
+                                    "/_wxedge/login?return={}",
+                                    utf8_percent_encode(&to, NON_ALPHANUMERIC)
+                                );
+                                let status = if matches!(label.as_str(), "40029" | "40163") {
+                                    401
+                                } else {
+                                    502
+                                };
+                                let page = pages::error_page(&label, &retry, &ctx.request_id);
+                                respond(
+                                    session,
+                                    ctx,
+                                    status,
+                                    "text/html; charset=utf-8",
+                                    &[],
+                                    Bytes::from(page),
+                                )
+                                .await?;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(RouteClass::Auth))
+    }
+
+    /// 401 for a `require_session` prefix without a session.
+    pub fn require_session_refusal(&self, session: &HttpSession, ctx: &RequestCtx) -> Option<u16> {
+        let path = session.req_header().uri.path();
+        (!ctx.authenticated
+            && self
+                .require_session
+                .iter()
+                .any(|p| path.starts_with(p.as_str())))
+        .then_some(401)
+    }
+
+    /// The 401 body: where to log in (the edge's login URL and a ready authorize URL).
+    pub fn unauthorized_body(&self, session: &HttpSession, ctx: &mut RequestCtx) -> Bytes {
+        // Back to the page that made the call, when the browser said which (same site only).
+        let back = session
+            .req_header()
+            .headers
+            .get(header::REFERER)
+            .and_then(|r| r.to_str().ok())
+            .and_then(|r| r.split_once("://").map(|(_, rest)| rest))
+            .and_then(|rest| rest.find('/').map(|i| rest[i..].to_string()))
+            .and_then(|p| safe_return_path(&p))
+            .unwrap_or_else(|| "/".into());
+        let authorize = self.authorize_for(session, ctx, &back, now_unix());
+        let login = format!(
+            "/_wxedge/login?return={}",
+            utf8_percent_encode(&back, NON_ALPHANUMERIC)
+        );
+        Bytes::from(
+            serde_json::json!({
+                "error": "unauthorized",
+                "message": "a WeChat session is required",
+                "login_url": login,
+                "authorize_url": authorize,
+            })
+            .to_string(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_helpers() {
+        assert_eq!(
+            query_param(Some("code=a%2Bb&state=S"), "code").as_deref(),
+            Some("a+b")
+        );
+        assert_eq!(query_param(Some("x=1"), "code"), None);
+        assert_eq!(
+            without_code("/p", Some("code=1&state=2&from=share")),
+            "/p?from=share"
+        );
+        assert_eq!(without_code("/p", Some("code=1&state=2")), "/p");
+        assert_eq!(without_code("/p", None), "/p");
     }
 }

@@ -146,6 +146,39 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WX_TIMEOUT_MS", |s, n, v| {
         Ok(s.wechat.timeout_ms = number(n, v)?)
     }),
+    ("WX_CALLBACK_PATHS", |s, _, v| {
+        Ok(s.wechat.callback_paths = list(v))
+    }),
+    ("WX_FRONTEND_STATES", |s, _, v| {
+        Ok(s.wechat.frontend_states = list(v))
+    }),
+    ("WXEDGE_PUBLIC_URL", |s, _, v| {
+        Ok(s.wechat.public_url = v.trim().trim_end_matches('/').into())
+    }),
+    ("WXEDGE_WECHAT_COMPAT_LISTEN", |s, _, v| {
+        Ok(s.wechat.compat_listen = v.trim().into())
+    }),
+    ("WXEDGE_REQUIRE_SESSION", |s, _, v| {
+        Ok(s.session.require_session = list(v))
+    }),
+    ("WXEDGE_HEADER_OPENID", |s, _, v| {
+        Ok(s.session.identity_headers.openid = v.trim().into())
+    }),
+    ("WXEDGE_HEADER_UNIONID", |s, _, v| {
+        Ok(s.session.identity_headers.unionid = v.trim().into())
+    }),
+    ("WXEDGE_HEADER_SCOPE", |s, _, v| {
+        Ok(s.session.identity_headers.scope = v.trim().into())
+    }),
+    ("WXEDGE_HEADER_SNAPSHOT", |s, _, v| {
+        Ok(s.session.identity_headers.snapshot = v.trim().into())
+    }),
+    ("WXEDGE_HEADER_NICKNAME", |s, _, v| {
+        Ok(s.session.identity_headers.nickname = v.trim().into())
+    }),
+    ("WXEDGE_HEADER_AVATAR", |s, _, v| {
+        Ok(s.session.identity_headers.avatar = v.trim().into())
+    }),
     ("WXEDGE_COOKIE_NAME", |s, _, v| {
         Ok(s.session.cookie_name = v.trim().into())
     }),

@@ -106,6 +106,15 @@ pub struct WechatSettings {
     pub sandbox: Option<bool>,
     pub connect_timeout_ms: u64,
     pub timeout_ms: u64,
+    /// Paths whose `?code=&state=` page loads are intercepted; empty = any page of the SPA.
+    pub callback_paths: Vec<String>,
+    /// `state` values accepted on frontend-started callbacks; empty = any (see README: login CSRF).
+    pub frontend_states: Vec<String>,
+    /// The site's public origin (`https://h5.example.com`) for the edge-started login's
+    /// `redirect_uri`; empty = taken from the request's Host.
+    pub public_url: String,
+    /// Listener for the WeChat-compatible `GET /sns/oauth2/access_token` (unchanged backends); empty = off.
+    pub compat_listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -115,6 +124,34 @@ pub struct SessionSettings {
     pub keys: Vec<String>,
     pub lifetime_seconds: u64,
     pub cookie_secure: bool,
+    /// Proxied prefixes that answer 401 without a session instead of reaching the backend.
+    pub require_session: Vec<String>,
+    pub identity_headers: IdentityHeaderNames,
+}
+
+/// Header names the backend receives the verified identity in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityHeaderNames {
+    pub openid: String,
+    pub unionid: String,
+    pub scope: String,
+    pub snapshot: String,
+    pub nickname: String,
+    pub avatar: String,
+}
+
+impl Default for IdentityHeaderNames {
+    fn default() -> Self {
+        IdentityHeaderNames {
+            openid: "X-WX-OpenID".into(),
+            unionid: "X-WX-UnionID".into(),
+            scope: "X-WX-Scope".into(),
+            snapshot: "X-WX-Snapshot".into(),
+            nickname: "X-WX-Nickname".into(),
+            avatar: "X-WX-Avatar".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +184,8 @@ impl Default for Settings {
                 keys: vec![],
                 lifetime_seconds: 7 * 24 * 3600,
                 cookie_secure: true,
+                require_session: vec![],
+                identity_headers: IdentityHeaderNames::default(),
             },
             ops: OpsSettings::default(),
         }
@@ -209,6 +248,7 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub backends: Vec<BackendAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    pub compat_listen: Option<SocketAddr>,
     /// Where the settings came from, for `-t` and the start-up log.
     pub source: String,
 }
@@ -408,6 +448,54 @@ fn validate(
         "" => None,
         s => Some(parse_listen(s, "ops.metrics_listen")?),
     };
+    let compat_listen = match settings.wechat.compat_listen.trim() {
+        "" => None,
+        s => Some(parse_listen(s, "wechat.compat_listen")?),
+    };
+    if !matches!(
+        settings.wechat.scope.as_str(),
+        "snsapi_base" | "snsapi_userinfo"
+    ) {
+        return err(format!(
+            "wechat.scope: `{}` must be snsapi_base or snsapi_userinfo",
+            settings.wechat.scope
+        ));
+    }
+    for base in [
+        &settings.wechat.api_base,
+        &settings.wechat.open_base,
+        &settings.wechat.public_url,
+    ] {
+        if !base.is_empty() && !(base.starts_with("http://") || base.starts_with("https://")) {
+            return err(format!(
+                "wechat: `{base}` must be an http:// or https:// URL"
+            ));
+        }
+    }
+    let h = &settings.session.identity_headers;
+    for name in [
+        &h.openid,
+        &h.unionid,
+        &h.scope,
+        &h.snapshot,
+        &h.nickname,
+        &h.avatar,
+    ] {
+        http::HeaderName::from_bytes(name.as_bytes()).or_else(|_| {
+            err(format!(
+                "session.identity_headers: `{name}` is not a header name"
+            ))
+        })?;
+    }
+    if settings.session.cookie_name.is_empty()
+        || !settings
+            .session
+            .cookie_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return err("session.cookie_name: letters, digits, _ and - only");
+    }
     if settings.ops.max_header_bytes < 1024 {
         return err("ops.max_header_bytes: at least 1024");
     }
@@ -417,6 +505,7 @@ fn validate(
         listen,
         backends,
         metrics_listen,
+        compat_listen,
         source,
     })
 }

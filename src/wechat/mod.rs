@@ -1,1 +1,21 @@
-//! wechat
+//! The WeChat provider: the HTTP client for the `sns/*` API, the single-flight code exchanger
+//! with its result cache, and a built-in WeChat stand-in (the sandbox).
+//!
+//! Nothing here depends on Pingora or on the session module.
+
+pub mod client;
+pub mod code_cache;
+pub mod sandbox;
+
+#[cfg(test)]
+pub(crate) mod testserver;
+
+pub use client::{
+    authorize_url, validate_code, ExchangeError, TokenAnswer, UserInfo, WechatClient,
+    WechatClientConfig,
+};
+pub use code_cache::{
+    CodeCache, CodeExchanger, ExchangeOutcome, Exchanged, ExchangerConfig, MemoryCodeCache,
+    Obtained, RedeemResult,
+};
+pub use sandbox::{Sandbox, SandboxConfig, SandboxResponse, SandboxUser};

@@ -364,7 +364,12 @@ impl Backend {
     }
 }
 
-async fn serve_conn(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>, name: String, handler: Handler) {
+async fn serve_conn(
+    mut sock: tokio::net::TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    name: String,
+    handler: Handler,
+) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let end = loop {
@@ -414,7 +419,12 @@ async fn serve_conn(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Seen>>>
                 }
             }
         }
-        let request = Seen { method: method.clone(), target: target.clone(), headers: headers.clone(), body: body.clone() };
+        let request = Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers: headers.clone(),
+            body: body.clone(),
+        };
         seen.lock().unwrap().push(request.clone());
         if let Some((status, json)) = handler(&request) {
             let resp = format!(

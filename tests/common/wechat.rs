@@ -17,7 +17,12 @@ pub const SECRET: &str = "test-secret-0123456789abcdef";
 #[derive(Clone, Debug)]
 pub enum Reply {
     /// Success for this openid (unionid, snapshot flag, scope).
-    Token { openid: String, unionid: Option<String>, snapshot: bool, scope: &'static str },
+    Token {
+        openid: String,
+        unionid: Option<String>,
+        snapshot: bool,
+        scope: &'static str,
+    },
     Err(i64, &'static str),
     /// Raw HTTP status and body.
     Raw(u16, &'static str),
@@ -26,7 +31,12 @@ pub enum Reply {
 }
 
 pub fn token(openid: &str) -> Reply {
-    Reply::Token { openid: openid.into(), unionid: None, snapshot: false, scope: "snsapi_base" }
+    Reply::Token {
+        openid: openid.into(),
+        unionid: None,
+        snapshot: false,
+        scope: "snsapi_base",
+    }
 }
 
 #[derive(Default)]
@@ -56,7 +66,9 @@ impl FakeWechat {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { break };
+                let Ok((sock, _)) = listener.accept().await else {
+                    break;
+                };
                 tokio::spawn(serve(sock, st.clone()));
             }
         });
@@ -69,11 +81,21 @@ impl FakeWechat {
 
     /// Answers for `code`, in order; the last one repeats. Unscripted codes get 40029.
     pub fn script(&self, code: &str, replies: Vec<Reply>) {
-        self.state.lock().unwrap().scripts.insert(code.into(), replies);
+        self.state
+            .lock()
+            .unwrap()
+            .scripts
+            .insert(code.into(), replies);
     }
 
     pub fn calls(&self, code: &str) -> usize {
-        self.state.lock().unwrap().calls.get(code).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .calls
+            .get(code)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn userinfo_calls(&self) -> usize {
@@ -84,7 +106,14 @@ impl FakeWechat {
 fn query_map(q: &str) -> HashMap<String, String> {
     q.split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -137,7 +166,12 @@ async fn serve(mut sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
                         reply = *inner;
                     }
-                    Reply::Token { openid, unionid, snapshot, scope } => {
+                    Reply::Token {
+                        openid,
+                        unionid,
+                        snapshot,
+                        scope,
+                    } => {
                         let mut v = serde_json::json!({
                             "access_token": format!("ACCESS-{openid}"), "expires_in": 7200,
                             "refresh_token": format!("REFRESH-{openid}"), "openid": openid, "scope": scope,

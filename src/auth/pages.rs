@@ -1,0 +1,80 @@
+//! What a person sees when the login at the edge cannot finish, and the JSON an API caller gets.
+
+/// Escape text for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Why the login failed, in words for a person (Chinese first: the users are in WeChat).
+pub fn reason_text(label: &str) -> (&'static str, &'static str) {
+    match label {
+        "40029" | "40163" | "41008" => (
+            "登录凭证已失效，请重新进入。",
+            "The login code expired or was already used.",
+        ),
+        "40125" | "40013" | "40002" => (
+            "服务配置有误，请联系管理员。",
+            "The site's WeChat settings are wrong.",
+        ),
+        "-1" | "45011" => ("微信服务繁忙，请稍后重试。", "WeChat is busy right now."),
+        "timeout" | "connect" => (
+            "连接微信超时，请稍后重试。",
+            "WeChat did not answer in time.",
+        ),
+        "state" => (
+            "登录已过期或不属于此浏览器，请重新登录。",
+            "The login expired or was started in another browser.",
+        ),
+        _ => ("登录失败，请重新进入。", "The WeChat login failed."),
+    }
+}
+
+/// An HTML error page with a way to start again.
+pub fn error_page(label: &str, retry_href: &str, request_id: &str) -> String {
+    let (zh, en) = reason_text(label);
+    format!(
+        r#"<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>登录失败</title>
+<style>body{{font-family:-apple-system,"PingFang SC",sans-serif;background:#f6f7f9;margin:0}}
+main{{max-width:28rem;margin:4rem auto;padding:1.5rem;background:#fff;border-radius:12px;text-align:center}}
+a.button{{display:inline-block;margin-top:1rem;padding:.7rem 1.6rem;background:#07c160;color:#fff;border-radius:6px;text-decoration:none}}
+small{{color:#999}}</style></head>
+<body><main id="wxedge-login-error" data-reason="{label}">
+<h1>登录失败</h1><p>{zh}</p><p><small>{en}</small></p>
+<a class="button" id="wxedge-retry" href="{href}">重新登录 / Sign in again</a>
+<p><small>code {label} · request {rid}</small></p>
+</main></body></html>
+"#,
+        label = escape(label),
+        zh = zh,
+        en = en,
+        href = escape(retry_href),
+        rid = escape(request_id),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_everything_echoed() {
+        let page = error_page("40163", "/p?x=\"><script>", "r<1>");
+        assert!(!page.contains("<script>"));
+        assert!(page.contains("&quot;&gt;&lt;script&gt;"));
+        assert!(page.contains("r&lt;1&gt;"));
+        assert!(page.contains("登录凭证已失效"));
+    }
+}
