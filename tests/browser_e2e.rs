@@ -1,0 +1,185 @@
+//! End to end in real headless Chromium: the unchanged uni-app build through the real edge,
+//! its login against the edge's sandbox WeChat, and a backend that trusts only the edge's header.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+const APPID: &str = "wxe2eappid000001";
+const SECRET: &str = "e2e-secret-0123456789abcdef0123";
+
+/// The existing backend's four calls (see the fixture's README), identity from `X-WX-OpenID` only.
+fn app_backend(phones: Arc<Mutex<HashMap<String, String>>>) -> Handler {
+    Arc::new(move |req: &Seen| {
+        let openid = req.header("x-wx-openid").map(str::to_string);
+        let path = req.target.split('?').next().unwrap_or("");
+        let unauthorized = || Some((401, r#"{"error":"no verified identity"}"#.to_string()));
+        match (req.method.as_str(), path) {
+            ("GET", "/api/wx/config") => {
+                Some((200, serde_json::json!({ "appId": APPID }).to_string()))
+            }
+            ("POST", "/api/wx/login") => {
+                let Some(o) = openid else {
+                    return unauthorized();
+                };
+                let bound = phones.lock().unwrap().contains_key(&o);
+                Some((
+                    200,
+                    serde_json::json!({ "bound": bound, "token": format!("t-{o}") }).to_string(),
+                ))
+            }
+            ("POST", "/api/user/bind-phone") => {
+                let Some(o) = openid else {
+                    return unauthorized();
+                };
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let phone = body["phone"].as_str().unwrap_or("").to_string();
+                if phone.len() < 5 {
+                    return Some((400, r#"{"error":"bad phone"}"#.into()));
+                }
+                phones.lock().unwrap().insert(o, phone);
+                Some((200, r#"{"ok":true}"#.into()))
+            }
+            ("GET", "/api/user/me") => {
+                let Some(o) = openid else {
+                    return unauthorized();
+                };
+                let phone = phones.lock().unwrap().get(&o).cloned();
+                match phone {
+                    Some(p) => Some((
+                        200,
+                        serde_json::json!({ "phone": p, "openid": o }).to_string(),
+                    )),
+                    None => unauthorized(),
+                }
+            }
+            _ => Some((404, r#"{"error":"not found"}"#.into())),
+        }
+    })
+}
+
+fn wechat_ok_calls(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("wxedge_wechat_exchanges_total") && l.contains("result=\"ok\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uniapp_login_bind_and_return_in_chromium() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed: bash .ci/run installs it"
+    );
+    if !e2e.join("node_modules/playwright-core").exists() {
+        let ok = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&e2e)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "npm ci in tests/e2e failed");
+    }
+    let phones = Arc::new(Mutex::new(HashMap::new()));
+    let backend = Backend::start_with("app", app_backend(phones.clone())).await;
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let env: Vec<(String, String)> = vec![
+        ("WXEDGE_BACKEND".into(), backend.url()),
+        ("WXEDGE_SANDBOX".into(), "true".into()),
+        ("WX_APPID".into(), APPID.into()),
+        ("WX_SECRET".into(), SECRET.into()),
+        (
+            "WXEDGE_SESSION_KEY".into(),
+            "e2e-session-key-0123456789-0123456789".into(),
+        ),
+        ("WXEDGE_METRICS_LISTEN".into(), metrics.clone()),
+    ];
+    let edge = tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        start_edge(&e)
+    })
+    .await
+    .unwrap();
+
+    let shot = temp_dir("e2e").join("home.png");
+    let out = Command::new("node")
+        .arg("flow.mjs")
+        .current_dir(&e2e)
+        .env("EDGE", edge.url(""))
+        .env("PHONE", "13800138000")
+        .env("SCREENSHOT", &shot)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().last().unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|_| panic!("driver output: {stdout}\n{stderr}"));
+    assert_eq!(v["ok"], true, "{v:#}\nedge log:\n{}", edge.stderr());
+
+    // Home shows the phone just bound and the openid the backend got from the edge.
+    let bound: Vec<(String, String)> = phones.lock().unwrap().clone().into_iter().collect();
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let (openid, phone) = &bound[0];
+    assert_eq!(v["first"]["phone"], "13800138000");
+    assert_eq!(v["first"]["openid"].as_str(), Some(openid.as_str()));
+    assert!(
+        v["sandboxUserText"]
+            .as_str()
+            .unwrap()
+            .contains(openid.as_str()),
+        "the sandbox's alice is who logged in"
+    );
+    assert_eq!(phone, "13800138000");
+    assert_eq!(
+        v["second"]["openid"].as_str(),
+        Some(openid.as_str()),
+        "the same user again: bound → home"
+    );
+    assert_eq!(v["wechatRedirects"], 2);
+    let q = v["authorizeQuery"].as_str().unwrap();
+    assert!(
+        q.contains(&format!("appid={APPID}")) && q.contains("redirect_uri=http%3A%2F%2F127.0.0.1"),
+        "{q}"
+    );
+    let session = v["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "wxedge_session")
+        .expect("session cookie");
+    assert_eq!(
+        (session["httpOnly"].as_bool(), session["sameSite"].as_str()),
+        (Some(true), Some("Lax"))
+    );
+
+    // The backend never saw the session cookie nor a code it had to redeem itself.
+    for s in backend.seen() {
+        assert!(
+            s.header("cookie")
+                .is_none_or(|c| !c.contains("wxedge_session")),
+            "{:?}",
+            s.headers
+        );
+    }
+    // One WeChat call per login: two logins, two calls (the second visit costs "one more at most").
+    let addr: std::net::SocketAddr = metrics.parse().unwrap();
+    let m = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(wechat_ok_calls(&m.text()), 2, "{}", m.text());
+    assert!(shot.exists());
+}
