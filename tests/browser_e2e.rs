@@ -183,3 +183,49 @@ async fn uniapp_login_bind_and_return_in_chromium() {
     assert_eq!(wechat_ok_calls(&m.text()), 2, "{}", m.text());
     assert!(shot.exists());
 }
+
+/// The README's first command as a person tries it: sample dist, embedded defaults, sandbox login.
+#[test]
+fn sample_site_logs_in_through_the_sandbox_on_embedded_defaults() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed: bash .ci/run installs it"
+    );
+    if !e2e.join("node_modules/playwright-core").exists() {
+        let ok = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&e2e)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "npm ci in tests/e2e failed");
+    }
+    let edge = start_edge(&[("WXEDGE_DIST", repo_dist().to_str().unwrap())]);
+    let out = Command::new("node")
+        .arg("demo.mjs")
+        .current_dir(&e2e)
+        .env("EDGE", edge.url(""))
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| {
+            panic!(
+                "driver output: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(v["ok"], true, "{v:#}\nedge log:\n{}", edge.stderr());
+    assert_eq!(v["before"], "Not logged in.");
+    assert!(
+        v["after"].as_str().unwrap().contains("snapshot user"),
+        "{v}"
+    );
+    assert_eq!(v["afterLogout"], "Not logged in.");
+    assert!(
+        edge.stderr()
+            .contains("sandbox WeChat at /_wxedge/sandbox/"),
+        "{}",
+        edge.stderr()
+    );
+}

@@ -323,7 +323,17 @@ impl Auth {
                     .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
             })
             .unwrap_or("localhost");
-        format!("{}://{host}", if self.secure { "https" } else { "http" })
+        // wxedge speaks plain HTTP; a TLS-terminating load balancer says so in X-Forwarded-Proto.
+        let proto = match session
+            .req_header()
+            .headers
+            .get("x-forwarded-proto")
+            .map(|v| v.as_bytes())
+        {
+            Some(b"https") => "https",
+            _ => "http",
+        };
+        format!("{proto}://{host}")
     }
 
     fn identity_headers(&self, s: &Session) -> Vec<(String, HeaderValue)> {

@@ -1,0 +1,42 @@
+// The README's first command, as a person would try it: the repository's sample dist/ on the
+// edge's embedded defaults, "Log in with WeChat" through the sandbox, back on the page logged in.
+// Usage: EDGE=http://127.0.0.1:PORT node demo.mjs → prints one JSON line.
+import { chromium } from 'playwright-core';
+
+const EDGE = process.env.EDGE;
+const result = {};
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+try {
+  const context = await browser.newContext();
+  await context.route('**/*', (route) => {
+    const host = new URL(route.request().url()).hostname;
+    return host === '127.0.0.1' || host === 'localhost' ? route.continue() : route.abort();
+  });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  await page.goto(`${EDGE}/`);
+  await page.waitForFunction(() => !document.querySelector('#who').textContent.includes('Checking'));
+  result.before = await page.locator('#who').innerText();
+  await page.locator('#login').click();
+  await page.waitForURL(/\/_wxedge\/sandbox\/connect\/oauth2\/authorize/);
+  await page.locator('a.user[data-user="snap"]').click();
+  await page.waitForURL(`${EDGE}/`);
+  await page.waitForFunction(() => document.querySelector('#who').textContent.includes('openid'));
+  result.after = await page.locator('#who').innerText();
+  await page.locator('#logout').click();
+  await page.waitForFunction(() => document.querySelector('#who').textContent.includes('Not logged in'));
+  result.afterLogout = await page.locator('#who').innerText();
+  result.ok = true;
+} catch (e) {
+  result.ok = false;
+  result.error = String(e && e.stack ? e.stack : e);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
+process.exit(result.ok ? 0 : 1);
