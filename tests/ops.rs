@@ -1,0 +1,174 @@
+//! What ops see: access logs, request ids, metrics, health.
+
+mod common;
+
+use common::wechat::{token, FakeWechat, Reply, APPID, SECRET};
+use common::*;
+use std::time::{Duration, Instant};
+
+fn wait_for(edge: &EdgeProc, needle: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let out = edge.stdout();
+        if out.contains(needle) || t.elapsed() > Duration::from_secs(5) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn combined_access_log_redacts_codes_and_skips_health() {
+    let edge = start_edge(&[]);
+    let r = get(
+        &edge,
+        "/pages/index/index?from=share&code=SECRETCODE123&state=STATE",
+        &[
+            ("User-Agent", "test-agent/1"),
+            ("Referer", "http://h5.test/?code=REFCODE"),
+        ],
+    );
+    assert!(r.status == 200 || r.status == 302, "{}", r.status);
+    get(&edge, "/_wxedge/healthz", &[]);
+    get(&edge, "/_wxedge/readyz", &[]);
+    get(
+        &edge,
+        "/assets/missing.js",
+        &[("Cookie", "wxedge_session=SESSIONVALUE; other=1")],
+    );
+    let log = wait_for(&edge, "/assets/missing.js");
+    let line = log
+        .lines()
+        .find(|l| l.contains("/pages/index/index"))
+        .expect("the page load is logged");
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(
+        line.contains("\"GET /pages/index/index?from=share&code=REDACTED&state=STATE HTTP/1.1\""),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("\"http://h5.test/?code=REDACTED\" \"test-agent/1\""),
+        "{line}"
+    );
+    assert!(
+        log.contains("\"GET /assets/missing.js HTTP/1.1\" 404 "),
+        "{log}"
+    );
+    for secret in [
+        "SECRETCODE123",
+        "REFCODE",
+        "SESSIONVALUE",
+        "healthz",
+        "readyz",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret} must not be in the access log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_access_log_request_ids_and_metrics() {
+    let wx = FakeWechat::start().await;
+    wx.script("M1", vec![token("o-metrics")]);
+    wx.script("M2", vec![Reply::Err(40163, "code been used")]);
+    let backend = Backend::start("b").await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (wxb, bu) = (wx.base(), backend.url());
+    let env: Vec<(String, String)> = vec![
+        ("WXEDGE_ACCESS_LOG".into(), "json".into()),
+        ("WXEDGE_METRICS_LISTEN".into(), metrics.clone()),
+        ("WXEDGE_BACKEND".into(), format!("{bu},{dead}")),
+        ("WX_APPID".into(), APPID.into()),
+        ("WX_SECRET".into(), SECRET.into()),
+        ("WX_API_BASE".into(), wxb),
+    ];
+    let (edge, metrics_text) = tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let edge = start_edge(&e);
+        let html = [("Accept", "text/html")];
+        get(&edge, "/pages/a?code=M1&state=STATE", &html);
+        get(&edge, "/pages/a?code=M1&state=STATE", &html);
+        get(&edge, "/pages/a?code=M2&state=STATE", &html);
+        for _ in 0..4 {
+            get(&edge, "/api/ping", &[("Accept-Encoding", "identity")]);
+        }
+        let r = get(&edge, "/api/ping", &[("X-Request-ID", "client-rid-42")]);
+        assert_eq!(r.header("x-request-id"), Some("client-rid-42"));
+        let r = get(
+            &edge,
+            "/assets/uni.424060a0.css",
+            &[("Accept-Encoding", "gzip")],
+        );
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        let rid = r.header("x-request-id").unwrap().to_string();
+        assert_eq!(rid.len(), 32);
+        get(
+            &edge,
+            "/assets/index-bydhfUo3.js",
+            &[("Accept-Encoding", "br")],
+        );
+        let m = raw(
+            metrics.parse().unwrap(),
+            b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(m.status, 200);
+        assert_eq!(
+            get(&edge, "/metrics", &[("Accept", "application/json")]).status,
+            404,
+            "not on the public listener"
+        );
+        (edge, m.text())
+    })
+    .await
+    .unwrap();
+
+    let seen = backend.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.header("x-request-id") == Some("client-rid-42")),
+        "the request id goes upstream"
+    );
+    assert!(seen.iter().all(|s| s.header("x-request-id").is_some()));
+
+    let log = wait_for(&edge, "index-bydhfUo3");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(lines.len() >= 8, "{log}");
+    let ping = lines
+        .iter()
+        .find(|v| v["request_id"] == "client-rid-42")
+        .expect("json line for the ping");
+    assert_eq!(ping["method"], "GET");
+    assert_eq!(ping["status"], 200);
+    assert_eq!(ping["route"], "proxy");
+    assert!(ping["upstream"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(ping["duration_ms"].is_number() && ping["bytes"].as_u64().unwrap() > 0);
+    assert!(
+        !log.contains("M1") && !log.contains("M2"),
+        "codes are never logged"
+    );
+
+    for needle in [
+        "wxedge_requests_total{route=\"proxy\",status=\"200\"} 5",
+        "wxedge_static_responses_total{encoding=\"gzip\"}",
+        "wxedge_static_responses_total{encoding=\"br\"}",
+        "wxedge_wechat_exchanges_total{errcode=\"0\",result=\"ok\"} 1",
+        "wxedge_wechat_exchanges_total{errcode=\"40163\",result=\"error\"} 1",
+        "wxedge_code_cache_hits_total 1",
+        "wxedge_backend_errors_total{kind=\"connect\"}",
+        "wxedge_request_duration_seconds_bucket{route=\"static\",le=\"0.005\"}",
+        "wxedge_requests_in_flight",
+    ] {
+        assert!(
+            metrics_text.contains(needle),
+            "missing {needle}:\n{metrics_text}"
+        );
+    }
+}
