@@ -182,11 +182,14 @@ pub fn main(cli: Cli) -> i32 {
     server.bootstrap();
     crate::ops::lifecycle::watch(&server);
     if let Some(addr) = config.compat_listen {
-        let (appid, secret) = auth.credentials();
+        let Some((exchanger, appid, secret)) = auth.compat_parts() else {
+            eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
+            return 2;
+        };
         let compat = crate::auth::compat::CompatEndpoint {
-            exchanger: auth.exchanger(),
-            appid: appid.to_string(),
-            secret: secret.to_string(),
+            exchanger,
+            appid,
+            secret,
         };
         let mut svc = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,

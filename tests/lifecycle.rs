@@ -20,11 +20,15 @@ fn run_to_end(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
 #[test]
 fn test_flag_reports_what_will_be_served() {
     let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/wxedge.yaml");
+    let secret = temp_dir("secret").join("wx_secret");
+    std::fs::write(&secret, "the-app-secret-value\n").unwrap();
     let (code, out, err) = run_to_end(
         &[
             ("WX_MP_VERIFY", "Tok123"),
             ("WXEDGE_BACKEND", "http://127.0.0.1:9"),
             ("WXEDGE_LISTEN", "127.0.0.1:1"),
+            ("WX_APPID", "wxabc"),
+            ("WX_SECRET_FILE", secret.to_str().unwrap()),
         ],
         &["-c", conf.to_str().unwrap(), "-t"],
     );
@@ -36,6 +40,21 @@ fn test_flag_reports_what_will_be_served() {
     assert!(out.contains("proxy: /api/ -> 127.0.0.1:9"), "{out}");
     assert!(out.contains("index.html present"), "{out}");
     assert!(out.contains("configuration OK"), "{out}");
+    assert!(
+        out.contains("wechat: appid wxabc via https://api.weixin.qq.com"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("the-app-secret-value") && !err.contains("the-app-secret-value"),
+        "the secret is never printed"
+    );
+    // The shipped config keeps the sandbox off: without WeChat credentials it refuses to start.
+    let (code, _, err) = run_to_end(&[], &["-c", conf.to_str().unwrap(), "-t"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("WX_APPID") && err.contains("WXEDGE_SANDBOX=true"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -223,7 +242,15 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut b = spawn(env.clone(), true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // B is ready to take the sockets once it listens on the upgrade socket (a fresh path here).
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "B never opened the upgrade socket"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let a_pid = a.id();
     assert!(std::process::Command::new("kill")
         .args(["-QUIT", &a_pid.to_string()])

@@ -688,3 +688,30 @@ async fn unchanged_backends_redeem_through_the_compat_endpoint() {
         Some("application/json; charset=utf-8")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_off_leaves_pages_alone_and_still_strips_identity_headers() {
+    let backend = Backend::start("b").await;
+    let bu = backend.url();
+    let edge = edge_with(vec![
+        ("WXEDGE_BACKEND", bu.as_str()),
+        ("WXEDGE_WECHAT_LOGIN", "false"),
+    ])
+    .await;
+    let r = page_load(edge.addr(), format!("{PAGE}?code=ANY&state=STATE"), None).await;
+    assert_eq!(r.status, 200);
+    assert!(set_cookie(&r, "wxedge_session").is_none());
+    assert!(
+        page_load(
+            edge.addr(),
+            "/_wxedge/sandbox/connect/oauth2/authorize",
+            None
+        )
+        .await
+        .text()
+        .contains("<div id=\"app\">"),
+        "no sandbox: the SPA answers"
+    );
+    api(edge.addr(), "/api/x", None, &[("X-WX-OpenID", "forged")]).await;
+    assert_eq!(backend.seen().last().unwrap().header("x-wx-openid"), None);
+}

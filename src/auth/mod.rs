@@ -52,12 +52,12 @@ struct Provider {
     api_base: String,
 }
 
-pub struct Auth {
+/// The login at the edge, when it is on.
+struct Login {
     provider: Provider,
     codec: SessionCodec,
     exchanger: Arc<CodeExchanger>,
     sandbox: Option<Sandbox>,
-    names: IdentityHeaderNames,
     header_names: Vec<(HeaderName, Field)>,
     callback_paths: Vec<String>,
     frontend_states: Vec<String>,
@@ -136,8 +136,8 @@ fn has_cookie(session: &HttpSession, name: &str) -> bool {
     })
 }
 
-impl Auth {
-    pub fn from_config(config: &Config) -> Result<Auth, String> {
+impl Login {
+    fn from_config(config: &Config) -> Result<Login, String> {
         let w = &config.settings.wechat;
         let s = &config.settings.session;
         let sandbox_on = w.sandbox.unwrap_or(w.appid.is_empty());
@@ -147,7 +147,7 @@ impl Auth {
                 crate::session::random_hex(16),
             ),
             (true, false) => {
-                return Err("wechat.appid (WX_APPID) is empty and the sandbox is off".into())
+                return Err("wechat.appid (WX_APPID) is empty and the sandbox is off: set WX_APPID and WX_SECRET, or WXEDGE_SANDBOX=true to try it, or WXEDGE_WECHAT_LOGIN=false for no login at the edge".into())
             }
             (false, _) if w.secret.is_empty() => {
                 return Err(
@@ -218,7 +218,7 @@ impl Auth {
                 .map_err(|e| format!("{name}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-        Ok(Auth {
+        Ok(Login {
             provider: Provider {
                 appid,
                 secret,
@@ -229,7 +229,6 @@ impl Auth {
             codec,
             exchanger: Arc::new(exchanger),
             sandbox,
-            names: n.clone(),
             header_names,
             callback_paths: w.callback_paths.clone(),
             frontend_states: w.frontend_states.clone(),
@@ -241,7 +240,7 @@ impl Auth {
     }
 
     /// Start-up log lines.
-    pub fn describe(&self) -> Vec<String> {
+    fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "wechat: appid {} via {} (scope {}){}",
             self.provider.appid,
@@ -269,28 +268,12 @@ impl Auth {
         lines
     }
 
-    pub fn exchanger(&self) -> Arc<CodeExchanger> {
+    fn exchanger(&self) -> Arc<CodeExchanger> {
         self.exchanger.clone()
     }
 
-    pub fn credentials(&self) -> (&str, &str) {
+    fn credentials(&self) -> (&str, &str) {
         (&self.provider.appid, &self.provider.secret)
-    }
-
-    /// Every name a client must never be able to send upstream, in canonical spelling.
-    pub fn protected_header_names(&self) -> Vec<String> {
-        let n = &self.names;
-        [
-            &n.openid,
-            &n.unionid,
-            &n.scope,
-            &n.snapshot,
-            &n.nickname,
-            &n.avatar,
-        ]
-        .iter()
-        .map(|h| canonical(h))
-        .collect()
     }
 
     fn set_cookie(ctx: &mut RequestCtx, value: String) {
@@ -437,7 +420,7 @@ impl Auth {
     }
 
     /// Runs before static files and the proxy.
-    pub async fn request_filter(
+    async fn request_filter(
         &self,
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
@@ -778,7 +761,7 @@ impl Auth {
     }
 
     /// 401 for a `require_session` prefix without a session.
-    pub fn require_session_refusal(&self, session: &HttpSession, ctx: &RequestCtx) -> Option<u16> {
+    fn require_session_refusal(&self, session: &HttpSession, ctx: &RequestCtx) -> Option<u16> {
         let path = session.req_header().uri.path();
         (!ctx.authenticated
             && self
@@ -789,7 +772,7 @@ impl Auth {
     }
 
     /// The 401 body: where to log in (the edge's login URL and a ready authorize URL).
-    pub fn unauthorized_body(&self, session: &HttpSession, ctx: &mut RequestCtx) -> Bytes {
+    fn unauthorized_body(&self, session: &HttpSession, ctx: &mut RequestCtx) -> Bytes {
         // Back to the page that made the call, when the browser said which (same site only).
         let back = session
             .req_header()
@@ -814,6 +797,86 @@ impl Auth {
             })
             .to_string(),
         )
+    }
+}
+
+/// Identity at the edge: the header names the backend trusts, and the WeChat login when it is on.
+pub struct Auth {
+    names: IdentityHeaderNames,
+    login: Option<Login>,
+}
+
+impl Auth {
+    pub fn from_config(config: &Config) -> Result<Auth, String> {
+        let login = if config.settings.wechat.enabled {
+            Some(Login::from_config(config)?)
+        } else {
+            None
+        };
+        Ok(Auth {
+            names: config.settings.session.identity_headers.clone(),
+            login,
+        })
+    }
+
+    /// Start-up log lines.
+    pub fn describe(&self) -> Vec<String> {
+        match &self.login {
+            Some(l) => l.describe(),
+            None => vec!["wechat: login at the edge is off (WXEDGE_WECHAT_LOGIN=false)".into()],
+        }
+    }
+
+    /// The code exchanger and the credentials the compat endpoint checks, when the login is on.
+    pub fn compat_parts(&self) -> Option<(Arc<CodeExchanger>, String, String)> {
+        self.login.as_ref().map(|l| {
+            let (appid, secret) = l.credentials();
+            (l.exchanger(), appid.to_string(), secret.to_string())
+        })
+    }
+
+    /// Every name a client must never be able to send upstream, in canonical spelling.
+    pub fn protected_header_names(&self) -> Vec<String> {
+        let n = &self.names;
+        [
+            &n.openid,
+            &n.unionid,
+            &n.scope,
+            &n.snapshot,
+            &n.nickname,
+            &n.avatar,
+        ]
+        .iter()
+        .map(|h| canonical(h))
+        .collect()
+    }
+
+    pub async fn request_filter(
+        &self,
+        session: &mut HttpSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<AuthAction> {
+        match &self.login {
+            Some(l) => l.request_filter(session, ctx).await,
+            None => Ok(AuthAction::Continue {
+                identity_headers: vec![],
+                upstream_cookie: None,
+            }),
+        }
+    }
+
+    /// 401 for a `require_session` prefix without a session.
+    pub fn require_session_refusal(&self, session: &HttpSession, ctx: &RequestCtx) -> Option<u16> {
+        self.login
+            .as_ref()
+            .and_then(|l| l.require_session_refusal(session, ctx))
+    }
+
+    pub fn unauthorized_body(&self, session: &HttpSession, ctx: &mut RequestCtx) -> Bytes {
+        match &self.login {
+            Some(l) => l.unauthorized_body(session, ctx),
+            None => json_error("unauthorized", "a WeChat session is required"),
+        }
     }
 }
 

@@ -128,6 +128,9 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_DROP_UNDERSCORE_HEADERS", |s, n, v| {
         Ok(s.proxy.drop_underscore_headers = boolean(n, v)?)
     }),
+    ("WXEDGE_WECHAT_LOGIN", |s, n, v| {
+        Ok(s.wechat.enabled = boolean(n, v)?)
+    }),
     ("WX_APPID", |s, _, v| Ok(s.wechat.appid = v.trim().into())),
     ("WX_SECRET", |s, _, v| Ok(s.wechat.secret = v.trim().into())),
     ("WX_API_BASE", |s, _, v| {

@@ -95,6 +95,9 @@ pub struct ProxySettings {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct WechatSettings {
+    /// The login at the edge; off leaves only static files and the proxy (identity headers are
+    /// still stripped from clients).
+    pub enabled: bool,
     pub appid: String,
     pub secret: String,
     /// Where the edge calls `sns/*`; empty = real WeChat or the sandbox.
@@ -174,6 +177,7 @@ impl Default for Settings {
             static_files: StaticSettings::default(),
             proxy: ProxySettings::default(),
             wechat: WechatSettings {
+                enabled: true,
                 scope: "snsapi_base".into(),
                 connect_timeout_ms: 2_000,
                 timeout_ms: 5_000,
@@ -298,7 +302,7 @@ fn default_server_yaml() -> String {
         .map(|n| n.get())
         .unwrap_or(2);
     format!(
-        "---\nversion: 1\nthreads: {threads}\npid_file: /tmp/wxedge.pid\nupgrade_sock: /tmp/wxedge_upgrade.sock\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\n"
+        "---\nversion: 1\nthreads: {threads}\npid_file: /tmp/wxedge.pid\nupgrade_sock: /tmp/wxedge_upgrade.sock\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\nupgrade_sock_connect_accept_max_retries: 30\n"
     )
 }
 
