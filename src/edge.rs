@@ -80,7 +80,11 @@ impl Edge {
 
     fn head_size(session: &Session) -> usize {
         let req = session.req_header();
-        req.uri.to_string().len()
+        let target = req
+            .uri
+            .path_and_query()
+            .map_or(req.uri.path().len(), |p| p.as_str().len());
+        target
             + req
                 .headers
                 .iter()

@@ -365,3 +365,34 @@ fn mp_verify_from_dist_and_from_config() {
     assert_eq!(r.text(), "wxedgeSample");
     assert!(repo.stderr().contains("(from dist)"));
 }
+
+#[test]
+fn malformed_requests_get_errors_and_never_take_the_edge_down() {
+    let edge = start_edge(&[]);
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let cases: Vec<Vec<u8>> = vec![
+        b"\x00\x01\x02\x03\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET http://evil.example/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        long_uri.into_bytes(),
+        b"GET /%ff%fe%fd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nthis is not a header\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nCookie: wxedge_session=\xff\xfe\x80; a=\x01\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /?code=\xff\xfe&state=\x80 HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=99999999999999999999999999-\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: \xff\r\nIf-None-Match: \"\r\nConnection: close\r\n\r\n".to_vec(),
+        b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\nConnection: close\r\n\r\n".to_vec(),
+        b"POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nConnection: close\r\n\r\nzz\r\n".to_vec(),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        if let Ok(r) = raw(edge.addr(), c) {
+            assert!(r.status >= 200 && r.status != 500, "case {i}: {}", r.status);
+        }
+    }
+    let (status, _) = (get(&edge, "/_wxedge/healthz", &[]).status, ());
+    assert_eq!(status, 200, "the edge survived");
+    assert!(!edge.stderr().contains("panicked"), "{}", edge.stderr());
+}
