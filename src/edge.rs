@@ -135,7 +135,7 @@ pub async fn respond(
     extra: &[(header::HeaderName, HeaderValue)],
     body: Bytes,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(6 + extra.len()))?;
     resp.insert_header(header::CONTENT_TYPE, content_type)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -271,7 +271,8 @@ impl ProxyHttp for Edge {
         }
 
         // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox.
-        match self.auth.request_filter(session, ctx).await? {
+        let proxied = self.is_proxied(&path);
+        match self.auth.request_filter(session, ctx, proxied).await? {
             AuthAction::Responded(class) => {
                 ctx.class = class;
                 return Ok(true);
@@ -285,7 +286,7 @@ impl ProxyHttp for Edge {
             }
         }
 
-        if self.is_proxied(&path) {
+        if proxied {
             ctx.class = RouteClass::Proxy;
             if let Some(status) = self.auth.require_session_refusal(session, ctx) {
                 let body = self.auth.unauthorized_body(session, ctx);
@@ -354,7 +355,8 @@ impl ProxyHttp for Edge {
                     .static_hits
                     .with_label_values(&[plan.encoding.token()])
                     .inc();
-                let mut resp = ResponseHeader::build(plan.status, Some(plan.headers.len() + 4))?;
+                let mut resp =
+                    ResponseHeader::build_no_case(plan.status, Some(plan.headers.len() + 4))?;
                 for (k, v) in plan.headers {
                     resp.insert_header(k, v)?;
                 }

@@ -424,7 +424,19 @@ impl Login {
         &self,
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
+        proxied: bool,
     ) -> Result<AuthAction> {
+        // Most requests are assets: no session to open, no code to redeem, no cookie to rewrite.
+        {
+            let uri = &session.req_header().uri;
+            let maybe_callback = uri.query().is_some_and(|q| q.contains("code="));
+            if !proxied && !maybe_callback && !uri.path().starts_with("/_wxedge/") {
+                return Ok(AuthAction::Continue {
+                    identity_headers: vec![],
+                    upstream_cookie: None,
+                });
+            }
+        }
         let path = session.req_header().uri.path().to_string();
         let query = session.req_header().uri.query().map(str::to_string);
         let now = now_unix();
@@ -485,7 +497,7 @@ impl Login {
             .unwrap_or_default();
         ctx.authenticated = current.is_some();
         let cookies = cookie_values(session);
-        let upstream_cookie = if cookies.is_empty() {
+        let upstream_cookie = if cookies.is_empty() || !proxied {
             None
         } else {
             let joined = cookies
@@ -855,9 +867,10 @@ impl Auth {
         &self,
         session: &mut HttpSession,
         ctx: &mut RequestCtx,
+        proxied: bool,
     ) -> Result<AuthAction> {
         match &self.login {
-            Some(l) => l.request_filter(session, ctx).await,
+            Some(l) => l.request_filter(session, ctx, proxied).await,
             None => Ok(AuthAction::Continue {
                 identity_headers: vec![],
                 upstream_cookie: None,
