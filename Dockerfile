@@ -1,0 +1,76 @@
+# wxedge: the Pingora edge of the uni-app H5 container (static dist/, WeChat OAuth, sessions, API proxy).
+#
+#   docker build -t wxedge .
+#   docker run -p 80:80 -e WX_APPID=... -e WX_SECRET_FILE=/run/secrets/wx_secret \
+#     -e WXEDGE_SESSION_KEY_FILE=/run/secrets/session_key -e WX_MP_VERIFY=<token> wxedge
+#   (a trial without a WeChat app: -e WXEDGE_SANDBOX=true; no login at the edge: -e WXEDGE_WECHAT_LOGIN=false)
+#
+# On machines with no Docker engine (CI here): bash scripts/make-base-images.sh makes the two base images
+# locally, then `buildah --storage-driver vfs build --format docker --isolation chroot --pull=never -t wxedge .`
+# (scripts/container-test.sh does both and tests the result). Use --format docker with buildah: the OCI
+# image format has no HEALTHCHECK.
+#
+# Images built FROM this one can keep their nginx-era `COPY dist/ /usr/share/nginx/html` lines.
+# No secrets are baked in: pass WeChat app secrets, cookie keys etc. as environment variables at run time.
+
+# ---------------------------------------------------------------------------------------------- build
+FROM rust:1-slim-bookworm AS build
+
+# cmake: pingora's compression builds zlib-ng (libz-ng-sys) with cmake; gcc/make for ring, zstd-sys.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential cmake pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+
+# Dependencies first, so a source-only change reuses the downloaded crates from the layer cache.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src \
+ && echo 'fn main() {}' > src/main.rs \
+ && cargo fetch --locked \
+ && rm -rf src
+
+COPY . .
+RUN cargo build --release --locked \
+ && install -m 0755 target/release/wxedge /wxedge
+
+# -------------------------------------------------------------------------------------------- runtime
+FROM debian:bookworm-slim
+
+ARG WXEDGE_UID=10001
+ARG WXEDGE_GID=10001
+
+# ca-certificates: the edge calls WeChat's HTTPS API. libcap2-bin is only for the setcap further down
+# (set here, in the final stage, because COPY --from does not keep file capabilities everywhere) and is
+# purged there.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libcap2-bin \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid "${WXEDGE_GID}" wxedge \
+ && useradd --system --uid "${WXEDGE_UID}" --gid wxedge --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin wxedge
+
+COPY --from=build /wxedge /usr/local/bin/wxedge
+COPY dist/ /usr/share/nginx/html/
+COPY conf/ /etc/wxedge/
+
+# Port 80 as non-root: file capability cap_net_bind_service on the binary only. The pid file and the
+# upgrade socket go to /tmp (see conf/wxedge.yaml), which stays world-writable.
+RUN setcap cap_net_bind_service=+ep /usr/local/bin/wxedge \
+ && apt-get purge -y --auto-remove libcap2-bin \
+ && chmod -R a+rX /usr/share/nginx/html /etc/wxedge \
+ && chmod 1777 /tmp
+
+ENV WXEDGE_LISTEN=0.0.0.0:80 \
+    WXEDGE_DIST=/usr/share/nginx/html
+
+USER ${WXEDGE_UID}:${WXEDGE_GID}
+EXPOSE 80
+# SIGTERM: graceful shutdown; in-flight requests finish (up to grace_period_seconds in conf/wxedge.yaml)
+# before the process exits. `docker stop` kills after 10 s by default: give long downloads or uploads more
+# with --stop-timeout (Kubernetes: terminationGracePeriodSeconds).
+STOPSIGNAL SIGTERM
+# No curl in the image: the binary GETs http://127.0.0.1:<port of WXEDGE_LISTEN>/_wxedge/healthz itself.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/wxedge", "healthcheck"]
+CMD ["/usr/local/bin/wxedge", "-c", "/etc/wxedge/wxedge.yaml"]
