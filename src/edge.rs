@@ -156,6 +156,25 @@ pub async fn respond(
     Ok(())
 }
 
+/// 302 to `location` (a path or URL built by the edge itself).
+pub async fn redirect(session: &mut Session, ctx: &RequestCtx, location: &str) -> Result<()> {
+    let loc = HeaderValue::from_str(location).map_err(|_| {
+        Error::explain(
+            ErrorType::InternalError,
+            "redirect target is not a header value",
+        )
+    })?;
+    respond(
+        session,
+        ctx,
+        302,
+        "text/plain; charset=utf-8",
+        &[(header::LOCATION, loc)],
+        Bytes::new(),
+    )
+    .await
+}
+
 pub fn json_error(code: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string())
 }

@@ -101,14 +101,7 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
 
 fn healthcheck(config: &Config) -> i32 {
     use std::io::{Read, Write};
-    let mut addr = config.listen[0];
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
+    let addr = config.loopback_addr();
     let timeout = std::time::Duration::from_secs(3);
     let result = (|| -> std::io::Result<bool> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;

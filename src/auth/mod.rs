@@ -15,7 +15,7 @@ use pingora::prelude::*;
 use pingora_proxy::Session as HttpSession;
 
 use crate::config::{Config, IdentityHeaderNames};
-use crate::edge::{json_error, respond, RequestCtx};
+use crate::edge::{json_error, redirect, respond, RequestCtx};
 use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
 use crate::proxy::headers::canonical;
@@ -75,18 +75,6 @@ enum Field {
     Snapshot,
     Nickname,
     Avatar,
-}
-
-fn loopback_of(config: &Config) -> String {
-    let mut a = config.listen[0];
-    if a.ip().is_unspecified() {
-        a.set_ip(if a.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    a.to_string()
 }
 
 /// `name` from a query string, percent-decoded.
@@ -156,7 +144,7 @@ impl Login {
             }
             (false, _) => (w.appid.clone(), w.secret.clone()),
         };
-        let sandbox_base = format!("http://{}/_wxedge/sandbox", loopback_of(config));
+        let sandbox_base = format!("http://{}/_wxedge/sandbox", config.loopback_addr());
         let api_base = match (w.api_base.is_empty(), sandbox_on) {
             (false, _) => w.api_base.clone(),
             (true, true) => sandbox_base,
@@ -537,16 +525,7 @@ impl Login {
         let config_error = matches!(label, "40125" | "40013" | "40002");
         if !config_error && !has_cookie(session, RETRY_MARKER) {
             Self::set_cookie(ctx, self.marker_cookie(true));
-            let loc = HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static("/"));
-            return respond(
-                session,
-                ctx,
-                302,
-                "text/plain; charset=utf-8",
-                &[(header::LOCATION, loc)],
-                Bytes::new(),
-            )
-            .await;
+            return redirect(session, ctx, &clean).await;
         }
         let status = match label {
             "40029" | "40163" | "41008" => 401,
@@ -650,16 +629,7 @@ impl Login {
                 let to = query_param(query, "return")
                     .and_then(|r| safe_return_path(&r))
                     .unwrap_or_else(|| "/".into());
-                let loc = HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/"));
-                respond(
-                    session,
-                    ctx,
-                    302,
-                    "text/plain; charset=utf-8",
-                    &[(header::LOCATION, loc)],
-                    Bytes::new(),
-                )
-                .await?;
+                redirect(session, ctx, &to).await?;
             }
             "login" => {
                 let raw = query_param(query, "return").unwrap_or_else(|| "/".into());
@@ -672,17 +642,7 @@ impl Login {
                     return Ok(Some(RouteClass::Auth));
                 };
                 let url = self.authorize_for(session, ctx, &to, now);
-                let loc = HeaderValue::from_str(&url)
-                    .map_err(|_| Error::new(ErrorType::InternalError))?;
-                respond(
-                    session,
-                    ctx,
-                    302,
-                    "text/plain; charset=utf-8",
-                    &[(header::LOCATION, loc)],
-                    Bytes::new(),
-                )
-                .await?;
+                redirect(session, ctx, &url).await?;
             }
             "callback" => {
                 let state = query_param(query, "state").unwrap_or_default();
@@ -709,34 +669,14 @@ impl Login {
                         Self::set_cookie(ctx, self.codec.clear_login_cookie_header());
                         if code.is_empty() {
                             // The user refused authorization (snsapi_userinfo): no session, back to the page.
-                            let loc =
-                                HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/"));
-                            respond(
-                                session,
-                                ctx,
-                                302,
-                                "text/plain; charset=utf-8",
-                                &[(header::LOCATION, loc)],
-                                Bytes::new(),
-                            )
-                            .await?;
+                            redirect(session, ctx, &to).await?;
                             return Ok(Some(RouteClass::Auth));
                         }
                         match self.redeem(&code).await {
                             Ok(identity) => {
                                 let (_s, set) = self.codec.issue(&identity, now);
                                 Self::set_cookie(ctx, set);
-                                let loc = HeaderValue::from_str(&to)
-                                    .unwrap_or(HeaderValue::from_static("/"));
-                                respond(
-                                    session,
-                                    ctx,
-                                    302,
-                                    "text/plain; charset=utf-8",
-                                    &[(header::LOCATION, loc)],
-                                    Bytes::new(),
-                                )
-                                .await?;
+                                redirect(session, ctx, &to).await?;
                             }
                             Err((label, req_id)) => {
                                 log::warn!(

@@ -1,20 +1,6 @@
 //! What a person sees when the login at the edge cannot finish, and the JSON an API caller gets.
 
-/// Escape text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::html::escape;
 
 /// Why the login failed, in words for a person (Chinese first: the users are in WeChat).
 pub fn reason_text(label: &str) -> (&'static str, &'static str) {

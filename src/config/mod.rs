@@ -6,7 +6,6 @@ mod env;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
@@ -270,8 +269,17 @@ impl ServerConfOwned {
 }
 
 impl Config {
-    pub fn proxy_connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.settings.proxy.connect_timeout_ms)
+    /// The first public listener as a local client reaches it (`0.0.0.0` → `127.0.0.1`).
+    pub fn loopback_addr(&self) -> SocketAddr {
+        let mut a = self.listen[0];
+        if a.ip().is_unspecified() {
+            a.set_ip(if a.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        a
     }
 }
 

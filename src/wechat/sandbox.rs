@@ -700,21 +700,7 @@ fn parse_query(q: &str) -> HashMap<String, String> {
     m
 }
 
-/// HTML-escapes text and attribute values.
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            _ => o.push(c),
-        }
-    }
-    o
-}
+use crate::html::escape as esc;
 
 #[cfg(test)]
 mod tests {
