@@ -21,14 +21,28 @@ pub struct Forwarding<'a> {
     pub protected: &'a [String],
 }
 
+/// `name` (already lower case, as `http` stores it) equals a protected name with `_` read as `-`;
+/// compared byte by byte, since this runs for every header of every proxied request.
+fn is_protected(name: &str, protected: &[String]) -> bool {
+    protected.iter().any(|p| {
+        p.len() == name.len()
+            && p.bytes().zip(name.bytes()).all(|(a, b)| {
+                a == if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+    })
+}
+
 pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> Result<()> {
     let doomed: Vec<HeaderName> = req
         .headers
         .keys()
         .filter(|k| {
             let name = k.as_str();
-            (f.drop_underscore_headers && name.contains('_'))
-                || f.protected.iter().any(|p| *p == canonical(name))
+            (f.drop_underscore_headers && name.contains('_')) || is_protected(name, f.protected)
         })
         .cloned()
         .collect();
