@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # All tests: unit and integration tests (real binary, real backend stand-in, real browser),
-# then the container image built from the real Dockerfile.
+# the container image built from the real Dockerfile, and the benchmark's smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --locked
 if [ -f scripts/container-test.sh ] && [ "${WXEDGE_SKIP_CONTAINER:-0}" != 1 ]; then
   bash scripts/container-test.sh
+fi
+# The benchmark's smoke run (seconds per case, no thresholds), so it cannot rot. It uses the
+# debug binary the tests just built; the real numbers come from `bash bench/run.sh`.
+if [ -f bench/run.sh ] && [ "${WXEDGE_SKIP_BENCH:-0}" != 1 ]; then
+  WXEDGE_BIN="$PWD/target/debug/wxedge" bash bench/run.sh --smoke
 fi

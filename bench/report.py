@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Markdown report of a bench/run.sh run: machine, settings, results table, responses, targets.
+
+Usage (bench/run.sh calls it): report.py runs.tsv responses.tsv memory.tsv, with the run's
+description in BENCH_* environment variables.
+"""
+import csv
+import datetime
+import os
+import platform
+import statistics
+import sys
+
+SERVERS = ("nginx", "wxedge")
+# Case name -> target class of issue 5 (ratios wxedge/nginx, same run, 2 cores).
+SMALL_STATIC = {"index.html", "root /", "SPA route", "MP_verify", "304 revalidation"}
+COMPRESSED = {"JS asset gzip", "JS asset br"}
+PROXY = {"proxy /api/ping"}
+
+
+def env(name, default=""):
+    return os.environ.get(name, default)
+
+
+def read_tsv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def mib(kb):
+    return f"{kb / 1024:.1f}"
+
+
+def fmt_rps(x):
+    return f"{x:,.0f}"
+
+
+def main():
+    runs = read_tsv(sys.argv[1])
+    responses = read_tsv(sys.argv[2])
+    memory = {r["server"]: r for r in read_tsv(sys.argv[3])}
+    smoke = env("BENCH_MODE") == "smoke"
+
+    cases = []
+    for r in runs:
+        if r["case"] not in cases:
+            cases.append(r["case"])
+
+    def rows(case, server):
+        return [r for r in runs if r["case"] == case and r["server"] == server]
+
+    stats = {}
+    for case in cases:
+        per = {}
+        for s in SERVERS:
+            rr = rows(case, s)
+            per[s] = {
+                "rps": statistics.median(float(r["rps"]) for r in rr),
+                "p50": statistics.median(float(r["p50_ms"]) for r in rr),
+                "p99": statistics.median(float(r["p99_ms"]) for r in rr),
+                "rss": max(int(r["rss_peak_kb"]) for r in rr),
+                "cpu": statistics.median(float(r["cpu_us_per_req"]) for r in rr),
+                "rounds": len(rr),
+                "all_rps": [float(r["rps"]) for r in rr],
+            }
+        # Ratio per round (the two servers ran back to back), then the median over rounds.
+        by_round = {}
+        for r in runs:
+            if r["case"] == case:
+                by_round.setdefault(r["round"], {})[r["server"]] = float(r["rps"])
+        ratios = [v["wxedge"] / v["nginx"] for v in by_round.values() if len(v) == 2 and v["nginx"] > 0]
+        per["ratio"] = statistics.median(ratios) if ratios else float("nan")
+        per["ratios"] = ratios
+        stats[case] = per
+
+    out = []
+    w = out.append
+    w(f"# wxedge vs nginx{' (smoke run: informational only)' if smoke else ''}")
+    w("")
+    w("## Machine and run")
+    w("")
+    w(f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
+    w(f"- CPU: {cpu_model()}, {os.cpu_count()} cores (nproc: {len(os.sched_getaffinity(0))})")
+    w(f"- kernel: {platform.release()}")
+    w(f"- nginx: {env('BENCH_NGINX_VERSION')}; wxedge: {env('BENCH_WXEDGE_VERSION')}; wrk: {env('BENCH_WRK_VERSION')}")
+    w(f"- command: `{env('BENCH_CMD')}`: {env('BENCH_ROUNDS_USED')} round(s) x {env('BENCH_DURATION_USED')} per case and server, "
+      f"`wrk -t{env('BENCH_WRK_THREADS_USED')} -c{env('BENCH_CONNS')} --latency`, servers alternating (A B, then B A), "
+      f"{env('BENCH_ELAPSED')} s of measuring")
+    w(f"- nginx: 2 workers (bench/nginx-site.conf.in); wxedge: WXEDGE_THREADS={env('BENCH_WX_THREADS')}; "
+      "access log off on both; same dist copy with `gzip -9` twins of .js/.css/.html; same backend (nginx, 1 worker, `return 200`)")
+    w(f"- {env('BENCH_NOTE_SHARED')}")
+    w(f"- load average before / after: {env('BENCH_LOAD_BEFORE')} / {env('BENCH_LOAD_AFTER')}"
+      + (f"; **other CPU-heavy processes were running at the start ({env('BENCH_BUSY')}): noisy**" if env("BENCH_BUSY") else ""))
+    w("")
+    w("## Results")
+    w("")
+    w("Medians over rounds. ratio = wxedge/nginx req/s, the median of the per-round ratios (> 1: wxedge faster). "
+      "p50/p99 from wrk's latency distribution. CPU = user + system CPU time of the server's processes "
+      "per request (from /proc/PID/stat; the backend's share is not included): the cost that does not "
+      "depend on how the 2 cores were shared with wrk. RSS = the peak of the summed VmRSS of the server's "
+      "processes (nginx: master + 2 workers; wxedge: its one process), sampled every 0.2 s during the case.")
+    w("")
+    w("| case | nginx req/s | wxedge req/s | ratio | p50 ms nginx / wxedge | p99 ms nginx / wxedge | CPU µs/req nginx / wxedge | RSS MiB nginx / wxedge |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for case in cases:
+        n, x = stats[case]["nginx"], stats[case]["wxedge"]
+        w(f"| {case} | {fmt_rps(n['rps'])} | {fmt_rps(x['rps'])} | **{stats[case]['ratio']:.2f}×** | "
+          f"{n['p50']:.2f} / {x['p50']:.2f} | {n['p99']:.2f} / {x['p99']:.2f} | {n['cpu']:.1f} / {x['cpu']:.1f} | "
+          f"{mib(n['rss'])} / {mib(x['rss'])} |")
+    w("| proxy /api/ping with session cookie | | | | | | | skipped: needs the OAuth edge (issue 3) |")
+    w("| OAuth callback (distinct codes, shared code) | | | | | | | skipped: needs the OAuth edge (issue 3) |")
+    w("")
+    if not smoke and any(len(stats[c]["ratios"]) > 1 for c in cases):
+        w("Per-round ratios (spread): " + "; ".join(
+            f"{c}: {', '.join(f'{r:.2f}' for r in stats[c]['ratios'])}" for c in cases))
+        w("")
+    w("Memory over the whole run (after the last case):")
+    w("")
+    w("| server | processes | sum of per-process peaks (VmHWM) MiB | RSS now MiB | of which anonymous / file-backed MiB | PSS now MiB |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for s in SERVERS:
+        m = memory[s]
+        w(f"| {s} | {m['processes']} | {mib(int(m['hwm_sum_kb']))} | {mib(int(m['rss_now_kb']))} | "
+          f"{mib(int(m['rss_anon_kb']))} / {mib(int(m['rss_file_kb']))} | {mib(int(m['pss_now_kb']))} |")
+    w("")
+    w("PSS divides pages shared between processes (nginx's master and workers share most of theirs); "
+      "the target compares the plain RSS sum, which counts them once per process.")
+    w("")
+    w("## What each server answered (checked with curl before measuring)")
+    w("")
+    w("| case | nginx | wxedge |")
+    w("|---|---|---|")
+    by = {(r["case"], r["server"]): r for r in responses}
+    for case in [r["case"] for r in responses if r["server"] == "nginx"]:
+        cells = []
+        for s in SERVERS:
+            r = by[(case, s)]
+            cells.append(f"{r['status']}, {r['encoding']}, {int(r['body_bytes']):,} B body + {r['header_bytes']} B head")
+        w(f"| {case} | {cells[0]} | {cells[1]} |")
+    w("")
+    w("Every identity body was compared byte for byte with the dist file (or the token, or the backend's "
+      "own answer), every encoded body after decoding. nginx has no brotli module: for `Accept-Encoding: br` "
+      "it sends the identity file, wxedge sends br, so that row compares different amounts of work and bytes.")
+    w("")
+    w("## Targets of issue 5" + (" (smoke run: not judged)" if smoke else ""))
+    w("")
+    w("| target | cases | result | verdict |")
+    w("|---|---|---|---|")
+
+    def verdict(ok):
+        return "—" if smoke else ("met" if ok else "missed")
+
+    def ratio_target(label, names, need):
+        names = [c for c in cases if c in names]
+        if not names:
+            return
+        got = ", ".join(f"{c} {stats[c]['ratio']:.2f}×" for c in names)
+        w(f"| {label} ≥ {need}× | {', '.join(names)} | {got} | {verdict(all(stats[c]['ratio'] >= need for c in names))} |")
+
+    ratio_target("static, small files", SMALL_STATIC, 1.25)
+    ratio_target("compressed asset", COMPRESSED, 1.1)
+    ratio_target("proxy", PROXY, 1.2)
+    worse = [c for c in cases if stats[c]["wxedge"]["p99"] > stats[c]["nginx"]["p99"]]
+    worse_txt = ", ".join(
+        "%s (%.2f vs %.2f ms)" % (c, stats[c]["wxedge"]["p99"], stats[c]["nginx"]["p99"]) for c in worse)
+    w("| p99 no worse than nginx | all | "
+      + ("worse in: " + worse_txt if worse else "no worse in any case")
+      + f" | {verdict(not worse)} |")
+    n_rss = max(stats[c]["nginx"]["rss"] for c in cases)
+    x_rss = max(stats[c]["wxedge"]["rss"] for c in cases)
+    w(f"| RSS ≤ nginx master + workers | all (peak over cases) | wxedge {mib(x_rss)} MiB vs nginx {mib(n_rss)} MiB "
+      f"(VmHWM sums: {mib(int(memory['wxedge']['hwm_sum_kb']))} vs {mib(int(memory['nginx']['hwm_sum_kb']))}) | {verdict(x_rss <= n_rss)} |")
+    w("| session-checked proxy within 5 % of plain proxy | — | skipped: needs the OAuth edge (issue 3) | skipped |")
+    w("| callback: N loads sharing one code = 1 WeChat call | — | skipped: needs the OAuth edge (issue 3) | skipped |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
