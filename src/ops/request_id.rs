@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The process id, read once (each `std::process::id()` is a system call).
+static PID: once_cell::sync::Lazy<u64> = once_cell::sync::Lazy::new(|| std::process::id() as u64);
 
 /// A sane incoming id: short, visible ASCII, nothing that could break a log line.
 pub fn accept(incoming: Option<&[u8]>) -> Option<String> {
@@ -21,7 +23,7 @@ pub fn generate() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let seed = (t as u64) ^ ((std::process::id() as u64) << 32);
+    let seed = (t as u64) ^ (*PID << 32);
     let hi = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), seed);
     let lo = xxhash_rust::xxh3::xxh3_64_with_seed(&t.to_le_bytes(), n);
     format!("{hi:016x}{lo:016x}")
