@@ -208,7 +208,9 @@ pub fn main(cli: Cli) -> i32 {
     if let Some(addr) = config.metrics_listen {
         let mut metrics = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
-            MetricsEndpoint,
+            MetricsEndpoint {
+                public_ports: config.listen.iter().map(|a| a.port()).collect(),
+            },
             "wxedge-metrics",
         );
         metrics.add_tcp(&addr.to_string());

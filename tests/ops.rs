@@ -111,6 +111,17 @@ async fn json_access_log_request_ids_and_metrics() {
             "/assets/index-bydhfUo3.js",
             &[("Accept-Encoding", "br")],
         );
+        // Three idle keep-alive clients: the gauge must see them.
+        let idle: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(edge.addr()).unwrap();
+                std::io::Write::write_all(&mut c, b"GET /index.html HTTP/1.1\r\nHost: h\r\n\r\n")
+                    .unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = std::io::Read::read(&mut c, &mut buf).unwrap();
+                c
+            })
+            .collect();
         let m = raw(
             metrics.parse().unwrap(),
             b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
@@ -122,6 +133,7 @@ async fn json_access_log_request_ids_and_metrics() {
             404,
             "not on the public listener"
         );
+        drop(idle);
         (edge, m.text())
     })
     .await
@@ -155,6 +167,15 @@ async fn json_access_log_request_ids_and_metrics() {
         "codes are never logged"
     );
 
+    let active: i64 = metrics_text
+        .lines()
+        .find_map(|l| l.strip_prefix("wxedge_active_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the connections gauge");
+    assert!(
+        active >= 3,
+        "three idle keep-alive clients, gauge says {active}"
+    );
     for needle in [
         "wxedge_requests_total{route=\"proxy\",status=\"200\"} 5",
         "wxedge_static_responses_total{encoding=\"gzip\"}",
@@ -165,6 +186,7 @@ async fn json_access_log_request_ids_and_metrics() {
         "wxedge_backend_errors_total{kind=\"connect\"}",
         "wxedge_request_duration_seconds_bucket{route=\"static\",le=\"0.005\"}",
         "wxedge_requests_in_flight",
+        "wxedge_active_connections",
     ] {
         assert!(
             metrics_text.contains(needle),

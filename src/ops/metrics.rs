@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Backend failures by kind (connect, timeout, no_backend, …).
     pub backend_errors: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Established client connections on the public listeners, counted when scraped.
+    pub connections: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -56,6 +58,13 @@ impl Metrics {
         let in_flight = IntGauge::new("wxedge_requests_in_flight", "Requests being handled now")
             .expect("static");
         r.register(Box::new(in_flight.clone()))
+            .expect("unique metric name");
+        let connections = IntGauge::new(
+            "wxedge_active_connections",
+            "Established client connections on the public listeners",
+        )
+        .expect("static");
+        r.register(Box::new(connections.clone()))
             .expect("unique metric name");
         Metrics {
             requests: counter_vec(
@@ -94,6 +103,7 @@ impl Metrics {
                 &["kind"],
             ),
             in_flight,
+            connections,
             registry: r,
         }
     }
@@ -110,6 +120,19 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_established_connections_on_a_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let before = established_connections(&[port]).unwrap();
+        let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_sa, _) = listener.accept().unwrap();
+        let (_sb, _) = listener.accept().unwrap();
+        // Two server-side sockets have local port `port` (the clients' local ports differ).
+        assert_eq!(established_connections(&[port]).unwrap() - before, 2);
+    }
 
     #[test]
     fn renders_text_format() {
@@ -130,8 +153,39 @@ mod tests {
     }
 }
 
+/// Established TCP connections whose local port is one of `ports`, from the kernel's socket
+/// tables (`/proc/net/tcp`, `tcp6`): the count nginx's stub_status calls "Active connections",
+/// read only when Prometheus scrapes, so the request path pays nothing for it.
+pub fn established_connections(ports: &[u16]) -> Option<i64> {
+    let mut n = 0;
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        for line in text.lines().skip(1) {
+            let mut f = line.split_whitespace();
+            let (Some(local), Some(_remote), Some(state)) = (f.nth(1), f.next(), f.next()) else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if state == "01" && port.is_some_and(|p| ports.contains(&p)) {
+                n += 1;
+            }
+        }
+    }
+    read_any.then_some(n)
+}
+
 /// The metrics listener: `GET /metrics` in Prometheus text format, nothing else.
-pub struct MetricsEndpoint;
+pub struct MetricsEndpoint {
+    /// The public listeners' ports, for `wxedge_active_connections`.
+    pub public_ports: Vec<u16>,
+}
 
 #[async_trait::async_trait]
 impl pingora_proxy::ProxyHttp for MetricsEndpoint {
@@ -145,6 +199,9 @@ impl pingora_proxy::ProxyHttp for MetricsEndpoint {
         _ctx: &mut (),
     ) -> pingora::Result<bool> {
         let (status, body) = if session.req_header().uri.path() == "/metrics" {
+            if let Some(n) = established_connections(&self.public_ports) {
+                METRICS.connections.set(n);
+            }
             (200, METRICS.render())
         } else {
             (404, b"not found\n".to_vec())
