@@ -305,6 +305,21 @@ impl ProxyHttp for Edge {
             }
         }
 
+        if path.starts_with("/_wxedge/") {
+            // The edge's own namespace: an unknown name is a 404, never the SPA.
+            ctx.class = RouteClass::Rejected;
+            respond(
+                session,
+                ctx,
+                404,
+                JSON,
+                &[],
+                json_error("not_found", "no such /_wxedge/ endpoint"),
+            )
+            .await?;
+            return Ok(true);
+        }
+
         if proxied {
             ctx.class = RouteClass::Proxy;
             if let Some(status) = self.auth.require_session_refusal(session, ctx) {

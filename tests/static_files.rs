@@ -168,6 +168,11 @@ fn spa_fallback_only_for_navigations() {
         404,
         "an XHR is no navigation"
     );
+    let r = get(&edge, "/_wxedge/nothing", &[("Accept", "text/html")]);
+    assert_eq!(
+        r.status, 404,
+        "the edge's namespace never falls back to the SPA"
+    );
 }
 
 #[test]
