@@ -62,17 +62,8 @@ fn app_backend(phones: Arc<Mutex<HashMap<String, String>>>) -> Handler {
     })
 }
 
-fn wechat_ok_calls(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("wxedge_wechat_exchanges_total") && l.contains("result=\"ok\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn uniapp_login_bind_and_return_in_chromium() {
+/// tests/e2e with its driver installed; Debian's chromium must be there (`bash .ci/run` installs it).
+fn driver_dir() -> std::path::PathBuf {
     let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     assert!(
         Path::new("/usr/bin/chromium").exists(),
@@ -86,6 +77,21 @@ async fn uniapp_login_bind_and_return_in_chromium() {
             .unwrap();
         assert!(ok.success(), "npm ci in tests/e2e failed");
     }
+    e2e
+}
+
+fn wechat_ok_calls(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("wxedge_wechat_exchanges_total") && l.contains("result=\"ok\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uniapp_login_bind_and_return_in_chromium() {
+    let e2e = driver_dir();
     let phones = Arc::new(Mutex::new(HashMap::new()));
     let backend = Backend::start_with("app", app_backend(phones.clone())).await;
     let metrics_port = free_port();
@@ -187,19 +193,7 @@ async fn uniapp_login_bind_and_return_in_chromium() {
 /// The README's first command as a person tries it: sample dist, embedded defaults, sandbox login.
 #[test]
 fn sample_site_logs_in_through_the_sandbox_on_embedded_defaults() {
-    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is needed: bash .ci/run installs it"
-    );
-    if !e2e.join("node_modules/playwright-core").exists() {
-        let ok = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&e2e)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "npm ci in tests/e2e failed");
-    }
+    let e2e = driver_dir();
     let edge = start_edge(&[("WXEDGE_DIST", repo_dist().to_str().unwrap())]);
     let out = Command::new("node")
         .arg("demo.mjs")

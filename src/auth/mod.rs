@@ -42,6 +42,31 @@ pub enum AuthAction {
     },
 }
 
+/// The error page for a login that could not finish, with the status that says why:
+/// 401 for a spent or unknown code, 500 for the site's own WeChat settings, 502 for WeChat trouble.
+async fn login_failed_page(
+    session: &mut HttpSession,
+    ctx: &RequestCtx,
+    label: &str,
+    retry_href: &str,
+) -> Result<()> {
+    let status = match label {
+        "40029" | "40163" | "41008" => 401,
+        "40125" | "40013" | "40002" => 500,
+        _ => 502,
+    };
+    let page = pages::error_page(label, retry_href, &ctx.request_id);
+    respond(
+        session,
+        ctx,
+        status,
+        "text/html; charset=utf-8",
+        &[],
+        Bytes::from(page),
+    )
+    .await
+}
+
 /// The resolved WeChat side: real WeChat, a stand-in, or the built-in sandbox.
 struct Provider {
     appid: String,
@@ -527,21 +552,7 @@ impl Login {
             Self::set_cookie(ctx, self.marker_cookie(true));
             return redirect(session, ctx, &clean).await;
         }
-        let status = match label {
-            "40029" | "40163" | "41008" => 401,
-            _ if config_error => 500,
-            _ => 502,
-        };
-        let page = pages::error_page(label, &clean, &ctx.request_id);
-        respond(
-            session,
-            ctx,
-            status,
-            "text/html; charset=utf-8",
-            &[],
-            Bytes::from(page),
-        )
-        .await
+        login_failed_page(session, ctx, label, &clean).await
     }
 
     fn authorize_for(
@@ -687,21 +698,7 @@ impl Login {
                                     "/_wxedge/login?return={}",
                                     utf8_percent_encode(&to, NON_ALPHANUMERIC)
                                 );
-                                let status = if matches!(label.as_str(), "40029" | "40163") {
-                                    401
-                                } else {
-                                    502
-                                };
-                                let page = pages::error_page(&label, &retry, &ctx.request_id);
-                                respond(
-                                    session,
-                                    ctx,
-                                    status,
-                                    "text/html; charset=utf-8",
-                                    &[],
-                                    Bytes::from(page),
-                                )
-                                .await?;
+                                login_failed_page(session, ctx, &label, &retry).await?;
                             }
                         }
                     }
