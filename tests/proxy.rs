@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -138,15 +138,7 @@ async fn round_robin_skips_a_dead_backend_and_readiness_reports_it() {
         names.iter().any(|n| n == "b1") && names.iter().any(|n| n == "b2"),
         "{names:?}"
     );
-    let ready = blocking(move || {
-        raw(
-            addr,
-            b"GET /_wxedge/readyz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let ready = get_timed(addr, "/_wxedge/readyz").await.0;
     assert_eq!(ready.status, 200);
     let v: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
     assert_eq!(
@@ -162,19 +154,7 @@ async fn backend_down_is_a_fast_json_502_and_slow_is_a_504() {
         .await
         .unwrap();
     let addr = edge.addr();
-    let (r, took) = blocking(move || {
-        let t = Instant::now();
-        (
-            raw(
-                addr,
-                b"GET /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-            )
-            .unwrap(),
-            t.elapsed(),
-        )
-    })
-    .await
-    .unwrap();
+    let (r, took) = get_timed(addr, "/api/x").await;
     assert_eq!(r.status, 502);
     assert_eq!(
         r.header("content-type"),
@@ -183,15 +163,7 @@ async fn backend_down_is_a_fast_json_502_and_slow_is_a_504() {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["error"], "bad_gateway");
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    let ready = blocking(move || {
-        raw(
-            addr,
-            b"GET /_wxedge/readyz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let ready = get_timed(addr, "/_wxedge/readyz").await.0;
     assert_eq!(ready.status, 503);
 
     let slow = Backend::start("slow").await;
@@ -202,33 +174,13 @@ async fn backend_down_is_a_fast_json_502_and_slow_is_a_504() {
     .await
     .unwrap();
     let addr = edge.addr();
-    let (r, took) = blocking(move || {
-        let t = Instant::now();
-        (
-            raw(
-                addr,
-                b"GET /api/slow?ms=3000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-            )
-            .unwrap(),
-            t.elapsed(),
-        )
-    })
-    .await
-    .unwrap();
+    let (r, took) = get_timed(addr, "/api/slow?ms=3000").await;
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(took < Duration::from_secs(2), "took {took:?}");
 
     let none = blocking(|| start_edge(&[])).await.unwrap();
     let addr = none.addr();
-    let r = blocking(move || {
-        raw(
-            addr,
-            b"GET /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let r = get_timed(addr, "/api/x").await.0;
     assert_eq!(r.status, 502);
     assert!(r.text().contains("no backend"));
 }

@@ -261,6 +261,18 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// GET `target` from an async test (the raw client runs on a blocking thread), with its duration.
+pub async fn get_timed(addr: SocketAddr, target: &str) -> (RawResponse, Duration) {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let r = raw(addr, req.as_bytes()).unwrap_or_else(|e| panic!("{req}: {e}"));
+        (r, t.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
 /// GET with extra headers, via the raw client.
 pub fn get(edge: &EdgeProc, path: &str, headers: &[(&str, &str)]) -> RawResponse {
     request(edge, "GET", path, headers, b"")
