@@ -1,17 +1,11 @@
 // The README's first command, as a person would try it: the repository's sample dist/ on the
 // edge's embedded defaults, "Log in with WeChat" through the sandbox, back on the page logged in.
 // Usage: EDGE=http://127.0.0.1:PORT node demo.mjs → prints one JSON line.
-import { chromium } from 'playwright-core';
+import { run } from './browser.mjs';
 
 const EDGE = process.env.EDGE;
 const result = {};
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
-try {
+await run(async (browser, result) => {
   const context = await browser.newContext();
   await context.route('**/*', (route) => {
     const host = new URL(route.request().url()).hostname;
@@ -31,12 +25,4 @@ try {
   await page.locator('#logout').click();
   await page.waitForFunction(() => document.querySelector('#who').textContent.includes('Not logged in'));
   result.afterLogout = await page.locator('#who').innerText();
-  result.ok = true;
-} catch (e) {
-  result.ok = false;
-  result.error = String(e && e.stack ? e.stack : e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+}, result);

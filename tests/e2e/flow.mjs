@@ -4,7 +4,7 @@
 // Every other non-loopback request is aborted: nothing leaves the machine.
 //
 // Usage: EDGE=http://127.0.0.1:PORT PHONE=13800138000 node flow.mjs  → prints one JSON line.
-import { chromium } from 'playwright-core';
+import { run } from './browser.mjs';
 
 const EDGE = process.env.EDGE;
 const PHONE = process.env.PHONE || '13800138000';
@@ -12,13 +12,7 @@ const USER = process.env.WX_USER || 'alice';
 const result = { steps: [], wechatRedirects: 0 };
 const step = (s) => result.steps.push(s);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
-try {
+await run(async (browser, result) => {
   const context = await browser.newContext({ userAgent: 'Mozilla/5.0 (Linux; Android 14) MicroMessenger/8.0.50 wxedge-e2e' });
   await context.route('**/*', async (route) => {
     const url = new URL(route.request().url());
@@ -72,12 +66,4 @@ try {
   };
   step('home-again');
   await page.screenshot({ path: process.env.SCREENSHOT || '/tmp/wxedge-e2e-home.png' });
-  result.ok = true;
-} catch (e) {
-  result.ok = false;
-  result.error = String(e && e.stack ? e.stack : e);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+}, result);
