@@ -1,6 +1,7 @@
 //! The edge: Pingora's `ProxyHttp`, one method per request phase. Each phase only routes to
 //! the module that owns the concern (static files, auth, proxy, ops).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -19,20 +20,31 @@ use crate::ops::metrics::METRICS;
 use crate::ops::{request_id, RouteClass};
 use crate::proxy::headers::{self as fwd, Forwarding};
 use crate::proxy::Upstreams;
-use crate::static_files::{Answer, Piece, StaticSite};
+use crate::static_files::{Answer, Conditions, Piece, StaticSite};
 
-pub struct Edge {
+/// Shared by Pingora's proxy (this file) and the front door (`front`), hence the `Arc`.
+#[derive(Clone)]
+pub struct Edge(Arc<EdgeState>);
+
+impl std::ops::Deref for Edge {
+    type Target = EdgeState;
+    fn deref(&self) -> &EdgeState {
+        &self.0
+    }
+}
+
+pub struct EdgeState {
     pub site: StaticSite,
     pub upstreams: Upstreams,
     pub auth: Auth,
     proxy_prefixes: Vec<String>,
-    host_override: Option<String>,
-    drop_underscore_headers: bool,
-    max_body_bytes: u64,
-    max_header_bytes: usize,
-    access_log: access_log::Format,
+    pub host_override: Option<String>,
+    pub drop_underscore_headers: bool,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub access_log: access_log::Format,
     /// Header names only the edge may send upstream (canonical spelling).
-    protected_headers: Vec<String>,
+    pub protected_headers: Vec<String>,
 }
 
 #[derive(Default)]
@@ -58,7 +70,7 @@ const JSON: &str = "application/json; charset=utf-8";
 impl Edge {
     pub fn new(config: &Config, site: StaticSite, auth: Auth) -> Edge {
         let s = &config.settings;
-        Edge {
+        Edge(Arc::new(EdgeState {
             site,
             upstreams: Upstreams::new(&config.backends, &s.proxy),
             protected_headers: auth.protected_header_names(),
@@ -69,13 +81,7 @@ impl Edge {
             max_body_bytes: s.proxy.max_body_bytes,
             max_header_bytes: s.ops.max_header_bytes,
             access_log: access_log::Format::parse(&s.ops.access_log),
-        }
-    }
-
-    fn is_proxied(&self, path: &str) -> bool {
-        self.proxy_prefixes
-            .iter()
-            .any(|p| path.starts_with(p.as_str()) || p.strip_suffix('/') == Some(path))
+        }))
     }
 
     fn head_size(session: &Session) -> usize {
@@ -90,6 +96,14 @@ impl Edge {
                 .iter()
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
                 .sum::<usize>()
+    }
+}
+
+impl EdgeState {
+    pub fn is_proxied(&self, path: &str) -> bool {
+        self.proxy_prefixes
+            .iter()
+            .any(|p| path.starts_with(p.as_str()) || p.strip_suffix('/') == Some(path))
     }
 
     /// Ready = the dist has its index, and a backend answers (when backends are configured).
@@ -380,15 +394,13 @@ impl ProxyHttp for Edge {
         let head = method == http::Method::HEAD;
         let answer = {
             let req = session.req_header();
+            let conditions = Conditions::from_headers(&req.headers);
             self.site
-                .answer(req.uri.path(), req.uri.query(), &req.headers, head)
+                .answer(req.uri.path(), req.uri.query(), &conditions, head)
         };
         match answer {
             Answer::File(plan) => {
-                METRICS
-                    .static_hits
-                    .with_label_values(&[plan.encoding.token()])
-                    .inc();
+                crate::ops::metrics::record_static_hit(plan.encoding.token());
                 let mut resp =
                     ResponseHeader::build_no_case(plan.status, Some(plan.headers.len() + 4))?;
                 for (k, v) in plan.headers {
@@ -399,7 +411,6 @@ impl ProxyHttp for Edge {
                     (_, Some(len)) => resp.insert_header(header::CONTENT_LENGTH, len)?,
                     (_, None) => resp.insert_header(header::CONTENT_LENGTH, 0)?,
                 }
-                resp.insert_header("x-content-type-options", "nosniff")?;
                 resp.insert_header("x-request-id", &ctx.request_id)?;
                 if !ctx.set_cookies.is_empty() {
                     // A response that sets a session must never be stored by a shared cache.
@@ -609,14 +620,7 @@ impl ProxyHttp for Edge {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let route = ctx.class.label();
-        METRICS
-            .requests
-            .with_label_values(&[route, status_label(status)])
-            .inc();
-        METRICS
-            .latency
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        crate::ops::metrics::record_request(route, status, elapsed);
         // Health probes run every few seconds; they would drown the log.
         if ctx.class == RouteClass::Health || self.access_log == access_log::Format::Off {
             return;
@@ -664,35 +668,5 @@ fn version_label(v: http::Version) -> &'static str {
         http::Version::HTTP_10 => "HTTP/1.0",
         http::Version::HTTP_2 => "HTTP/2.0",
         _ => "HTTP/1.1",
-    }
-}
-
-/// Status as a label without allocating for the common ones.
-fn status_label(s: u16) -> &'static str {
-    match s {
-        200 => "200",
-        204 => "204",
-        206 => "206",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        412 => "412",
-        413 => "413",
-        416 => "416",
-        431 => "431",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        0 => "0",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
     }
 }

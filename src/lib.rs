@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod edge;
+pub mod front;
 pub mod html;
 pub mod ops;
 pub mod proxy;

@@ -217,8 +217,9 @@ pub fn main(cli: Cli) -> i32 {
         server.add_service(metrics);
     }
     let edge = Edge::new(&config, site, auth);
-    let mut public =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, edge, "wxedge");
+    // The front door answers the common requests itself and hands the rest to Pingora's proxy.
+    let front = crate::front::Front::new(edge, &server.configuration);
+    let mut public = pingora::services::listening::Service::new("wxedge".to_string(), front);
     for addr in &config.listen {
         public.add_tcp(&addr.to_string());
     }

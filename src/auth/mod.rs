@@ -504,12 +504,26 @@ impl Login {
             }
         }
 
+        ctx.authenticated = current.is_some();
+        let (identity_headers, upstream_cookie) =
+            self.upstream_view(current.as_ref(), &cookie_values(session), proxied);
+        Ok(AuthAction::Continue {
+            identity_headers,
+            upstream_cookie,
+        })
+    }
+
+    /// The identity headers for `current`, and the `Cookie` header the backend gets (only
+    /// for proxied requests; `Some(None)` = drop it) with the edge's own cookies removed.
+    fn upstream_view(
+        &self,
+        current: Option<&Session>,
+        cookies: &[&[u8]],
+        proxied: bool,
+    ) -> (Vec<(String, HeaderValue)>, Option<Option<String>>) {
         let identity_headers = current
-            .as_ref()
             .map(|s| self.identity_headers(s))
             .unwrap_or_default();
-        ctx.authenticated = current.is_some();
-        let cookies = cookie_values(session);
         let upstream_cookie = if cookies.is_empty() || !proxied {
             None
         } else {
@@ -529,10 +543,7 @@ impl Login {
             });
             Some(stripped)
         };
-        Ok(AuthAction::Continue {
-            identity_headers,
-            upstream_cookie,
-        })
+        (identity_headers, upstream_cookie)
     }
 
     /// A callback whose code could not be exchanged, for a browser without a session:
@@ -749,6 +760,16 @@ impl Login {
     }
 }
 
+/// See [`Auth::proxy_identity`].
+#[derive(Debug, Default)]
+pub struct ProxyIdentity {
+    pub authenticated: bool,
+    /// Identity headers to send upstream (name, value).
+    pub headers: Vec<(String, HeaderValue)>,
+    /// `None`: pass the client's `Cookie` unchanged; `Some(None)`: drop it; `Some(Some(v))`: send `v`.
+    pub upstream_cookie: Option<Option<String>>,
+}
+
 /// Identity at the edge: the header names the backend trusts, and the WeChat login when it is on.
 pub struct Auth {
     names: IdentityHeaderNames,
@@ -813,6 +834,30 @@ impl Auth {
                 upstream_cookie: None,
             }),
         }
+    }
+
+    /// Who is calling a proxied path, from the request's `Cookie` headers alone: the same
+    /// answer `request_filter` gives for a proxied request that is not a callback.
+    pub fn proxy_identity(&self, cookies: &[&[u8]]) -> ProxyIdentity {
+        let Some(l) = &self.login else {
+            return ProxyIdentity::default();
+        };
+        let current = l.codec.open_from_cookie_header(cookies, now_unix());
+        let (headers, upstream_cookie) = l.upstream_view(current.as_ref(), cookies, true);
+        ProxyIdentity {
+            authenticated: current.is_some(),
+            headers,
+            upstream_cookie,
+        }
+    }
+
+    /// Whether `path` is one the backend only gets with a session (`require_session`).
+    pub fn requires_session(&self, path: &str) -> bool {
+        self.login.as_ref().is_some_and(|l| {
+            l.require_session
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
+        })
     }
 
     /// 401 for a `require_session` prefix without a session.

@@ -1,9 +1,13 @@
 //! Prometheus metrics, one registry for the process, served on the metrics listener.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -116,6 +120,71 @@ impl Metrics {
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+
+thread_local! {
+    /// Label handles this thread already looked up: `with_label_values` hashes the labels and
+    /// takes the family's lock on every call, which the per-request path should not pay.
+    static HANDLES: RefCell<HashMap<(&'static str, u16), (IntCounter, Histogram)>> =
+        RefCell::new(HashMap::new());
+    static STATIC_HITS: RefCell<HashMap<&'static str, IntCounter>> = RefCell::new(HashMap::new());
+}
+
+/// Count one finished request: by route class and status, and its duration by route.
+pub fn record_request(route: &'static str, status: u16, elapsed: Duration) {
+    HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        let (count, latency) = h.entry((route, status)).or_insert_with(|| {
+            (
+                METRICS
+                    .requests
+                    .with_label_values(&[route, status_label(status)]),
+                METRICS.latency.with_label_values(&[route]),
+            )
+        });
+        count.inc();
+        latency.observe(elapsed.as_secs_f64());
+    });
+}
+
+/// Count one static answer by its content encoding.
+pub fn record_static_hit(encoding: &'static str) {
+    STATIC_HITS.with(|h| {
+        h.borrow_mut()
+            .entry(encoding)
+            .or_insert_with(|| METRICS.static_hits.with_label_values(&[encoding]))
+            .inc()
+    });
+}
+
+/// Status as a label without allocating for the common ones.
+pub fn status_label(s: u16) -> &'static str {
+    match s {
+        200 => "200",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        412 => "412",
+        413 => "413",
+        416 => "416",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        0 => "0",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -36,38 +36,92 @@ fn is_protected(name: &str, protected: &[String]) -> bool {
     })
 }
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never forwarded.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A client header the backend must not get: a spoofable identity header, or any name with
+/// `_` when those are dropped (nginx's `underscores_in_headers off`).
+pub fn is_refused(name: &str, f: &Forwarding) -> bool {
+    (f.drop_underscore_headers && name.contains('_')) || is_protected(name, f.protected)
+}
+
+/// A header [`forwarding_headers`] sets, so the client's copy is replaced, not passed on.
+pub fn is_set_by_edge(name: &str, f: &Forwarding) -> bool {
+    let n = |s: &str| name.eq_ignore_ascii_case(s);
+    n("x-forwarded-proto")
+        || n("x-forwarded-host")
+        || (f.client_ip.is_some() && (n("x-forwarded-for") || n("x-real-ip")))
+        || (f.host_override.is_some() && n("host"))
+}
+
+/// The forwarding headers, like nginx's usual `proxy_set_header` lines: each as its name and
+/// the pieces of its value. `prev_xff` and `client_host` are the client's own values.
+pub fn forwarding_headers<'a>(
+    f: &Forwarding<'a>,
+    prev_xff: Option<&'a [u8]>,
+    client_host: Option<&'a [u8]>,
+    mut emit: impl FnMut(&'static str, &[&[u8]]),
+) {
+    if let Some(ip) = f.client_ip {
+        match prev_xff {
+            Some(prev) if !prev.trim_ascii().is_empty() => {
+                emit("x-forwarded-for", &[prev, b", ", ip.as_bytes()])
+            }
+            _ => emit("x-forwarded-for", &[ip.as_bytes()]),
+        }
+        emit("x-real-ip", &[ip.as_bytes()]);
+    }
+    emit("x-forwarded-proto", &[f.proto.as_bytes()]);
+    if let Some(host) = client_host {
+        emit("x-forwarded-host", &[host]);
+    }
+    if let Some(h) = f.host_override {
+        emit("host", &[h.as_bytes()]);
+    }
+}
+
+/// The same policy on Pingora's upstream request.
 pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> Result<()> {
     let doomed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| {
-            let name = k.as_str();
-            (f.drop_underscore_headers && name.contains('_')) || is_protected(name, f.protected)
-        })
+        .filter(|k| is_refused(k.as_str(), f))
         .cloned()
         .collect();
     for name in doomed {
         req.remove_header(&name);
     }
-    let client_host = req.headers.get(http::header::HOST).cloned();
-    if let Some(ip) = f.client_ip {
-        let xff = match req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        req.insert_header("x-forwarded-for", xff)?;
-        req.insert_header("x-real-ip", ip)?;
-    }
-    req.insert_header("x-forwarded-proto", f.proto)?;
-    if let Some(host) = client_host {
-        req.insert_header("x-forwarded-host", host)?;
-    }
-    if let Some(h) = f.host_override {
-        req.insert_header(http::header::HOST, h)?;
+    let prev_xff = req
+        .headers
+        .get("x-forwarded-for")
+        .map(|v| v.as_bytes().to_vec());
+    let client_host = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes().to_vec());
+    let mut set: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(5);
+    forwarding_headers(f, prev_xff.as_deref(), client_host.as_deref(), |name, parts| {
+        set.push((name, parts.concat()))
+    });
+    for (name, value) in set {
+        let value = http::HeaderValue::from_bytes(&value).map_err(|_| {
+            pingora::Error::explain(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "forwarding header value",
+            )
+        })?;
+        req.insert_header(name, value)?;
     }
     Ok(())
 }

@@ -1,7 +1,11 @@
 //! Proxying to the existing backend: which backend (round-robin with passive health) and
 //! what the request looks like upstream (forwarding headers, no spoofable identity).
-//! Hop-by-hop headers and WebSocket upgrades are Pingora's standard upstream policy.
+//! Two ways to the backend, one policy: `forward` (the front door's short path for plain
+//! requests, with its own per-thread keep-alive pool) and Pingora's proxy for everything else
+//! (uploads, upgrades, chunked request bodies), whose hop-by-hop handling is its standard one.
 
+pub mod chunked;
+pub mod forward;
 pub mod headers;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,10 +33,10 @@ pub struct Upstreams {
     backends: Vec<Backend>,
     next: AtomicUsize,
     retry_after: Duration,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    idle_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl Upstreams {

@@ -2,6 +2,10 @@
 //! which also binds the cookie *name* as associated data, so a login cookie can never be replayed
 //! as a session cookie or the other way round).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cookie::{Cookie, CookieJar, Key};
@@ -68,9 +72,21 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+thread_local! {
+    // Cookie values this thread has opened, by codec: opening one costs an AES-GCM decryption,
+    // base64 and JSON (several µs), and a browser sends the same value with every API call.
+    // Only values that opened are kept, compared in full; expiry is still checked on every use.
+    static OPENED: RefCell<HashMap<u64, (u64, Box<str>, Rc<Payload>)>> = RefCell::new(HashMap::new());
+}
+/// Per thread; emptied when full (a cache, not a record: a miss only costs one decryption).
+const OPENED_MAX: usize = 2048;
+static CODEC_IDS: AtomicU64 = AtomicU64::new(1);
+
 /// Seals and opens session cookies, and the login nonce cookie (see `login.rs`).
 #[derive(Clone, Debug)]
 pub struct SessionCodec {
+    /// Tells this codec's (keys, cookie name) apart in the per-thread cache of opened values.
+    id: u64,
     pub(crate) keys: SessionKeys,
     pub(crate) cookie_name: String,
     pub(crate) login_cookie_name: String,
@@ -87,6 +103,7 @@ impl SessionCodec {
         secure: bool,
     ) -> Self {
         SessionCodec {
+            id: CODEC_IDS.fetch_add(1, Ordering::Relaxed),
             keys,
             cookie_name: cookie_name.into(),
             login_cookie_name: DEFAULT_LOGIN_COOKIE_NAME.into(),
@@ -166,10 +183,7 @@ impl SessionCodec {
         now: u64,
     ) -> Option<Session> {
         for value in cookie_values(cookie_header_values, &self.cookie_name) {
-            let Some(plain) = open_value(self.keys.all(), &self.cookie_name, value) else {
-                continue;
-            };
-            let Ok(p) = serde_json::from_str::<Payload>(&plain) else {
+            let Some(p) = self.open_payload(value) else {
                 continue;
             };
             if p.v != PAYLOAD_VERSION || p.o.is_empty() {
@@ -180,18 +194,42 @@ impl SessionCodec {
             }
             return Some(Session {
                 identity: Identity {
-                    openid: p.o,
-                    unionid: p.u,
-                    scope: p.s,
+                    openid: p.o.clone(),
+                    unionid: p.u.clone(),
+                    scope: p.s.clone(),
                     snapshot: p.p,
-                    nickname: p.n,
-                    avatar: p.a,
+                    nickname: p.n.clone(),
+                    avatar: p.a.clone(),
                 },
                 issued_at: p.i,
                 expires_at: p.e,
             });
         }
         None
+    }
+
+    /// Decrypt and parse one session cookie value, or find it opened already on this thread.
+    fn open_payload(&self, value: &str) -> Option<Rc<Payload>> {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(value.as_bytes(), self.id);
+        let hit = OPENED.with(|c| {
+            c.borrow()
+                .get(&hash)
+                .filter(|(id, v, _)| *id == self.id && &**v == value)
+                .map(|(_, _, p)| p.clone())
+        });
+        if hit.is_some() {
+            return hit;
+        }
+        let plain = open_value(self.keys.all(), &self.cookie_name, value)?;
+        let p = Rc::new(serde_json::from_str::<Payload>(&plain).ok()?);
+        OPENED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= OPENED_MAX {
+                c.clear();
+            }
+            c.insert(hash, (self.id, value.into(), p.clone()));
+        });
+        Some(p)
     }
 
     /// The `Cookie` header value without our session and login cookies, for the backend;

@@ -5,12 +5,17 @@ pub mod path;
 pub mod respond;
 pub mod tree;
 
-use http::HeaderMap;
-
 use crate::config::StaticSettings;
 pub use path::{normalize, CleanPath, PathRefusal};
-pub use respond::{Piece, Plan};
+pub use respond::{Conditions, Piece, Plan, Quick};
 pub use tree::{Encoding, LoadError, Tree};
+
+/// Where a request path leads, before any header but `Accept` is looked at.
+enum Resolved<'a> {
+    File(&'a tree::StaticFile),
+    Redirect(String),
+    Error(u16, &'static str),
+}
 
 /// What the static layer decided for one request.
 #[derive(Debug)]
@@ -46,7 +51,7 @@ impl StaticSite {
 
     /// A page load the SPA's router should handle: no file extension, outside asset folders,
     /// and a client that takes HTML.
-    fn is_navigation(&self, clean: &str, headers: &HeaderMap) -> bool {
+    fn is_navigation(&self, clean: &str, accept: Option<&str>) -> bool {
         let last = clean.rsplit('/').next().unwrap_or("");
         if last.contains('.')
             || self
@@ -56,31 +61,19 @@ impl StaticSite {
         {
             return false;
         }
-        match headers
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-        {
-            None => true,
-            Some(accept) => accept.contains("text/html") || accept.contains("*/*"),
-        }
+        accept.is_none_or(|a| a.contains("text/html") || a.contains("*/*"))
     }
 
-    /// Serve `raw_path` (the request path without its query) for a GET or HEAD.
-    pub fn answer(
-        &self,
-        raw_path: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        head: bool,
-    ) -> Answer {
+    /// `try_files $uri $uri/ /index.html`, the fallback kept to navigations.
+    fn resolve(&self, raw_path: &str, query: Option<&str>, accept: Option<&str>) -> Resolved<'_> {
         let clean = match path::normalize(raw_path) {
             Ok(c) => c,
-            Err(PathRefusal::BadRequest(why)) => return Answer::Error(400, why),
-            Err(PathRefusal::Hidden) => return Answer::Error(404, "not found"),
+            Err(PathRefusal::BadRequest(why)) => return Resolved::Error(400, why),
+            Err(PathRefusal::Hidden) => return Resolved::Error(404, "not found"),
         };
         if let Some(file) = self.tree.files.get(&clean.path) {
             if !clean.trailing_slash {
-                return Answer::File(respond::plan(file, headers, head));
+                return Resolved::File(file);
             }
         }
         if self.tree.dirs.contains(&clean.path) {
@@ -91,7 +84,7 @@ impl StaticSite {
                     loc.push('?');
                     loc.push_str(q);
                 }
-                return Answer::Redirect(loc);
+                return Resolved::Redirect(loc);
             }
             let index = if clean.path == "/" {
                 "/index.html".to_string()
@@ -99,14 +92,32 @@ impl StaticSite {
                 format!("{}/index.html", clean.path)
             };
             if let Some(file) = self.tree.files.get(&index) {
-                return Answer::File(respond::plan(file, headers, head));
+                return Resolved::File(file);
             }
         }
-        if self.spa_fallback && self.is_navigation(&clean.path, headers) {
+        if self.spa_fallback && self.is_navigation(&clean.path, accept) {
             if let Some(file) = self.tree.files.get("/index.html") {
-                return Answer::File(respond::plan(file, headers, head));
+                return Resolved::File(file);
             }
         }
-        Answer::Error(404, "not found")
+        Resolved::Error(404, "not found")
+    }
+
+    /// Serve `raw_path` (the request path without its query) for a GET or HEAD.
+    pub fn answer(&self, raw_path: &str, query: Option<&str>, c: &Conditions, head: bool) -> Answer {
+        match self.resolve(raw_path, query, c.accept) {
+            Resolved::File(file) => Answer::File(respond::plan(file, c, head)),
+            Resolved::Redirect(loc) => Answer::Redirect(loc),
+            Resolved::Error(status, why) => Answer::Error(status, why),
+        }
+    }
+
+    /// The prebuilt answer for the common case (a whole file or a 304), or `None`: then
+    /// [`Self::answer`] decides.
+    pub fn quick(&self, raw_path: &str, c: &Conditions, head: bool) -> Option<Quick<'_>> {
+        match self.resolve(raw_path, None, c.accept) {
+            Resolved::File(file) => respond::quick(file, c, head),
+            _ => None,
+        }
     }
 }

@@ -39,6 +39,55 @@ pub struct Plan {
     pub encoding: Encoding,
 }
 
+/// The request headers the static layer reads, however the request was parsed (Pingora's
+/// `HeaderMap` or the front door's `httparse` view). The first copy of each header counts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Conditions<'a> {
+    pub accept: Option<&'a str>,
+    pub accept_encoding: Option<&'a str>,
+    pub if_match: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+    pub if_modified_since: Option<&'a str>,
+    pub if_unmodified_since: Option<&'a str>,
+    pub range: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+}
+
+impl<'a> Conditions<'a> {
+    pub fn from_headers(h: &'a HeaderMap) -> Self {
+        let get = |name: HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+        Conditions {
+            accept: get(header::ACCEPT),
+            accept_encoding: get(header::ACCEPT_ENCODING),
+            if_match: get(header::IF_MATCH),
+            if_none_match: get(header::IF_NONE_MATCH),
+            if_modified_since: get(header::IF_MODIFIED_SINCE),
+            if_unmodified_since: get(header::IF_UNMODIFIED_SINCE),
+            range: get(header::RANGE),
+            if_range: get(header::IF_RANGE),
+        }
+    }
+}
+
+/// A whole-file 200 or a 304, with its header lines serialized once at start-up: the
+/// answer to almost every request for a dist file.
+#[derive(Debug)]
+pub struct Quick<'a> {
+    pub status: u16,
+    /// `name: value\r\n` lines, `Content-Length` included for 200 (also for HEAD).
+    pub head: &'a [u8],
+    /// Empty for 304 and HEAD.
+    pub body: &'a [u8],
+    pub encoding: Encoding,
+}
+
+/// Header lines of the two answers every variant gets most (built by [`prebuild`]).
+#[derive(Debug, Clone, Default)]
+pub struct Prebuilt {
+    ok: Bytes,
+    not_modified: Bytes,
+}
+
 fn q_value(params: &str) -> f32 {
     params
         .split(';')
@@ -76,10 +125,17 @@ pub fn accepted(accept_encoding: Option<&str>, enc: Encoding) -> bool {
 
 /// The smallest acceptable variant (compressed ones are sorted by size after identity).
 pub fn choose<'a>(file: &'a StaticFile, accept_encoding: Option<&str>) -> &'a Variant {
+    &file.variants[choose_index(file, accept_encoding)]
+}
+
+fn choose_index(file: &StaticFile, accept_encoding: Option<&str>) -> usize {
+    if accept_encoding.is_none() {
+        return 0;
+    }
     file.variants[1..]
         .iter()
-        .find(|v| accepted(accept_encoding, v.encoding))
-        .unwrap_or(file.identity())
+        .position(|v| accepted(accept_encoding, v.encoding))
+        .map_or(0, |i| i + 1)
 }
 
 /// Strip `W/` and compare opaque tags; `strong` refuses weak tags on either side.
@@ -97,10 +153,6 @@ fn etag_list_matches(list: &str, etag: &HeaderValue, strong: bool) -> bool {
     })
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
 fn http_date(s: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(s.trim()).ok()
 }
@@ -111,14 +163,14 @@ enum Ranges {
     Unsatisfiable,
 }
 
-fn ranges(h: &HeaderMap, variant: &Variant, file: &StaticFile) -> Ranges {
-    let Some(range) = header_str(h, &header::RANGE) else {
+fn ranges(c: &Conditions, variant: &Variant, file: &StaticFile) -> Ranges {
+    let Some(range) = c.range else {
         return Ranges::Whole;
     };
     if !range.trim_start().starts_with("bytes=") {
         return Ranges::Whole; // Unknown units are ignored.
     }
-    if let Some(if_range) = header_str(h, &header::IF_RANGE) {
+    if let Some(if_range) = c.if_range {
         let still_same = if if_range.starts_with('"') || if_range.starts_with("W/") {
             etag_list_matches(if_range, &variant.etag, true) && !if_range.contains(',')
         } else {
@@ -170,9 +222,8 @@ fn boundary(variant: &Variant) -> String {
     )
 }
 
-/// Plan the answer to a GET or HEAD of `file`.
-pub fn plan(file: &StaticFile, req: &HeaderMap, head: bool) -> Plan {
-    let variant = choose(file, header_str(req, &header::ACCEPT_ENCODING));
+/// Headers every answer about this variant carries (200, 206, 304, 412, 416).
+fn validator_headers(file: &StaticFile, variant: &Variant) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(10);
     headers.push((header::ETAG, variant.etag.clone()));
     headers.push((header::LAST_MODIFIED, file.last_modified.clone()));
@@ -180,6 +231,93 @@ pub fn plan(file: &StaticFile, req: &HeaderMap, head: bool) -> Plan {
     if file.has_encodings() {
         headers.push((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     }
+    headers.push((
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    ));
+    headers
+}
+
+/// What a representation of the variant (200 or 206) adds to the validators.
+fn push_representation_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, variant: &Variant) {
+    headers.push((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
+    if variant.encoding != Encoding::Identity {
+        headers.push((
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(variant.encoding.token()),
+        ));
+    }
+}
+
+fn serialize(headers: &[(HeaderName, HeaderValue)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Serialize, once per variant, the header lines [`plan`] would produce for a whole 200 and a
+/// 304, so [`quick`] answers with the same headers without building them per request.
+pub fn prebuild(file: &StaticFile) -> Vec<Prebuilt> {
+    file.variants
+        .iter()
+        .map(|variant| {
+            let not_modified = serialize(&validator_headers(file, variant));
+            let mut headers = validator_headers(file, variant);
+            push_representation_headers(&mut headers, variant);
+            headers.push((header::CONTENT_TYPE, file.content_type.clone()));
+            headers.push((header::CONTENT_LENGTH, HeaderValue::from(variant.len)));
+            Prebuilt {
+                ok: Bytes::from(serialize(&headers)),
+                not_modified: Bytes::from(not_modified),
+            }
+        })
+        .collect()
+}
+
+/// The answer without building anything, when it is a whole in-memory file or a 304 (no
+/// `Range`, `If-Match` or `If-Unmodified-Since` involved); `None` means: ask [`plan`].
+pub fn quick<'a>(file: &'a StaticFile, c: &Conditions, head: bool) -> Option<Quick<'a>> {
+    if c.range.is_some() || c.if_match.is_some() || c.if_unmodified_since.is_some() {
+        return None;
+    }
+    let index = choose_index(file, c.accept_encoding);
+    let variant = &file.variants[index];
+    let prebuilt = file.prebuilt.get(index)?;
+    let not_modified = match c.if_none_match {
+        Some(inm) => etag_list_matches(inm, &variant.etag, false),
+        None => c
+            .if_modified_since
+            .and_then(http_date)
+            .is_some_and(|ims| file.modified <= ims),
+    };
+    if not_modified {
+        return Some(Quick {
+            status: 304,
+            head: &prebuilt.not_modified,
+            body: &[],
+            encoding: variant.encoding,
+        });
+    }
+    let Body::Memory(bytes) = &variant.body else {
+        return None;
+    };
+    Some(Quick {
+        status: 200,
+        head: &prebuilt.ok,
+        body: if head { &[] } else { bytes },
+        encoding: variant.encoding,
+    })
+}
+
+/// Plan the answer to a GET or HEAD of `file`.
+pub fn plan(file: &StaticFile, c: &Conditions, head: bool) -> Plan {
+    let variant = choose(file, c.accept_encoding);
+    let mut headers = validator_headers(file, variant);
     let bare = |status, headers| Plan {
         status,
         headers,
@@ -189,34 +327,28 @@ pub fn plan(file: &StaticFile, req: &HeaderMap, head: bool) -> Plan {
     };
 
     // Preconditions, in RFC 9110 §13.2.2 order.
-    if let Some(im) = header_str(req, &header::IF_MATCH) {
+    if let Some(im) = c.if_match {
         if !etag_list_matches(im, &variant.etag, true) {
             return bare(412, headers);
         }
-    } else if let Some(ius) = header_str(req, &header::IF_UNMODIFIED_SINCE).and_then(http_date) {
+    } else if let Some(ius) = c.if_unmodified_since.and_then(http_date) {
         if file.modified > ius {
             return bare(412, headers);
         }
     }
-    if let Some(inm) = header_str(req, &header::IF_NONE_MATCH) {
+    if let Some(inm) = c.if_none_match {
         if etag_list_matches(inm, &variant.etag, false) {
             return bare(304, headers);
         }
-    } else if let Some(ims) = header_str(req, &header::IF_MODIFIED_SINCE).and_then(http_date) {
+    } else if let Some(ims) = c.if_modified_since.and_then(http_date) {
         if file.modified <= ims {
             return bare(304, headers);
         }
     }
 
-    headers.push((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
-    if variant.encoding != Encoding::Identity {
-        headers.push((
-            header::CONTENT_ENCODING,
-            HeaderValue::from_static(variant.encoding.token()),
-        ));
-    }
+    push_representation_headers(&mut headers, variant);
     let total = variant.len;
-    match ranges(req, variant, file) {
+    match ranges(c, variant, file) {
         Ranges::Unsatisfiable => {
             headers.push((
                 header::CONTENT_RANGE,
@@ -321,7 +453,9 @@ mod tests {
             modified,
             last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified)).unwrap(),
             variants,
+            prebuilt: vec![],
         }
+        .finish()
     }
 
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -333,6 +467,10 @@ mod tests {
             );
         }
         h
+    }
+
+    fn plan_h(f: &StaticFile, h: &HeaderMap, head: bool) -> Plan {
+        plan(f, &Conditions::from_headers(h), head)
     }
 
     fn get<'a>(p: &'a Plan, name: &str) -> Option<&'a str> {
@@ -361,11 +499,11 @@ mod tests {
         assert!(!accepted(None, Encoding::Gzip));
         assert!(accepted(Some("identity"), Encoding::Identity));
         let f = file(b"hello hello hello", Some(b"gz"));
-        let p = plan(&f, &req(&[("accept-encoding", "gzip")]), false);
+        let p = plan_h(&f, &req(&[("accept-encoding", "gzip")]), false);
         assert_eq!(get(&p, "content-encoding"), Some("gzip"));
         assert_eq!(get(&p, "etag"), Some("\"abc-gzip\""));
         assert_eq!(get(&p, "vary"), Some("Accept-Encoding"));
-        let p = plan(&f, &req(&[]), false);
+        let p = plan_h(&f, &req(&[]), false);
         assert_eq!(get(&p, "content-encoding"), None);
         assert_eq!(body(&p), b"hello hello hello");
     }
@@ -374,40 +512,40 @@ mod tests {
     fn conditionals() {
         let f = file(b"0123456789", None);
         assert_eq!(
-            plan(&f, &req(&[("if-none-match", "\"abc\"")]), false).status,
+            plan_h(&f, &req(&[("if-none-match", "\"abc\"")]), false).status,
             304
         );
         assert_eq!(
-            plan(&f, &req(&[("if-none-match", "\"x\", W/\"abc\"")]), false).status,
+            plan_h(&f, &req(&[("if-none-match", "\"x\", W/\"abc\"")]), false).status,
             304
         );
-        assert_eq!(plan(&f, &req(&[("if-none-match", "*")]), false).status, 304);
+        assert_eq!(plan_h(&f, &req(&[("if-none-match", "*")]), false).status, 304);
         assert_eq!(
-            plan(&f, &req(&[("if-none-match", "\"other\"")]), false).status,
+            plan_h(&f, &req(&[("if-none-match", "\"other\"")]), false).status,
             200
         );
         let lm = httpdate::fmt_http_date(f.modified);
         let later = httpdate::fmt_http_date(f.modified + Duration::from_secs(5));
         let earlier = httpdate::fmt_http_date(f.modified - Duration::from_secs(5));
         assert_eq!(
-            plan(&f, &req(&[("if-modified-since", &lm)]), false).status,
+            plan_h(&f, &req(&[("if-modified-since", &lm)]), false).status,
             304
         );
         assert_eq!(
-            plan(&f, &req(&[("if-modified-since", &later)]), false).status,
+            plan_h(&f, &req(&[("if-modified-since", &later)]), false).status,
             304
         );
         assert_eq!(
-            plan(&f, &req(&[("if-modified-since", &earlier)]), false).status,
+            plan_h(&f, &req(&[("if-modified-since", &earlier)]), false).status,
             200
         );
         assert_eq!(
-            plan(&f, &req(&[("if-modified-since", "garbage")]), false).status,
+            plan_h(&f, &req(&[("if-modified-since", "garbage")]), false).status,
             200
         );
         // If-None-Match wins over If-Modified-Since.
         assert_eq!(
-            plan(
+            plan_h(
                 &f,
                 &req(&[("if-none-match", "\"other\""), ("if-modified-since", &lm)]),
                 false
@@ -416,18 +554,18 @@ mod tests {
             200
         );
         assert_eq!(
-            plan(&f, &req(&[("if-match", "W/\"abc\"")]), false).status,
+            plan_h(&f, &req(&[("if-match", "W/\"abc\"")]), false).status,
             412
         );
         assert_eq!(
-            plan(&f, &req(&[("if-match", "\"abc\"")]), false).status,
+            plan_h(&f, &req(&[("if-match", "\"abc\"")]), false).status,
             200
         );
         assert_eq!(
-            plan(&f, &req(&[("if-unmodified-since", &earlier)]), false).status,
+            plan_h(&f, &req(&[("if-unmodified-since", &earlier)]), false).status,
             412
         );
-        let p = plan(&f, &req(&[("if-none-match", "\"abc\"")]), false);
+        let p = plan_h(&f, &req(&[("if-none-match", "\"abc\"")]), false);
         assert!(
             get(&p, "content-type").is_none()
                 && get(&p, "accept-ranges").is_none()
@@ -439,26 +577,26 @@ mod tests {
     #[test]
     fn ranges() {
         let f = file(b"0123456789", None);
-        let p = plan(&f, &req(&[("range", "bytes=2-4")]), false);
+        let p = plan_h(&f, &req(&[("range", "bytes=2-4")]), false);
         assert_eq!(
             (p.status, get(&p, "content-range"), body(&p)),
             (206, Some("bytes 2-4/10"), b"234".to_vec())
         );
-        let p = plan(&f, &req(&[("range", "bytes=-3")]), false);
+        let p = plan_h(&f, &req(&[("range", "bytes=-3")]), false);
         assert_eq!(body(&p), b"789");
-        let p = plan(&f, &req(&[("range", "bytes=8-100")]), false);
+        let p = plan_h(&f, &req(&[("range", "bytes=8-100")]), false);
         assert_eq!(
             (p.status, get(&p, "content-range")),
             (206, Some("bytes 8-9/10"))
         );
-        let p = plan(&f, &req(&[("range", "bytes=10-")]), false);
+        let p = plan_h(&f, &req(&[("range", "bytes=10-")]), false);
         assert_eq!(
             (p.status, get(&p, "content-range")),
             (416, Some("bytes */10"))
         );
-        assert_eq!(plan(&f, &req(&[("range", "bytes=abc")]), false).status, 416);
-        assert_eq!(plan(&f, &req(&[("range", "items=1-2")]), false).status, 200);
-        let p = plan(&f, &req(&[("range", "bytes=0-1,5-6")]), false);
+        assert_eq!(plan_h(&f, &req(&[("range", "bytes=abc")]), false).status, 416);
+        assert_eq!(plan_h(&f, &req(&[("range", "items=1-2")]), false).status, 200);
+        let p = plan_h(&f, &req(&[("range", "bytes=0-1,5-6")]), false);
         assert_eq!(p.status, 206);
         assert!(get(&p, "content-type")
             .unwrap()
@@ -472,7 +610,7 @@ mod tests {
         assert_eq!(p.content_length, Some(text.len() as u64));
         // If-Range: a matching tag keeps the range, a stale one gets the whole file.
         assert_eq!(
-            plan(
+            plan_h(
                 &f,
                 &req(&[("range", "bytes=0-1"), ("if-range", "\"abc\"")]),
                 false
@@ -481,7 +619,7 @@ mod tests {
             206
         );
         assert_eq!(
-            plan(
+            plan_h(
                 &f,
                 &req(&[("range", "bytes=0-1"), ("if-range", "\"old\"")]),
                 false
@@ -490,7 +628,7 @@ mod tests {
             200
         );
         assert_eq!(
-            plan(
+            plan_h(
                 &f,
                 &req(&[("range", "bytes=0-1"), ("if-range", "W/\"abc\"")]),
                 false
@@ -500,7 +638,7 @@ mod tests {
         );
         let lm = httpdate::fmt_http_date(f.modified);
         assert_eq!(
-            plan(
+            plan_h(
                 &f,
                 &req(&[("range", "bytes=0-1"), ("if-range", &lm)]),
                 false
@@ -509,7 +647,7 @@ mod tests {
             206
         );
         // HEAD: headers and length, no body.
-        let p = plan(&f, &req(&[]), true);
+        let p = plan_h(&f, &req(&[]), true);
         assert_eq!(
             (p.status, p.content_length, p.body.len()),
             (200, Some(10), 0)

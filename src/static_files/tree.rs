@@ -55,9 +55,16 @@ pub struct StaticFile {
     pub last_modified: HeaderValue,
     /// Identity first; then compressed variants, smallest first.
     pub variants: Vec<Variant>,
+    /// Serialized header lines per variant (same order), made by [`StaticFile::finish`].
+    pub prebuilt: Vec<super::respond::Prebuilt>,
 }
 
 impl StaticFile {
+    /// Serialize the common answers' headers once, now that the file is complete.
+    pub fn finish(mut self) -> Self {
+        self.prebuilt = super::respond::prebuild(&self);
+        self
+    }
     pub fn identity(&self) -> &Variant {
         &self.variants[0]
     }
@@ -374,7 +381,9 @@ pub fn load(
                 modified,
                 last_modified,
                 variants,
-            },
+                prebuilt: vec![],
+            }
+            .finish(),
         );
     }
     tree.memory_bytes = opts.memory_max_bytes - budget;
@@ -404,7 +413,9 @@ pub fn load(
                     body: Body::Memory(body),
                     etag: etag(hash, ""),
                 }],
-            },
+                prebuilt: vec![],
+            }
+            .finish(),
         );
         tree.mp_verify.push((path, "config"));
     }

@@ -1,0 +1,286 @@
+//! Reading and looking at one HTTP/1.1 request head, without copying it.
+
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+use tokio::io::AsyncReadExt;
+
+use crate::static_files::Conditions;
+
+pub enum ReadError {
+    /// The client closed, went quiet, or failed: nothing to answer.
+    Closed,
+    /// Not for the short path (too large, bare LF line ends): Pingora reads on from here.
+    NotShort,
+}
+
+/// Read until `buf` holds a complete head; its length. `idle` bounds the wait for the first
+/// byte of a request, `request` the wait for the rest.
+pub async fn read_head(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    idle: Duration,
+    request: Duration,
+    max_head: usize,
+) -> Result<usize, ReadError> {
+    loop {
+        if let Some(i) = memchr::memmem::find(buf, b"\r\n\r\n") {
+            return Ok(i + 4);
+        }
+        if buf.len() > max_head || memchr::memmem::find(buf, b"\n\n").is_some() {
+            return Err(ReadError::NotShort);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let limit = if buf.is_empty() { idle } else { request };
+        match tokio::time::timeout(limit, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(ReadError::Closed),
+        }
+    }
+}
+
+/// The parts of a request head the edge looks at, borrowed from the read buffer.
+pub struct Head<'b, 'h> {
+    pub method: &'b str,
+    /// Path and query as sent.
+    pub target: &'b str,
+    pub path: &'b str,
+    pub query: Option<&'b str>,
+    /// Minor version: 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: &'h [httparse::Header<'b>],
+    pub conditions: Conditions<'b>,
+    pub request_id: Option<&'b [u8]>,
+    pub content_length: Option<u64>,
+    /// Unparseable, or several that disagree.
+    pub bad_content_length: bool,
+    pub has_transfer_encoding: bool,
+    pub expects_continue: bool,
+    pub upgrade: bool,
+    /// `Connection: close`.
+    pub close: bool,
+    pub referer: Option<&'b str>,
+    pub user_agent: Option<&'b str>,
+}
+
+/// Owned copies of what the access log prints (only made when it is on).
+pub struct LogFields {
+    pub method: String,
+    pub target: String,
+    pub referer: String,
+    pub user_agent: String,
+}
+
+fn text(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v).ok()
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+impl<'b, 'h> Head<'b, 'h> {
+    /// `None` for anything httparse refuses (Pingora then answers it, with its 400).
+    pub fn parse(data: &'b [u8], hs: &'h mut [httparse::Header<'b>]) -> Option<Head<'b, 'h>> {
+        let mut req = httparse::Request::new(hs);
+        match req.parse(data) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return None,
+        }
+        let (method, target, minor_version) = (req.method?, req.path?, req.version?);
+        let headers: &'h [httparse::Header<'b>] = req.headers;
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let mut head = Head {
+            method,
+            target,
+            path,
+            query,
+            minor_version,
+            headers,
+            conditions: Conditions::default(),
+            request_id: None,
+            content_length: None,
+            bad_content_length: false,
+            has_transfer_encoding: false,
+            expects_continue: false,
+            upgrade: false,
+            close: false,
+            referer: None,
+            user_agent: None,
+        };
+        for h in headers {
+            let v = h.value;
+            let c = &mut head.conditions;
+            // The first copy counts, as with `HeaderMap::get` on Pingora's path.
+            macro_rules! first {
+                ($slot:expr) => {
+                    if $slot.is_none() {
+                        $slot = text(v);
+                    }
+                };
+            }
+            match h.name.len() {
+                4 if h.name.eq_ignore_ascii_case("host") => {}
+                6 if h.name.eq_ignore_ascii_case("accept") => first!(c.accept),
+                6 if h.name.eq_ignore_ascii_case("expect") => head.expects_continue = true,
+                5 if h.name.eq_ignore_ascii_case("range") => first!(c.range),
+                7 if h.name.eq_ignore_ascii_case("referer") => first!(head.referer),
+                7 if h.name.eq_ignore_ascii_case("upgrade") => head.upgrade = true,
+                8 if h.name.eq_ignore_ascii_case("if-match") => first!(c.if_match),
+                8 if h.name.eq_ignore_ascii_case("if-range") => first!(c.if_range),
+                10 if h.name.eq_ignore_ascii_case("user-agent") => first!(head.user_agent),
+                10 if h.name.eq_ignore_ascii_case("connection") => {
+                    head.close |= has_token(v, "close");
+                    head.upgrade |= has_token(v, "upgrade");
+                }
+                12 if h.name.eq_ignore_ascii_case("x-request-id") => {
+                    if head.request_id.is_none() {
+                        head.request_id = Some(v);
+                    }
+                }
+                13 if h.name.eq_ignore_ascii_case("if-none-match") => first!(c.if_none_match),
+                14 if h.name.eq_ignore_ascii_case("content-length") => {
+                    let n = text(v).and_then(|s| s.trim().parse::<u64>().ok());
+                    match (n, head.content_length) {
+                        (Some(n), None) => head.content_length = Some(n),
+                        (Some(n), Some(prev)) if n == prev => {}
+                        _ => head.bad_content_length = true,
+                    }
+                }
+                15 if h.name.eq_ignore_ascii_case("accept-encoding") => {
+                    first!(c.accept_encoding)
+                }
+                17 if h.name.eq_ignore_ascii_case("if-modified-since") => {
+                    first!(c.if_modified_since)
+                }
+                17 if h.name.eq_ignore_ascii_case("transfer-encoding") => {
+                    head.has_transfer_encoding = true
+                }
+                19 if h.name.eq_ignore_ascii_case("if-unmodified-since") => {
+                    first!(c.if_unmodified_since)
+                }
+                _ => {}
+            }
+        }
+        Some(head)
+    }
+
+    /// HTTP/1.1 with a plain origin-form target and unambiguous framing; anything else
+    /// (HTTP/1.0 keep-alive rules, absolute-form targets, conflicting lengths) is Pingora's.
+    pub fn short_path_candidate(&self) -> bool {
+        self.minor_version == 1
+            && self.target.starts_with('/')
+            && !self.bad_content_length
+            && !(self.has_transfer_encoding && self.content_length.is_some())
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
+    pub fn is_get_or_head(&self) -> bool {
+        self.method == "GET" || self.method == "HEAD"
+    }
+
+    /// Every `Cookie` header's value.
+    pub fn cookies(&self) -> Vec<&'b [u8]> {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .map(|h| h.value)
+            .collect()
+    }
+
+    pub fn to_owned_log(&self) -> LogFields {
+        LogFields {
+            method: self.method.to_string(),
+            target: self.target.to_string(),
+            referer: self.referer.unwrap_or("").to_string(),
+            user_agent: self.user_agent.unwrap_or("").to_string(),
+        }
+    }
+}
+
+thread_local! {
+    /// The `Date` value, formatted once per second per thread.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// Call `f` with the current HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn with_http_date(f: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+                d.0 = secs;
+            }
+        }
+        f(&d.1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_fields() {
+        let raw = b"GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\naccept-encoding: br\r\n\
+If-None-Match: \"e\"\r\nConnection: keep-alive, close\r\nCookie: a=1\r\nCookie: b=2\r\nX-Request-ID: r1\r\n\r\n";
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let h = Head::parse(raw, &mut hs).unwrap();
+        assert_eq!((h.method, h.path, h.query), ("GET", "/a/b", Some("x=1")));
+        assert_eq!(h.conditions.accept_encoding, Some("gzip"), "first copy counts");
+        assert_eq!(h.conditions.if_none_match, Some("\"e\""));
+        assert!(h.close && !h.upgrade && h.short_path_candidate());
+        assert_eq!(h.cookies(), vec![&b"a=1"[..], b"b=2"]);
+        assert_eq!(h.request_id, Some(&b"r1"[..]));
+    }
+
+    #[test]
+    fn framing_that_is_not_for_the_short_path() {
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let h = Head::parse(
+            b"POST /api HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            &mut hs,
+        )
+        .unwrap();
+        assert!(!h.short_path_candidate());
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let h = Head::parse(b"GET / HTTP/1.0\r\n\r\n", &mut hs).unwrap();
+        assert!(!h.short_path_candidate());
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let h = Head::parse(b"GET http://x/ HTTP/1.1\r\n\r\n", &mut hs).unwrap();
+        assert!(!h.short_path_candidate());
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let h = Head::parse(
+            b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            &mut hs,
+        )
+        .unwrap();
+        assert!(h.upgrade);
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        assert!(Head::parse(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", &mut hs).is_none());
+    }
+
+    #[test]
+    fn date_is_an_http_date() {
+        let mut got = Vec::new();
+        with_http_date(|d| got.extend_from_slice(d));
+        let s = String::from_utf8(got).unwrap();
+        assert!(httpdate::parse_http_date(&s).is_ok(), "{s}");
+    }
+}

@@ -1,0 +1,631 @@
+//! The short path to the backend for plain requests (no upgrade, no chunked or large request
+//! body): one write of the request, the response relayed as it arrives, and the backend
+//! connection kept in a per-thread pool, like nginx's `keepalive` per worker. Every decision
+//! about which backend, and what a request looks like upstream, is the same as Pingora's path:
+//! `Upstreams` and `headers` decide for both.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::ChunkedEnd;
+use super::headers::{self, Forwarding};
+use super::Upstreams;
+use crate::auth::ProxyIdentity;
+use crate::ops::metrics::METRICS;
+
+/// Idle backend connections kept per thread (nginx: `keepalive 64` per worker).
+const POOL_PER_THREAD: usize = 64;
+/// Largest response head accepted from a backend.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Longest wait for the client to take a part of the response.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Idle {
+    addr: SocketAddr,
+    stream: TcpStream,
+    since: Instant,
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most recently used live connection to `addr`, if one idles here.
+fn take_idle(addr: SocketAddr, max_idle: Duration) -> Option<TcpStream> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        while let Some(pos) = p.iter().rposition(|c| c.addr == addr) {
+            let c = p.remove(pos);
+            if c.since.elapsed() >= max_idle {
+                continue;
+            }
+            // A backend that closed (EOF) or sent something unasked is not reusable;
+            // WouldBlock is the healthy answer, and costs no system call when idle.
+            let mut probe = [0u8; 1];
+            match c.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(c.stream),
+                _ => continue,
+            }
+        }
+        None
+    })
+}
+
+fn put_idle(addr: SocketAddr, stream: TcpStream) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() >= POOL_PER_THREAD {
+            p.remove(0);
+        }
+        p.push(Idle {
+            addr,
+            stream,
+            since: Instant::now(),
+        });
+    });
+}
+
+/// One request as it goes upstream; `head` is built by [`write_request_head`].
+pub struct Outgoing<'a> {
+    pub head: &'a [u8],
+    pub head_request: bool,
+    pub request_id: &'a str,
+    /// The client's connection ends after this response (it asked, or the edge is draining).
+    pub close_client: bool,
+}
+
+/// How the relay went.
+#[derive(Debug)]
+pub struct Relayed {
+    pub status: u16,
+    pub body_bytes: u64,
+    pub backend: usize,
+    /// The client connection may serve another request.
+    pub client_reusable: bool,
+}
+
+/// Nothing reached the client: it gets this error answer (the same ones Pingora's path gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: &'static str,
+    pub backend: Option<usize>,
+}
+
+/// The response had begun when the backend or the client failed: close the client connection.
+#[derive(Debug)]
+pub struct Broken {
+    pub status: u16,
+    pub body_bytes: u64,
+    pub backend: usize,
+}
+
+pub enum Error {
+    Before(Failure),
+    Midway(Broken),
+}
+
+const BAD_GATEWAY: Failure = Failure {
+    status: 502,
+    kind: "bad_gateway",
+    message: "the backend is unavailable",
+    backend: None,
+};
+const GATEWAY_TIMEOUT: Failure = Failure {
+    status: 504,
+    kind: "gateway_timeout",
+    message: "the backend did not answer in time",
+    backend: None,
+};
+
+/// Serialize the upstream request head: the client's headers minus hop-by-hop, refused and
+/// edge-set ones, then the edge's own (forwarding, identity, cookie, request id).
+#[allow(clippy::too_many_arguments)]
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    client_headers: &[httparse::Header],
+    forwarding: &Forwarding,
+    identity: &ProxyIdentity,
+    request_id: &str,
+) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut prev_xff = None;
+    let mut client_host = None;
+    let rewrites_cookie = identity.upstream_cookie.is_some();
+    for h in client_headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("x-forwarded-for") && prev_xff.is_none() {
+            prev_xff = Some(h.value);
+        }
+        if name.eq_ignore_ascii_case("host") && client_host.is_none() {
+            client_host = Some(h.value);
+        }
+        if headers::is_hop_by_hop(name)
+            || headers::is_refused(name, forwarding)
+            || headers::is_set_by_edge(name, forwarding)
+            || name.eq_ignore_ascii_case("x-request-id")
+            || (rewrites_cookie && name.eq_ignore_ascii_case("cookie"))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), &[h.value]);
+    }
+    headers::forwarding_headers(forwarding, prev_xff, client_host, |name, parts| {
+        push_header(out, name.as_bytes(), parts)
+    });
+    for (name, value) in &identity.headers {
+        push_header(out, name.as_bytes(), &[value.as_bytes()]);
+    }
+    if let Some(Some(cookie)) = &identity.upstream_cookie {
+        push_header(out, b"cookie", &[cookie.as_bytes()]);
+    }
+    push_header(out, b"x-request-id", &[request_id.as_bytes()]);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for part in value {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn timed<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(BAD_GATEWAY),
+        Err(_) => Err(GATEWAY_TIMEOUT),
+    }
+}
+
+/// A backend connection that answered with a response head.
+struct Answered {
+    stream: TcpStream,
+    addr: SocketAddr,
+    backend: usize,
+    buf: BytesMut,
+}
+
+/// Send the request to a backend (retrying other backends on refused connections, and a
+/// fresh connection when a pooled one turns out closed) until one answers with a head.
+async fn exchange(ups: &Upstreams, req: &Outgoing<'_>) -> Result<(Answered, usize), Failure> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last = BAD_GATEWAY;
+    loop {
+        let Some(idx) = ups.pick(&tried) else {
+            return Err(last);
+        };
+        let addr = ups.addr(idx);
+        // Pooled connections first; any of them may have been closed by the backend meanwhile.
+        let mut fresh = false;
+        loop {
+            let stream = match take_idle(addr, ups.idle_timeout) {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    match tokio::time::timeout(ups.connect_timeout, TcpStream::connect(addr)).await
+                    {
+                        Ok(Ok(s)) => {
+                            let _ = s.set_nodelay(true);
+                            ups.mark_up(idx);
+                            s
+                        }
+                        failed => {
+                            ups.mark_down(idx);
+                            log::warn!(
+                                "backend {} unreachable: {}",
+                                ups.authority(idx),
+                                match failed {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => "connect timed out".into(),
+                                }
+                            );
+                            METRICS.backend_errors.with_label_values(&["connect"]).inc();
+                            last = BAD_GATEWAY;
+                            break;
+                        }
+                    }
+                }
+            };
+            match send_and_read_head(ups, stream, req).await {
+                Ok((stream, buf, head_len)) => {
+                    return Ok((
+                        Answered {
+                            stream,
+                            addr,
+                            backend: idx,
+                            buf,
+                        },
+                        head_len,
+                    ))
+                }
+                // A pooled connection that failed before any answer: the backend closed it
+                // while idle. Try the next one (nginx and Pingora retry these too).
+                Err((f, answered_nothing)) if !fresh && answered_nothing => {
+                    let _ = f;
+                    continue;
+                }
+                Err((f, _)) => {
+                    return Err(Failure {
+                        backend: Some(idx),
+                        ..f
+                    })
+                }
+            }
+        }
+        tried.push(idx);
+    }
+}
+
+/// Write the request, then read until a complete non-1xx response head is buffered.
+/// On failure, also says whether the backend sent nothing at all.
+async fn send_and_read_head(
+    ups: &Upstreams,
+    mut stream: TcpStream,
+    req: &Outgoing<'_>,
+) -> Result<(TcpStream, BytesMut, usize), (Failure, bool)> {
+    timed(ups.write_timeout, stream.write_all(req.head))
+        .await
+        .map_err(|f| (f, true))?;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let n = timed(ups.read_timeout, stream.read_buf(&mut buf))
+            .await
+            .map_err(|f| (f, buf.is_empty()))?;
+        if n == 0 {
+            return Err((BAD_GATEWAY, buf.is_empty()));
+        }
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut hs);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = resp.code.unwrap_or(0);
+                    if (100..200).contains(&code) && code != 101 {
+                        // Interim answers (100 Continue, 103 Early Hints) are not relayed.
+                        buf.advance(len);
+                        continue;
+                    }
+                    if code == 101 {
+                        return Err((BAD_GATEWAY, false));
+                    }
+                    return Ok((stream, buf, len));
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => break,
+                _ => return Err((BAD_GATEWAY, false)),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+async fn write_client<W: AsyncWrite + Unpin>(client: &mut W, data: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, client.write_all(data)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Forward one request and relay the response to `client`. `scratch` is reused for the
+/// response head.
+pub async fn forward<W: AsyncWrite + Unpin>(
+    ups: &Upstreams,
+    req: &Outgoing<'_>,
+    client: &mut W,
+    scratch: &mut Vec<u8>,
+) -> Result<Relayed, Error> {
+    let (mut up, head_len) = exchange(ups, req).await.map_err(|f| {
+        if f.status == 504 {
+            METRICS
+                .backend_errors
+                .with_label_values(&["gateway_timeout"])
+                .inc();
+        }
+        Error::Before(f)
+    })?;
+
+    // The response head: status, framing, what to pass on.
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut hs);
+    let _ = resp.parse(&up.buf);
+    let status = resp.code.unwrap_or(502);
+    let mut upstream_keeps = resp.version == Some(1);
+    let mut framing = None;
+    let mut length: Option<u64> = None;
+    let mut bad_length = false;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let chunked_last = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            framing = Some(if chunked_last {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            });
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (v, length) {
+                (Some(v), None) => length = Some(v),
+                (Some(v), Some(l)) if v == l => {}
+                _ => bad_length = true,
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if has_token(h.value, "close") {
+                upstream_keeps = false;
+            } else if has_token(h.value, "keep-alive") {
+                upstream_keeps = true;
+            }
+        }
+    }
+    if bad_length && framing.is_none() {
+        return Err(Error::Before(Failure {
+            backend: Some(up.backend),
+            ..BAD_GATEWAY
+        }));
+    }
+    let framing = if req.head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        framing.unwrap_or(match length {
+            Some(l) => Framing::Length(l),
+            None => Framing::UntilClose,
+        })
+    };
+    let close_client = req.close_client || framing == Framing::UntilClose;
+
+    scratch.clear();
+    scratch.extend_from_slice(b"HTTP/1.1 ");
+    scratch.extend_from_slice(itoa_u16(status).as_bytes());
+    scratch.push(b' ');
+    scratch.extend_from_slice(
+        resp.reason
+            .filter(|r| !r.is_empty())
+            .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    scratch.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let keep_te = framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
+        if (headers::is_hop_by_hop(h.name) && !keep_te)
+            || h.name.eq_ignore_ascii_case("x-request-id")
+            || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
+        {
+            continue;
+        }
+        push_header(scratch, h.name.as_bytes(), &[h.value]);
+    }
+    push_header(scratch, b"x-request-id", &[req.request_id.as_bytes()]);
+    if close_client {
+        scratch.extend_from_slice(b"connection: close\r\n");
+    }
+    scratch.extend_from_slice(b"\r\n");
+    up.buf.advance(head_len);
+
+    let backend = up.backend;
+    let broken = |body_bytes| {
+        Error::Midway(Broken {
+            status,
+            body_bytes,
+            backend,
+        })
+    };
+    let mut sent: u64 = 0;
+    let mut chunks = ChunkedEnd::default();
+    // Body bytes already read with the head go out in the same write as the head.
+    let mut left = match framing {
+        Framing::Length(l) => l,
+        _ => u64::MAX,
+    };
+    let mut done = framing == Framing::Empty || left == 0;
+    let mut first = true;
+    loop {
+        let available = if first {
+            std::mem::take(&mut up.buf)
+        } else if done {
+            BytesMut::new()
+        } else {
+            let mut buf = BytesMut::with_capacity(16 * 1024);
+            let n = match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return Err(broken(sent)),
+            };
+            if n == 0 {
+                if framing == Framing::UntilClose {
+                    done = true;
+                    upstream_keeps = false;
+                } else {
+                    return Err(broken(sent));
+                }
+            }
+            buf
+        };
+        let mut take = available.len();
+        if !done {
+            match framing {
+                Framing::Length(_) => {
+                    take = take.min(left as usize);
+                    left -= take as u64;
+                    done = left == 0;
+                }
+                Framing::Chunked => match chunks.feed(&available) {
+                    Ok(Some(end)) => {
+                        take = end;
+                        done = true;
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        // Garbage from the backend: pass on the head, then cut.
+                        if first {
+                            let _ = write_client(client, scratch).await;
+                        }
+                        return Err(broken(sent));
+                    }
+                },
+                Framing::UntilClose | Framing::Empty => {}
+            }
+        } else if framing == Framing::Empty || framing == Framing::Length(0) {
+            take = 0;
+        }
+        if take < available.len() {
+            // The backend sent more than the response: do not trust the connection again.
+            upstream_keeps = false;
+        }
+        let body = &available[..take];
+        let io = if first {
+            first = false;
+            if body.len() <= 8 * 1024 {
+                scratch.extend_from_slice(body);
+                write_client(client, scratch).await
+            } else {
+                match write_client(client, scratch).await {
+                    Ok(()) => write_client(client, body).await,
+                    e => e,
+                }
+            }
+        } else if body.is_empty() {
+            Ok(())
+        } else {
+            write_client(client, body).await
+        };
+        if io.is_err() {
+            return Err(broken(sent));
+        }
+        sent += body.len() as u64;
+        if done {
+            break;
+        }
+    }
+    if client.flush().await.is_err() {
+        return Err(broken(sent));
+    }
+    if upstream_keeps && framing != Framing::UntilClose {
+        put_idle(up.addr, up.stream);
+    }
+    Ok(Relayed {
+        status,
+        body_bytes: sent,
+        backend,
+        client_reusable: !close_client,
+    })
+}
+
+fn itoa_u16(n: u16) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn request_head_replaces_and_refuses_like_pingoras_path() {
+        let protected = vec![headers::canonical("X-WX-OpenID")];
+        let f = Forwarding {
+            client_ip: Some("192.0.2.7"),
+            proto: "http",
+            host_override: None,
+            drop_underscore_headers: true,
+            protected: &protected,
+        };
+        let client = [
+            httparse::Header {
+                name: "Host",
+                value: b"h5.example.com",
+            },
+            httparse::Header {
+                name: "X-Forwarded-For",
+                value: b"10.0.0.1",
+            },
+            httparse::Header {
+                name: "x_wx_openid",
+                value: b"forged",
+            },
+            httparse::Header {
+                name: "X-WX-OPENID",
+                value: b"forged",
+            },
+            httparse::Header {
+                name: "Connection",
+                value: b"keep-alive",
+            },
+            httparse::Header {
+                name: "Cookie",
+                value: b"wxedge_session=abc; a=1",
+            },
+            httparse::Header {
+                name: "X-Request-ID",
+                value: b"client",
+            },
+            httparse::Header {
+                name: "Accept",
+                value: b"*/*",
+            },
+        ];
+        let identity = ProxyIdentity {
+            authenticated: true,
+            headers: vec![("X-WX-OpenID".into(), HeaderValue::from_static("o-1"))],
+            upstream_cookie: Some(Some("a=1".into())),
+        };
+        let mut out = Vec::new();
+        write_request_head(&mut out, "GET", "/api/x?y=1", &client, &f, &identity, "rid");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET /api/x?y=1 HTTP/1.1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+        let lines: Vec<&str> = text.lines().collect();
+        for want in [
+            "Host: h5.example.com",
+            "Accept: */*",
+            "x-forwarded-for: 10.0.0.1, 192.0.2.7",
+            "x-real-ip: 192.0.2.7",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: h5.example.com",
+            "X-WX-OpenID: o-1",
+            "cookie: a=1",
+            "x-request-id: rid",
+        ] {
+            assert!(lines.contains(&want), "missing {want:?} in {text}");
+        }
+        let lower = text.to_ascii_lowercase();
+        assert!(!lower.contains("forged"), "{text}");
+        assert!(!lower.contains("connection:"), "{text}");
+        assert!(!lower.contains("wxedge_session"), "{text}");
+        assert!(!lower.contains("client"), "{text}");
+        assert_eq!(lower.matches("x-forwarded-for").count(), 1);
+    }
+}
