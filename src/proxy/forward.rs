@@ -20,6 +20,8 @@ use crate::ops::metrics::METRICS;
 
 /// Idle backend connections kept per thread (nginx: `keepalive 64` per worker).
 const POOL_PER_THREAD: usize = 64;
+/// Idle longer than this, a pooled connection is checked before it is used.
+const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Longest wait for the client to take a part of the response.
@@ -44,8 +46,12 @@ fn take_idle(addr: SocketAddr, max_idle: Duration) -> Option<TcpStream> {
             if c.since.elapsed() >= max_idle {
                 continue;
             }
-            // A backend that closed (EOF) or sent something unasked is not reusable;
-            // WouldBlock is the healthy answer, and costs no system call when idle.
+            // After a pause, check that the backend has not closed the connection (EOF) or
+            // sent something unasked. Right after use that costs a system call per request for
+            // nothing: a connection that died meanwhile fails before answering, and is retried.
+            if c.since.elapsed() < PROBE_AFTER_IDLE {
+                return Some(c.stream);
+            }
             let mut probe = [0u8; 1];
             match c.stream.try_read(&mut probe) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(c.stream),
