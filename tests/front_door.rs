@@ -1,0 +1,373 @@
+//! The front door's short path (src/front, src/proxy/forward.rs) against a scripted backend
+//! that answers in every framing HTTP/1.1 allows, and connections that move between the
+//! short path and Pingora's path.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// What the scripted backend does for one request: the raw answer, and whether to close the
+/// connection afterwards (without saying so in the answer).
+type Script = Arc<dyn Fn(&str, &str) -> (Vec<u8>, bool) + Send + Sync>;
+
+struct ScriptedBackend {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl ScriptedBackend {
+    fn start(script: Script) -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (r, c) = (requests.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for sock in listener.incoming() {
+                let Ok(sock) = sock else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, script) = (r.clone(), script.clone());
+                std::thread::spawn(move || serve(sock, r, script));
+            }
+        });
+        ScriptedBackend {
+            addr,
+            requests,
+            connections,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<(String, Vec<u8>)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve(mut sock: TcpStream, seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>, script: Script) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        while buf.len() < end + len {
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[end..end + len].to_vec();
+        buf.drain(..end + len);
+        let mut first = head.split(' ');
+        let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+        seen.lock().unwrap().push((head.clone(), body));
+        let (answer, close) = script(method, target);
+        if sock.write_all(&answer).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// A client connection kept open across requests, reading each answer by its framing.
+struct Client {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.sock.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    fn send(&mut self, request: &[u8]) -> RawResponse {
+        self.sock.write_all(request).unwrap();
+        self.read(request.starts_with(b"HEAD "))
+    }
+
+    /// One whole response off the connection; what follows it stays buffered.
+    fn read(&mut self, head_request: bool) -> RawResponse {
+        let end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            assert!(self.fill(), "connection closed before a response head");
+        };
+        let head = parse_response(&self.buf[..end], true).unwrap();
+        let status = head.status;
+        let bodyless = head_request || status == 204 || status == 304;
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"));
+        let len = head
+            .header("content-length")
+            .map(|v| v.parse::<usize>().unwrap());
+        let total = if bodyless {
+            end
+        } else if chunked {
+            // The last chunk ("0"), then trailer lines up to an empty line.
+            loop {
+                let body = &self.buf[end - 2..];
+                if let Some(p) = body.windows(5).position(|w| w == b"\r\n0\r\n") {
+                    if let Some(q) = body[p + 3..].windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end - 2 + p + 3 + q + 4;
+                    }
+                }
+                assert!(self.fill(), "connection closed inside a chunked body");
+            }
+        } else if let Some(len) = len {
+            while self.buf.len() < end + len {
+                assert!(self.fill(), "connection closed inside a body");
+            }
+            end + len
+        } else {
+            while self.fill() {}
+            self.buf.len()
+        };
+        let whole: Vec<u8> = self.buf.drain(..total).collect();
+        parse_response(&whole, bodyless).unwrap()
+    }
+
+    fn is_closed(&mut self) -> bool {
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        self.buf.is_empty() && !self.fill()
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: h5.example.com\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn every_backend_framing_is_relayed_whole_on_a_kept_alive_connection() {
+    let backend = ScriptedBackend::start(Arc::new(|_m: &str, target: &str| {
+        let answer: &[u8] = match target {
+            "/api/chunked" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            "/api/empty" => b"HTTP/1.1 204 No Content\r\nX-From: backend\r\n\r\n",
+            "/api/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            "/api/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Request-ID: backend-made\r\nConnection: keep-alive\r\n\r\n0123456789",
+        };
+        (answer.to_vec(), target == "/api/close")
+    }));
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let mut c = Client::connect(edge.addr());
+
+    let r = c.send(&get("/api/chunked"));
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+    assert!(r.header("content-length").is_none());
+    let r = c.send(&get("/api/empty"));
+    assert_eq!((r.status, r.header("x-from")), (204, Some("backend")));
+    let r = c.send(&get("/api/continue"));
+    assert_eq!((r.status, r.text().as_str()), (201, "ok"), "interim 100 is not relayed");
+    let r = c.send(b"HEAD /api/len HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("10"));
+    assert!(r.body.is_empty());
+    let r = c.send(&get("/api/len"));
+    assert_eq!(r.text(), "0123456789");
+    assert_ne!(
+        r.header("x-request-id"),
+        Some("backend-made"),
+        "the edge's request id replaces the backend's"
+    );
+    assert_eq!(
+        r.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
+            .count(),
+        1
+    );
+    assert!(
+        r.header("connection").is_none(),
+        "hop-by-hop headers are the edge's own"
+    );
+    // A body that ends when the backend closes: relayed whole, then the client connection ends.
+    let r = c.send(&get("/api/close"));
+    assert_eq!((r.status, r.text().as_str()), (200, "until the end"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
+    // Five answers on one backend connection, the sixth (close-delimited) on a second.
+    assert!(backend.connections.load(Ordering::SeqCst) <= 2);
+}
+
+#[test]
+fn backend_garbage_is_a_502_and_a_body_cut_short_closes_the_client() {
+    let backend = ScriptedBackend::start(Arc::new(|_m: &str, target: &str| match target {
+        "/api/garbage" => (b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), true),
+        "/api/two-lengths" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            true,
+        ),
+        "/api/short" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec(),
+            true,
+        ),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false),
+    }));
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let mut c = Client::connect(edge.addr());
+    for path in ["/api/garbage", "/api/two-lengths"] {
+        let r = c.send(&get(path));
+        assert_eq!(r.status, 502, "{path}");
+        assert!(r.text().contains("bad_gateway"), "{path}: {}", r.text());
+    }
+    // Still usable after the 502s.
+    assert_eq!(c.send(&get("/api/fine")).text(), "ok");
+    let mut c = Client::connect(edge.addr());
+    c.sock.write_all(&get("/api/short")).unwrap();
+    let mut got = Vec::new();
+    let _ = c.sock.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("only this"),
+        "what came is relayed, then the connection is closed: {text}"
+    );
+}
+
+#[test]
+fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
+    // The backend closes every connection after one answer without saying so, as a backend
+    // with a short keep-alive timeout does: the edge pools each and finds it dead next time.
+    let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), true)
+    }));
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let mut c = Client::connect(edge.addr());
+    for i in 0..10 {
+        let body = format!("{{\"n\":{i}}}");
+        let req = format!(
+            "POST /api/save HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let r = c.send(req.as_bytes());
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+    }
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 10, "each request reached the backend exactly once");
+    for (i, (_, body)) in seen.iter().enumerate() {
+        assert_eq!(body, format!("{{\"n\":{i}}}").as_bytes());
+    }
+}
+
+#[test]
+fn one_connection_moves_between_the_short_path_and_pingoras() {
+    let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong".to_vec(), false)
+    }));
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let index = std::fs::read(fixture_dist().join("index.html")).unwrap();
+    let mut c = Client::connect(edge.addr());
+    for _ in 0..2 {
+        let r = c.send(&get("/index.html"));
+        assert_eq!((r.status, &r.body), (200, &index));
+        let r = c.send(&get("/_wxedge/healthz"));
+        assert_eq!(r.status, 200, "Pingora's path on the same connection");
+        let r = c.send(&get("/api/ping"));
+        assert_eq!(r.text(), "pong");
+        let r = c.send(b"GET /index.html HTTP/1.1\r\nHost: h\r\nRange: bytes=0-4\r\n\r\n");
+        assert_eq!((r.status, &r.body[..]), (206, &index[..5]));
+        let r = c.send(&get("/nope.js"));
+        assert_eq!(r.status, 404);
+    }
+    // Pipelined: three requests in one write, three answers in order.
+    let mut three = get("/index.html");
+    three.extend_from_slice(&get("/api/ping"));
+    three.extend_from_slice(b"GET /_wxedge/healthz HTTP/1.1\r\nHost: h\r\n\r\n");
+    c.sock.write_all(&three).unwrap();
+    assert_eq!(c.read(false).body, index);
+    assert_eq!(c.read(false).text(), "pong");
+    assert_eq!(c.read(false).status, 200);
+}
+
+#[test]
+fn short_path_and_pingoras_path_answer_a_file_with_the_same_headers() {
+    let edge = start_edge(&[]);
+    let strip = |r: &RawResponse| {
+        let mut h: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .filter(|(k, _)| !["date", "x-request-id", "connection"].contains(&k.as_str()))
+            .collect();
+        h.sort();
+        h
+    };
+    for (path, extra) in [
+        ("/index.html", ""),
+        ("/assets/index-bydhfUo3.js", "Accept-Encoding: gzip\r\n"),
+        ("/assets/index-bydhfUo3.js", "Accept-Encoding: gzip, deflate, br\r\n"),
+        ("/assets/uni.424060a0.css", ""),
+        ("/pages/some/route", "Accept: text/html\r\n"),
+    ] {
+        // HTTP/1.1 takes the short path; HTTP/1.0 is always Pingora's.
+        let short = Client::connect(edge.addr()).send(
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\n{extra}\r\n").as_bytes(),
+        );
+        let pingora = raw(
+            edge.addr(),
+            format!("GET {path} HTTP/1.0\r\nHost: h\r\n{extra}\r\n").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(short.status, 200, "{path}");
+        assert_eq!(strip(&short), strip(&pingora), "{path} {extra}");
+        assert_eq!(short.body, pingora.body, "{path} {extra}");
+        // And revalidation, both ways.
+        let etag = short.header("etag").unwrap().to_string();
+        let revalidate = format!("If-None-Match: {etag}\r\n{extra}");
+        let short304 = Client::connect(edge.addr()).send(
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\n{revalidate}\r\n").as_bytes(),
+        );
+        let pingora304 = raw(
+            edge.addr(),
+            format!("GET {path} HTTP/1.0\r\nHost: h\r\n{revalidate}\r\n").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!((short304.status, pingora304.status), (304, 304), "{path}");
+        assert_eq!(strip(&short304), strip(&pingora304), "{path}");
+    }
+}
