@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Markdown report of a bench/run.sh run: machine, settings, results table, responses, targets.
 
-Usage (bench/run.sh calls it): report.py runs.tsv responses.tsv memory.tsv, with the run's
-description in BENCH_* environment variables.
+Usage (bench/run.sh calls it): report.py runs.tsv responses.tsv memory.tsv [oauth.tsv], with the
+run's description in BENCH_* environment variables.
 """
 import csv
 import datetime
@@ -16,6 +16,8 @@ SERVERS = ("nginx", "wxedge")
 SMALL_STATIC = {"index.html", "root /", "SPA route", "MP_verify", "304 revalidation"}
 COMPRESSED = {"JS asset gzip", "JS asset br"}
 PROXY = {"proxy /api/ping"}
+# oauth.tsv (wxedge only): this case, and "OAuth callback, N loads sharing one code".
+OAUTH_DISTINCT = "OAuth callback, distinct codes"
 
 
 def env(name, default=""):
@@ -50,7 +52,17 @@ def main():
     runs = read_tsv(sys.argv[1])
     responses = read_tsv(sys.argv[2])
     memory = {r["server"]: r for r in read_tsv(sys.argv[3])}
+    oauth = read_tsv(sys.argv[4]) if len(sys.argv) > 4 and os.path.exists(sys.argv[4]) else []
     smoke = env("BENCH_MODE") == "smoke"
+    latency_ms = float(env("BENCH_OAUTH_LATENCY_MS", "50"))
+    distinct = [r for r in oauth if r["case"] == OAUTH_DISTINCT]
+    shared = [r for r in oauth if r["case"] != OAUTH_DISTINCT]
+
+    def med(rows, key):
+        return statistics.median(float(r[key]) for r in rows)
+
+    def total(rows, key):
+        return sum(int(r[key]) for r in rows)
 
     cases = []
     for r in runs:
@@ -100,6 +112,10 @@ def main():
     w(f"- nginx: 2 workers (bench/nginx-site.conf.in); wxedge: WXEDGE_THREADS={env('BENCH_WX_THREADS')}; "
       "access log off on both; same dist copy with `gzip -9` twins of .js/.css/.html; same backend (nginx, 1 worker, `return 200`)")
     w(f"- {env('BENCH_NOTE_SHARED')}")
+    if oauth:
+        w(f"- OAuth callback (wxedge only, measured first): a second wxedge with the same settings plus "
+          f"`WXEDGE_SANDBOX_LATENCY_MS={env('BENCH_OAUTH_LATENCY_MS', '50')}` and a `/metrics` listener, stopped "
+          "before the other cases; its embedded sandbox WeChat is the WeChat it calls")
     w(f"- load average before / after: {env('BENCH_LOAD_BEFORE')} / {env('BENCH_LOAD_AFTER')}"
       + (f"; **other CPU-heavy processes were running at the start ({env('BENCH_BUSY')}): noisy**" if env("BENCH_BUSY") else ""))
     w("")
@@ -118,8 +134,38 @@ def main():
         w(f"| {case} | {fmt_rps(n['rps'])} | {fmt_rps(x['rps'])} | **{stats[case]['ratio']:.2f}×** | "
           f"{n['p50']:.2f} / {x['p50']:.2f} | {n['p99']:.2f} / {x['p99']:.2f} | {n['cpu']:.1f} / {x['cpu']:.1f} | "
           f"{mib(n['rss'])} / {mib(x['rss'])} |")
-    w("| OAuth callback (distinct codes, shared code) | | | | | | | not measured yet |")
+    if distinct:
+        w(f"| {OAUTH_DISTINCT} | — | {fmt_rps(med(distinct, 'rps'))} | wxedge only | — / {med(distinct, 'p50_ms'):.2f} | "
+          f"— / {med(distinct, 'p99_ms'):.2f} | — / {med(distinct, 'cpu_us_per_req'):.1f} | "
+          f"— / {mib(max(int(r['rss_peak_kb']) for r in distinct))} |")
+    if shared:
+        w(f"| {shared[0]['case']} | — | — | wxedge only | — / {med(shared, 'p50_ms'):.2f} | "
+          f"— / {med(shared, 'p99_ms'):.2f} | — | — |")
+    if not oauth:
+        w("| OAuth callback (distinct codes, shared code) | | | | | | | not measured |")
     w("")
+    if oauth:
+        w(f"OAuth callback rows: wxedge only (nginx has no equivalent). Each load is a page navigation "
+          f"`GET /pages/index/index?code=…&state=STATE` with `Accept: text/html`: the edge exchanges the code with the "
+          f"sandbox WeChat, which answers after {latency_ms:g} ms, then serves the page with a session cookie. "
+          "CPU and RSS are the second wxedge's, sandbox WeChat included.")
+        w("")
+    if distinct:
+        w(f"- Distinct codes: wrk with a Lua script giving every request a new self-minted sandbox code "
+          f"(`auto-alice-…`); {total(distinct, 'sent'):,} codes sent, {total(distinct, 'requests'):,} loads answered "
+          f"within the run, {total(distinct, 'exchanges'):,} WeChat exchanges counted by the edge "
+          f"({total(distinct, 'wechat_calls'):,} answered by the sandbox), {total(distinct, 'exchange_errors')} failed, "
+          f"{total(distinct, 'joins') + total(distinct, 'cache_hits')} shared. "
+          f"With every code new, req/s is bounded by connections ÷ latency "
+          f"({env('BENCH_CONNS')} ÷ {latency_ms:g} ms = {float(env('BENCH_CONNS', '0')) * 1000 / latency_ms:,.0f} req/s).")
+    if shared:
+        w(f"- Shared code: {env('BENCH_OAUTH_LOADS', '50')} loads of one fresh code (issued by the sandbox's authorize "
+          "page) released together by one `curl --parallel`, each on its own connection; p50/p99 over those loads.")
+    if distinct and med(distinct, "p50_ms") < latency_ms:
+        w(f"- **The distinct-codes p50 is below the sandbox's {latency_ms:g} ms: this binary does not apply "
+          "`WXEDGE_SANDBOX_LATENCY_MS`, so these rows measured an instant WeChat.**")
+    if oauth:
+        w("")
     if not smoke and any(len(stats[c]["ratios"]) > 1 for c in cases):
         w("Per-round ratios (spread): " + "; ".join(
             f"{c}: {', '.join(f'{r:.2f}' for r in stats[c]['ratios'])}" for c in cases))
@@ -186,7 +232,17 @@ def main():
         rel = sess / plain if plain > 0 else float("nan")
         w(f"| session-checked proxy within 5 % of plain proxy | wxedge: proxy + session vs proxy /api/ping | "
           f"{fmt_rps(sess)} vs {fmt_rps(plain)} req/s ({rel:.2f}×) | {verdict(rel >= 0.95)} |")
-    w("| callback: N loads sharing one code = 1 WeChat call | — | not measured here yet; asserted by tests/oauth.rs (20 loads, 1 call) | — |")
+    if shared:
+        calls = [int(r["wechat_calls"]) for r in shared]
+        ok = all(int(r["wechat_calls"]) == 1 and int(r["exchanges"]) == 1 and int(r["exchange_errors"]) == 0
+                 and int(r["requests"]) == int(r["sent"]) for r in shared)
+        w(f"| callback: N loads sharing one code = 1 WeChat call | wxedge: {shared[0]['sent']} concurrent loads of one "
+          f"fresh sandbox code, {len(shared)} round(s) | WeChat calls per round: {', '.join(map(str, calls))} "
+          f"(joined the call: {', '.join(r['joins'] for r in shared)}; from the cache: "
+          f"{', '.join(r['cache_hits'] for r in shared)}); {total(shared, 'requests')} × 200 of {total(shared, 'sent')} | "
+          f"{verdict(ok)} |")
+    else:
+        w("| callback: N loads sharing one code = 1 WeChat call | — | not measured; asserted by tests/oauth.rs | — |")
     print("\n".join(out))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # wxedge vs nginx, side by side on the same machine, the same dist and the same backend (issue 5).
 #
-#   bash bench/run.sh            full run: 3 rounds x 8 s per case and server (about 7 minutes)
+#   bash bench/run.sh            full run: 3 rounds x 8 s per case and server (about 8 minutes)
 #   bash bench/run.sh --smoke    CI: 1 round x 2 s, no thresholds; fails only on a broken setup
 #   bash bench/run.sh --out F    also write the Markdown report to F (e.g. bench/RESULTS.md)
 #
@@ -17,12 +17,16 @@
 #      any mismatch; then measures with wrk, alternating the servers (A B / B A), and samples
 #      the RSS of the server's processes during each run;
 #   5. prints a Markdown report (bench/report.py): req/s, p50, p99, CPU per request, peak RSS,
-#      and the ratio wxedge/nginx per case; the session and OAuth cases are TODO hooks for now.
+#      and the ratio wxedge/nginx per case;
+#   6. measured first, wxedge only, on a second wxedge stopped before the rest: the OAuth
+#      callback, wrk page loads each with a new code against the sandbox WeChat answering after
+#      50 ms, and N loads sharing one fresh code released together (exactly 1 WeChat call, or fail).
 #
 # Knobs (environment): BENCH_ROUNDS, BENCH_DURATION (wrk -d), BENCH_CONNECTIONS (wrk -c),
 # BENCH_WRK_THREADS (wrk -t), BENCH_WXEDGE_THREADS (default 2 = nginx's worker_processes),
 # BENCH_DIST, BENCH_ASSET, BENCH_MP_TOKEN, BENCH_KEEP=1 (keep the temp dir), BENCH_ENFORCE=1
-# (full run: exit 3 when a target of issue 5 is missed), WXEDGE_BIN.
+# (full run: exit 3 when a target of issue 5 is missed), BENCH_OAUTH_LATENCY_MS (the sandbox
+# WeChat's answer delay, default 50), BENCH_OAUTH_LOADS (loads sharing one code, default 50), WXEDGE_BIN.
 set -euo pipefail
 
 MODE=full
@@ -145,9 +149,9 @@ if [ ! -f "$T/dist-wxedge$ASSET" ]; then
   log "default asset missing; using the largest JS file: $ASSET"
 fi
 
-read -r BACKEND_PORT NGINX_PORT WXEDGE_PORT < <(python3 - <<'EOF'
+read -r BACKEND_PORT NGINX_PORT WXEDGE_PORT OAUTH_PORT OAUTH_METRICS_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -315,12 +319,158 @@ check_case() {  # check_case INDEX
 log "checking every case on both servers (status, encoding, body)"
 for i in "${!CASES[@]}"; do check_case "$i"; done
 
-# TODO: the callback case (issue 5), now that the OAuth edge is in.
+# The OAuth callback (issue 5), wxedge only: nginx has no equivalent. A second wxedge of its own,
+# so the codes, sessions and cache entries it makes stay out of the process (and the RSS) the
+# static and proxy cases measure; its sandbox WeChat answers code exchanges after
+# OAUTH_LATENCY_MS, as the real one does, and /metrics counts what reached it.
+OAUTH_LATENCY_MS="${BENCH_OAUTH_LATENCY_MS:-50}"
+OAUTH_LOADS="${BENCH_OAUTH_LOADS:-50}"
+OAUTH_DISTINCT="OAuth callback, distinct codes"
+OAUTH_SHARED="OAuth callback, $OAUTH_LOADS loads sharing one code"
+printf 'round\tcase\trps\tp50_ms\tp99_ms\trss_peak_kb\tcpu_us_per_req\trequests\tsent\texchanges\texchange_errors\twechat_calls\tjoins\tcache_hits\tnon2xx3xx\tsocket_errors\n' > "$T/oauth.tsv"
+
+# Each request is a callback page load with a code nobody used before: the sandbox accepts
+# self-minted codes auto-<user>-<nonce> (src/wechat/sandbox.rs), so none has to be issued first.
+# The nonce is the run's tag, the thread and a counter; done() prints how many were sent.
+cat > "$T/oauth-callback.lua" <<'LUA'
+local threads, next_id = {}, 1
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  prefix = "/pages/index/index?code=auto-alice-" .. (args[1] or "r") .. "-" .. id .. "-"
+  sent = 0
+end
+function request()
+  sent = sent + 1
+  return wrk.format(nil, prefix .. sent .. "&state=STATE")
+end
+function done(summary, latency, requests)
+  local n = 0
+  for _, t in ipairs(threads) do n = n + t:get("sent") end
+  io.write(string.format("codes sent: %d\n", n))
+end
+LUA
+
+oauth_counters() {  # oauth_counters FILE: the OAuth edge's counters, "name value" per line
+  curl -fsS "http://127.0.0.1:$OAUTH_METRICS_PORT/metrics" | awk '
+    /^wxedge_wechat_exchanges_total\{/ { ex += $NF; if ($0 !~ /result="ok"/) err += $NF }
+    /^wxedge_requests_total\{route="sandbox",status="200"\} / { sb += $NF }
+    /^wxedge_code_singleflight_joins_total / { j += $NF }
+    /^wxedge_code_cache_hits_total / { h += $NF }
+    END { printf "exchanges %d\nerrors %d\nwechat %d\njoins %d\nhits %d\n", ex, err, sb, j, h }' > "$1" \
+    || die "no /metrics from the OAuth case's wxedge"
+}
+counter_delta() {  # counter_delta BEFORE AFTER NAME
+  awk -v n="$3" 'FNR == NR { if ($1 == n) a = $2; next } $1 == n { b = $2 } END { print b - a }' "$1" "$2"
+}
+
+oauth_distinct() {  # oauth_distinct ROUND DURATION [warmup]
+  local round=$1 dur=$2 warm=${3:-}
+  local tag="r$round${warm:+w}"   # a new nonce space per run: no code is ever sent twice
+  local url="http://127.0.0.1:$OAUTH_PORT/pages/index/index" raw="$T/raw/oauth-$tag.txt"
+  local wrk_args=(-t"$WRK_THREADS" -c"$CONNS" -d"$dur" -H 'Accept: text/html' -s "$T/oauth-callback.lua")
+  if [ -n "$warm" ]; then
+    wrk "${wrk_args[@]}" "$url" -- "$tag" >/dev/null 2>&1 || true
+    return 0
+  fi
+  oauth_counters "$T/oauth.m0"
+  rm -f "$T/rss.peak"
+  sample_rss "$T/rss.peak" "$OAUTH_PID" & SAMPLER_PID=$!
+  local cpu0 cpu1
+  cpu0="$(cpu_ticks "$OAUTH_PID")"
+  wrk "${wrk_args[@]}" --latency "$url" -- "$tag" > "$raw" 2>&1 \
+    || { cat "$raw" >&2; die "wrk failed ($OAUTH_DISTINCT)"; }
+  cpu1="$(cpu_ticks "$OAUTH_PID")"
+  kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+  sleep 0.5   # the loads in flight when wrk stopped finish their exchanges before counting
+  oauth_counters "$T/oauth.m1"
+  local rps p50 p99 reqs non2 serr sent rss cpu ex err calls joined
+  read -r rps p50 p99 reqs non2 serr < <(wrk_stats "$raw")
+  sent="$(awk '/^codes sent:/ {print $3; exit}' "$raw")"
+  ex="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" exchanges)"
+  err="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" errors)"
+  calls="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" wechat)"
+  joined=$(( $(counter_delta "$T/oauth.m0" "$T/oauth.m1" joins) + $(counter_delta "$T/oauth.m0" "$T/oauth.m1" hits) ))
+  rss="$(cat "$T/rss.peak" 2>/dev/null || echo 0)"
+  [ "$rps" != - ] && [ -n "$sent" ] || { cat "$raw" >&2; die "no Requests/sec or codes sent in wrk's output ($OAUTH_DISTINCT)"; }
+  cpu="$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }')"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$OAUTH_DISTINCT" \
+    "$rps" "$p50" "$p99" "$rss" "$cpu" "$reqs" "$sent" "$ex" "$err" "$calls" \
+    "$(counter_delta "$T/oauth.m0" "$T/oauth.m1" joins)" "$(counter_delta "$T/oauth.m0" "$T/oauth.m1" hits)" \
+    "$non2" "$serr" >> "$T/oauth.tsv"
+  printf '[bench] round %s/%s  %s  wxedge %10s req/s  p50 %7s ms  p99 %7s ms  CPU %5s us/req  RSS %5s MiB  WeChat exchanges %s for %s loads (%s codes sent)%s\n' \
+    "$round" "$ROUNDS" "$OAUTH_DISTINCT" "$rps" "$p50" "$p99" "$cpu" "$(awk -v k="$rss" 'BEGIN{printf "%.1f", k/1024}')" \
+    "$ex" "$reqs" "$sent" "$( [ "$serr" != 0 ] && echo "  socket errors: $serr")" >&2
+  # Every code is new: each load is one exchange that succeeds; a join, a cache hit or an error
+  # means the codes were not distinct or the sandbox refused them.
+  [ "$err" = 0 ] || die "$OAUTH_DISTINCT: $err exchanges failed (see $raw; BENCH_KEEP=1 keeps it)"
+  [ "$joined" = 0 ] || die "$OAUTH_DISTINCT: $joined loads shared a code"
+  [ "$non2" = 0 ] || die "$OAUTH_DISTINCT: $non2 non-2xx/3xx answers"
+  awk -v p="$p50" -v l="$OAUTH_LATENCY_MS" 'BEGIN { exit !(p < l) }' \
+    && log "WARNING: p50 $p50 ms is below the sandbox's ${OAUTH_LATENCY_MS} ms: this binary does not apply WXEDGE_SANDBOX_LATENCY_MS"
+  return 0
+}
+
+oauth_shared() {  # oauth_shared ROUND: N concurrent loads of one fresh code must be 1 WeChat call
+  local round=$1 base="http://127.0.0.1:$OAUTH_PORT" loc code i
+  loc="$(curl -fsS -o /dev/null -w '%{redirect_url}' \
+    "$base/_wxedge/sandbox/connect/oauth2/authorize?appid=wxsandbox0000001&redirect_uri=http%3A%2F%2F127.0.0.1%3A$OAUTH_PORT%2Fpages%2Findex%2Findex&response_type=code&scope=snsapi_base&state=STATE&auto=bob")" \
+    || die "the OAuth case's sandbox issued no code"
+  code="${loc#*\?code=}"; code="${code%%&*}"
+  [ -n "$code" ] && [ "$code" != "$loc" ] || die "no code in the sandbox's redirect: $loc"
+  for i in $(seq 1 "$OAUTH_LOADS"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$loc"; done > "$T/oauth-shared.curl"
+  oauth_counters "$T/oauth.m0"
+  # One curl whose transfers all start at once, each on its own connection: N tabs or taps
+  # released together, so they overlap the one exchange's OAUTH_LATENCY_MS.
+  curl -sS --no-progress-meter -Z --parallel-immediate --parallel-max "$OAUTH_LOADS" -H 'Accept: text/html' \
+    -w '%{http_code} %{time_total}\n' -K "$T/oauth-shared.curl" > "$T/oauth-shared.out" \
+    || die "$OAUTH_SHARED: curl failed"
+  sleep 0.5
+  oauth_counters "$T/oauth.m1"
+  local ex err calls joins hits ok p50 p99
+  ex="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" exchanges)"
+  err="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" errors)"
+  calls="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" wechat)"
+  joins="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" joins)"
+  hits="$(counter_delta "$T/oauth.m0" "$T/oauth.m1" hits)"
+  ok="$(awk '$1 == 200' "$T/oauth-shared.out" | wc -l)"
+  read -r p50 p99 < <(awk '{ print $2 * 1000 }' "$T/oauth-shared.out" | sort -n | awk '
+    { v[NR] = $1 } END { i50 = int((NR + 1) * 0.5); i99 = int(NR * 0.99 + 0.999); if (i99 > NR) i99 = NR
+      printf "%.3f %.3f\n", v[i50 < 1 ? 1 : i50], v[i99 < 1 ? 1 : i99] }')
+  printf '%s\t%s\t\t%s\t%s\t\t\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t0\n' "$round" "$OAUTH_SHARED" "$p50" "$p99" \
+    "$ok" "$OAUTH_LOADS" "$ex" "$err" "$calls" "$joins" "$hits" "$((OAUTH_LOADS - ok))" >> "$T/oauth.tsv"
+  log "round $round/$ROUNDS  $OAUTH_SHARED: $calls WeChat call(s) ($ex exchange(s) counted by the edge; $joins loads joined it, $hits answered from the cache); $ok x 200; p50 $p50 ms, p99 $p99 ms"
+  [ "$calls" = 1 ] && [ "$ex" = 1 ] && [ "$err" = 0 ] \
+    || die "$OAUTH_SHARED: $calls WeChat call(s), $ex exchange(s), $err failed: must be exactly 1 successful call"
+  [ "$ok" = "$OAUTH_LOADS" ] || die "$OAUTH_SHARED: only $ok of $OAUTH_LOADS loads answered 200"
+}
+
 case_oauth_callback() {
-  # Many concurrent page loads with distinct ?code=&state= against the sandbox WeChat answering
-  # with 50 ms latency; and N concurrent loads sharing one code (must be exactly 1 WeChat call).
-  # Plan: a wrk Lua script generating distinct codes; the sandbox's call counter for the shared one.
-  log "case 'OAuth callback (distinct codes / one shared code)': not measured yet (tests/oauth.rs checks the single call)"
+  log "OAuth callback (wxedge only): its own wxedge on :$OAUTH_PORT, sandbox WeChat answering after ${OAUTH_LATENCY_MS} ms"
+  (cd "$T" && exec env -i PATH="$PATH" HOME="${HOME:-/root}" \
+    WXEDGE_LISTEN="127.0.0.1:$OAUTH_PORT" \
+    WXEDGE_DIST="$T/dist-wxedge" \
+    WXEDGE_BACKEND="http://127.0.0.1:$BACKEND_PORT" \
+    WXEDGE_THREADS="$WX_THREADS" \
+    WXEDGE_ACCESS_LOG=off \
+    WXEDGE_METRICS_LISTEN="127.0.0.1:$OAUTH_METRICS_PORT" \
+    WXEDGE_SANDBOX_LATENCY_MS="$OAUTH_LATENCY_MS" \
+    WXEDGE_PID_FILE="$T/wxedge-oauth.pid" \
+    WXEDGE_UPGRADE_SOCK="$T/wxedge-oauth_upgrade.sock" \
+    "$BIN") >"$T/wxedge-oauth.log" 2>&1 &
+  OAUTH_PID=$!; STARTED_PIDS+=("$OAUTH_PID")
+  wait_http "http://127.0.0.1:$OAUTH_PORT/_wxedge/healthz" "$OAUTH_PID" "wxedge (OAuth case)" "$T/wxedge-oauth.log"
+  local r
+  [ -n "$WARMUP" ] && oauth_distinct 0 "$WARMUP" warm
+  for r in $(seq 1 "$ROUNDS"); do oauth_distinct "$r" "$DURATION"; done
+  for r in $(seq 1 "$ROUNDS"); do oauth_shared "$r"; done
+  kill -0 "$OAUTH_PID" 2>/dev/null || die "the OAuth case's wxedge died"
+  # Stopped before the other cases, so it takes no CPU or memory from them.
+  kill -TERM "$OAUTH_PID"
+  wait "$OAUTH_PID" 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +527,17 @@ to_ms() {  # wrk latency (e.g. 512.00us, 1.20ms, 2.01s) -> milliseconds
     else printf "nan" }'
 }
 
+wrk_stats() {  # wrk_stats RAW -> "req/s p50_ms p99_ms requests non2xx3xx socket_errors"
+  local rps p50 p99 reqs non2 serr
+  rps="$(awk '/^Requests\/sec:/ {print $2}' "$1")"
+  p50="$(to_ms "$(awk '$1=="50%" {print $2; exit}' "$1")")"
+  p99="$(to_ms "$(awk '$1=="99%" {print $2; exit}' "$1")")"
+  reqs="$(awk '/requests in/ {print $1; exit}' "$1")"
+  non2="$(awk '/Non-2xx or 3xx responses:/ {print $NF; exit}' "$1")"
+  serr="$(awk '/Socket errors:/ {gsub(/,/, ""); print $4+$6+$8+$10; exit}' "$1")"
+  echo "${rps:--} ${p50:-nan} ${p99:-nan} ${reqs:-0} ${non2:-0} ${serr:-0}"
+}
+
 printf 'round\tcase\tserver\trps\tp50_ms\tp99_ms\trss_peak_kb\trequests\tnon2xx3xx\tsocket_errors\tcpu_us_per_req\n' > "$T/runs.tsv"
 run_wrk() {  # run_wrk ROUND CASE_INDEX SERVER DURATION [warmup]
   local round=$1 ci=$2 s=$3 dur=$4 warm=${5:-}
@@ -401,14 +562,9 @@ run_wrk() {  # run_wrk ROUND CASE_INDEX SERVER DURATION [warmup]
   cpu1="$(cpu_ticks $(pids_of "$s"))"
   kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
   local rps p50 p99 reqs non2 serr rss cpu
-  rps="$(awk '/^Requests\/sec:/ {print $2}' "$raw")"
-  p50="$(to_ms "$(awk '$1=="50%" {print $2; exit}' "$raw")")"
-  p99="$(to_ms "$(awk '$1=="99%" {print $2; exit}' "$raw")")"
-  reqs="$(awk '/requests in/ {print $1; exit}' "$raw")"
-  non2="$(awk '/Non-2xx or 3xx responses:/ {print $NF; exit}' "$raw")"; non2=${non2:-0}
-  serr="$(awk '/Socket errors:/ {gsub(/,/, ""); print $4+$6+$8+$10; exit}' "$raw")"; serr=${serr:-0}
+  read -r rps p50 p99 reqs non2 serr < <(wrk_stats "$raw")
   rss="$(cat "$T/rss.peak" 2>/dev/null || echo 0)"
-  [ -n "$rps" ] || { cat "$raw" >&2; die "no Requests/sec in wrk's output ($name, $s)"; }
+  [ "$rps" != - ] || { cat "$raw" >&2; die "no Requests/sec in wrk's output ($name, $s)"; }
   cpu="$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }')"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$round" "$name" "$s" "$rps" "$p50" "$p99" "$rss" "$reqs" "$non2" "$serr" "$cpu" >> "$T/runs.tsv"
@@ -466,7 +622,8 @@ BENCH_WRK_VERSION="$(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')" \
 BENCH_ELAPSED="$ELAPSED" BENCH_NOTE_SHARED="$NOTE_SHARED" BENCH_BUSY="${busy# }" \
 BENCH_LOAD_BEFORE="$LOAD_BEFORE" BENCH_LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)" \
 BENCH_ASSET_PATH="$ASSET" BENCH_MP_TOKEN="$MP_TOKEN" \
-  python3 "$BENCH_DIR/report.py" "$T/runs.tsv" "$T/responses.tsv" "$T/memory.tsv" > "$T/report.md" \
+BENCH_OAUTH_LATENCY_MS="$OAUTH_LATENCY_MS" BENCH_OAUTH_LOADS="$OAUTH_LOADS" \
+  python3 "$BENCH_DIR/report.py" "$T/runs.tsv" "$T/responses.tsv" "$T/memory.tsv" "$T/oauth.tsv" > "$T/report.md" \
   || die "report failed"
 cat "$T/report.md"
 [ -n "$OUT_FILE" ] && cp "$T/report.md" "$OUT_FILE" && log "report written to $OUT_FILE"

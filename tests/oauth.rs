@@ -714,3 +714,111 @@ async fn login_off_leaves_pages_alone_and_still_strips_identity_headers() {
     api(edge.addr(), "/api/x", None, &[("X-WX-OpenID", "forged")]).await;
     assert_eq!(backend.seen().last().unwrap().header("x-wx-openid"), None);
 }
+
+/// The value of the metric line starting with `name` (labels included), 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The embedded sandbox WeChat answering code exchanges after 300 ms, with a metrics listener.
+async fn slow_sandbox_edge() -> (EdgeProc, SocketAddr) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    // No WX_APPID: the sandbox is the WeChat the edge calls.
+    let edge = edge_with(vec![
+        ("WXEDGE_SANDBOX_LATENCY_MS", "300"),
+        ("WXEDGE_METRICS_LISTEN", metrics.as_str()),
+    ])
+    .await;
+    (edge, metrics.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "until src/auth/mod.rs passes wechat.sandbox_latency_ms to the sandbox and awaits Sandbox::handle_delayed"]
+async fn sandbox_latency_delays_the_code_exchange() {
+    let (edge, _) = slow_sandbox_edge().await;
+    let addr = edge.addr();
+    // A fresh code, issued the way a browser gets one.
+    let r = api(
+        addr,
+        "/_wxedge/sandbox/connect/oauth2/authorize?appid=wxsandbox0000001&redirect_uri=http%3A%2F%2Fh5.test%2Fpages%2Findex%2Findex&response_type=code&scope=snsapi_base&state=STATE&auto=alice",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").unwrap();
+    let target = &loc[loc.find("/pages/").unwrap()..];
+    let t = Instant::now();
+    let r = page_load(addr, target, None).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(set_cookie(&r, "wxedge_session").is_some());
+    assert!(
+        took >= Duration::from_millis(300),
+        "the callback waited for the slow sandbox: {took:?}"
+    );
+    let page = Instant::now();
+    assert_eq!(
+        page_load(addr, "/pages/index/index", None).await.status,
+        200
+    );
+    assert!(
+        page.elapsed() < Duration::from_millis(300),
+        "a page load without a code is not delayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_sandbox_code_shared_by_concurrent_loads_is_one_exchange() {
+    let (edge, metrics) = slow_sandbox_edge().await;
+    let addr = edge.addr();
+    // 20 concurrent loads sharing one (self-minted) code: one exchange, everyone a session.
+    let loads: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(page_load(
+                addr,
+                "/pages/index/index?code=auto-bob-shared1&state=STATE",
+                None,
+            ))
+        })
+        .collect();
+    for l in loads {
+        let r = l.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(set_cookie(&r, "wxedge_session").is_some());
+    }
+    let m = blocking(move || {
+        raw(
+            metrics,
+            b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap()
+        .text()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "wxedge_wechat_exchanges_total{errcode=\"0\",result=\"ok\"}"
+        ),
+        1.0,
+        "one exchange, as the edge counts them:\n{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "wxedge_requests_total{route=\"sandbox\",status=\"200\"}"
+        ),
+        1.0,
+        "and as the sandbox saw them:\n{m}"
+    );
+    assert_eq!(
+        metric(&m, "wxedge_code_singleflight_joins_total")
+            + metric(&m, "wxedge_code_cache_hits_total"),
+        19.0,
+        "the other 19 loads joined the call or found its answer:\n{m}"
+    );
+}

@@ -143,6 +143,9 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_SANDBOX", |s, n, v| {
         Ok(s.wechat.sandbox = Some(boolean(n, v)?))
     }),
+    ("WXEDGE_SANDBOX_LATENCY_MS", |s, n, v| {
+        Ok(s.wechat.sandbox_latency_ms = number(n, v)?)
+    }),
     ("WX_CONNECT_TIMEOUT_MS", |s, n, v| {
         Ok(s.wechat.connect_timeout_ms = number(n, v)?)
     }),

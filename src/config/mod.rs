@@ -108,6 +108,9 @@ pub struct WechatSettings {
     pub sandbox: Option<bool>,
     pub connect_timeout_ms: u64,
     pub timeout_ms: u64,
+    /// The sandbox's delay before answering a code exchange, to measure the callback against
+    /// a WeChat as slow as the real one; 0 = at once.
+    pub sandbox_latency_ms: u64,
     /// Paths whose `?code=&state=` page loads are intercepted; empty = any page of the SPA.
     pub callback_paths: Vec<String>,
     /// `state` values accepted on frontend-started callbacks; empty = any (see README: login CSRF).
@@ -560,6 +563,7 @@ mod tests {
             ),
             ("WX_MP_VERIFY", "tok1,tok2"),
             ("WX_SECRET_FILE", secret.to_str().unwrap()),
+            ("WXEDGE_SANDBOX_LATENCY_MS", "50"),
         ]);
         let c = load(None, &e).unwrap();
         assert_eq!(c.listen.len(), 2);
@@ -567,6 +571,7 @@ mod tests {
         assert_eq!(c.backends[1].authority, "localhost:7001");
         assert_eq!(c.settings.mp_verify, vec!["tok1", "tok2"]);
         assert_eq!(c.settings.wechat.secret, "s3cr3t");
+        assert_eq!(c.settings.wechat.sandbox_latency_ms, 50);
     }
 
     #[test]

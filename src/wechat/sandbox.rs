@@ -9,7 +9,10 @@
 //!   first redemption answer that errcode (e.g. `-1` to exercise the retry; the code stays usable).
 //! * `GET /sns/oauth2/access_token` — real checks and error codes: 41002/40013 appid, 41004/40125
 //!   secret, 40002 grant_type, 41008 missing code, 40029 unknown or expired (5 min) code, 40163 used
-//!   code; `is_snapshotuser: 1` for the snapshot user; `unionid` when the user has one.
+//!   code; `is_snapshotuser: 1` for the snapshot user; `unionid` when the user has one. Besides
+//!   issued codes it accepts self-minted ones, `auto-<user key>-<anything>` (`snsapi_base`, single
+//!   use like the others), so a load generator can make distinct valid codes without asking first.
+//!   [`SandboxConfig::latency`] delays these answers (through [`Sandbox::handle_delayed`]).
 //! * `GET /sns/userinfo` — 48001 for `snsapi_base` tokens; `GET /sns/auth`.
 //!
 //! API answers are JSON with `Content-Type: text/plain` and `errmsg` ending in
@@ -19,10 +22,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::json;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+/// Prefix of self-minted codes: `auto-<user key>-<nonce>`.
+pub const SELF_MINTED_PREFIX: &str = "auto-";
 
 /// A code's life, in seconds.
 pub const CODE_TTL_SECS: u64 = 300;
@@ -67,6 +74,9 @@ pub struct SandboxConfig {
     /// Test users; empty = the default ones for this appid: `alice` (no unionid), `bob` (with
     /// unionid), `snap` (snapshot-page user).
     pub users: Vec<SandboxUser>,
+    /// How long a code exchange waits before answering (WeChat takes tens of milliseconds;
+    /// benchmarks want that, tests mostly not); zero = at once.
+    pub latency: Duration,
 }
 
 impl SandboxConfig {
@@ -77,6 +87,7 @@ impl SandboxConfig {
             allowed_redirect_hosts: Vec::new(),
             max_codes: 10_000,
             users: Vec::new(),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -257,24 +268,9 @@ impl Sandbox {
     ) -> Option<String> {
         let user = self.cfg.users.iter().position(|u| u.key == key)?;
         let code = self.random_token();
-        let max = self.cfg.max_codes.max(1);
         let mut st = self.state.lock().unwrap();
-        if st.codes.len() >= max {
-            st.codes
-                .retain(|_, c| now < c.issued.saturating_add(CODE_TTL_SECS));
-            while st.codes.len() >= max {
-                let oldest = st
-                    .codes
-                    .iter()
-                    .min_by_key(|(_, c)| c.issued)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => st.codes.remove(&k),
-                    None => break,
-                };
-            }
-        }
-        st.codes.insert(
+        self.insert_code(
+            &mut st,
             code.clone(),
             CodeEntry {
                 user,
@@ -283,8 +279,43 @@ impl Sandbox {
                 used: false,
                 fail_first,
             },
+            now,
         );
         Some(code)
+    }
+
+    /// Holds `entry`, within `max_codes`: expired codes go first, then the oldest.
+    fn insert_code(&self, st: &mut State, code: String, entry: CodeEntry, now: u64) {
+        make_room(
+            &mut st.codes,
+            self.cfg.max_codes,
+            |c| now < c.issued.saturating_add(CODE_TTL_SECS),
+            |c| c.issued,
+        );
+        st.codes.insert(code, entry);
+    }
+
+    /// The user of a self-minted code (`auto-<user key>-<nonce>`), if it is one.
+    fn self_minted_user(&self, code: &str) -> Option<usize> {
+        let (key, nonce) = code.strip_prefix(SELF_MINTED_PREFIX)?.split_once('-')?;
+        if nonce.is_empty() {
+            return None;
+        }
+        self.cfg.users.iter().position(|u| u.key == key)
+    }
+
+    /// [`Sandbox::handle`], after [`SandboxConfig::latency`] when it is a code exchange. The
+    /// wait is a timer, so no thread is held while the "WeChat" is slow.
+    pub async fn handle_delayed(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        now: u64,
+    ) -> SandboxResponse {
+        if !self.cfg.latency.is_zero() && is_access_token(path_and_query) {
+            tokio::time::sleep(self.cfg.latency).await;
+        }
+        self.handle(method, path_and_query, now)
     }
 
     /// Answers one request. `path_and_query` is relative to the sandbox base
@@ -361,6 +392,19 @@ impl Sandbox {
             Some(c) => c,
         };
         let mut st = self.state.lock().unwrap();
+        if !st.codes.contains_key(code) {
+            // Issued on first use; then single-use like any other, while it is held.
+            if let Some(user) = self.self_minted_user(code) {
+                let entry = CodeEntry {
+                    user,
+                    userinfo: false,
+                    issued: now,
+                    used: false,
+                    fail_first: None,
+                };
+                self.insert_code(&mut st, code.to_string(), entry, now);
+            }
+        }
         let Some(entry) = st.codes.get_mut(code) else {
             drop(st);
             return self.api_error(40029, "invalid code");
@@ -381,21 +425,12 @@ impl Sandbox {
         entry.used = true;
         let (user_ix, userinfo) = (entry.user, entry.userinfo);
         let token = self.random_token();
-        let max = self.cfg.max_codes.max(1);
-        if st.tokens.len() >= max {
-            st.tokens.retain(|_, t| now < t.expires);
-            while st.tokens.len() >= max {
-                let oldest = st
-                    .tokens
-                    .iter()
-                    .min_by_key(|(_, t)| t.expires)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => st.tokens.remove(&k),
-                    None => break,
-                };
-            }
-        }
+        make_room(
+            &mut st.tokens,
+            self.cfg.max_codes,
+            |t| now < t.expires,
+            |t| t.expires,
+        );
         st.tokens.insert(
             token.clone(),
             TokenEntry {
@@ -686,6 +721,38 @@ fn callback_location(redirect_uri: &str, code: Option<&str>, state: &str) -> Str
 }
 
 /// `application/x-www-form-urlencoded` query → first value per key (lossy UTF-8).
+/// Makes room for one more entry in a map bounded by `max`: expired entries go first, then the
+/// oldest tenth in one pass, so a load generator that keeps the sandbox full does not pay a
+/// full scan for every code.
+fn make_room<V>(
+    map: &mut HashMap<String, V>,
+    max: usize,
+    live: impl Fn(&V) -> bool,
+    age: impl Fn(&V) -> u64,
+) {
+    let max = max.max(1);
+    if map.len() < max {
+        return;
+    }
+    map.retain(|_, v| live(v));
+    if map.len() < max {
+        return;
+    }
+    let n = (map.len() + 1 - max).max(max / 10);
+    let mut by_age: Vec<(u64, &String)> = map.iter().map(|(k, v)| (age(v), k)).collect();
+    by_age.select_nth_unstable_by_key(n - 1, |(a, _)| *a);
+    let oldest: Vec<String> = by_age[..n].iter().map(|(_, k)| (*k).clone()).collect();
+    for k in oldest {
+        map.remove(&k);
+    }
+}
+
+/// Whether `path_and_query` is the code exchange (parsed like [`Sandbox::handle`] does).
+fn is_access_token(path_and_query: &str) -> bool {
+    let path = path_and_query.split(['#', '?']).next().unwrap_or("");
+    path == "/sns/oauth2/access_token"
+}
+
 fn parse_query(q: &str) -> HashMap<String, String> {
     let mut m = HashMap::new();
     for kv in q.split('&').filter(|s| !s.is_empty()) {
@@ -1069,6 +1136,60 @@ mod tests {
     }
 
     #[test]
+    fn self_minted_codes_are_single_use() {
+        let s = sb();
+        let v = json_of(&s.handle("GET", &token_path("auto-bob-7"), NOW));
+        assert_eq!(v["openid"], s.user("bob").unwrap().openid.as_str());
+        assert_eq!(v["scope"], "snsapi_base");
+        assert_eq!(
+            errcode(&s.handle("GET", &token_path("auto-bob-7"), NOW)),
+            40163
+        );
+        let v = json_of(&s.handle("GET", &token_path("auto-snap-x_1"), NOW));
+        assert_eq!(v["is_snapshotuser"], 1);
+        for bad in ["auto-bob-", "auto-bob", "auto-nobody-1", "xauto-bob-1"] {
+            assert_eq!(
+                errcode(&s.handle("GET", &token_path(bad), NOW)),
+                40029,
+                "{bad}"
+            );
+        }
+        // Held like issued codes: bounded, and they expire.
+        assert_eq!(s.codes_held(), 2);
+        assert_eq!(
+            errcode(&s.handle("GET", &token_path("auto-bob-7"), NOW + CODE_TTL_SECS)),
+            40029
+        );
+    }
+
+    #[tokio::test]
+    async fn latency_delays_only_the_code_exchange() {
+        let s = Sandbox::new(SandboxConfig {
+            latency: Duration::from_millis(300),
+            ..SandboxConfig::new("wxSB", "sbsecret")
+        });
+        let t = std::time::Instant::now();
+        let r = s
+            .handle_delayed("GET", &token_path("auto-alice-1"), NOW)
+            .await;
+        assert!(json_of(&r)["openid"].is_string());
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        let t = std::time::Instant::now();
+        let r = s
+            .handle_delayed("GET", "/connect/oauth2/authorize?appid=wxSB", NOW)
+            .await;
+        assert_eq!(r.status, 400);
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "the authorize page is not delayed"
+        );
+    }
+
+    #[test]
     fn issued_codes_are_bounded() {
         let s = Sandbox::new(SandboxConfig {
             max_codes: 5,
@@ -1089,6 +1210,26 @@ mod tests {
             s.issue_code("bob", false, NOW + 10_000).unwrap();
         }
         assert_eq!(s.codes_held(), 3);
+    }
+
+    #[test]
+    fn a_full_sandbox_drops_its_oldest_tenth_at_once() {
+        let s = Sandbox::new(SandboxConfig {
+            max_codes: 100,
+            ..SandboxConfig::new("wxSB", "sbsecret")
+        });
+        let codes: Vec<String> = (0..150)
+            .map(|i| s.issue_code("alice", false, NOW + i).unwrap())
+            .collect();
+        // Full at the 101st code: the oldest 10 went at once, and again every 10 codes.
+        assert_eq!(s.codes_held(), 100);
+        assert_eq!(
+            errcode(&s.handle("GET", &token_path(&codes[49]), NOW + 200)),
+            40029
+        );
+        assert!(
+            json_of(&s.handle("GET", &token_path(&codes[50]), NOW + 200))["openid"].is_string()
+        );
     }
 
     #[tokio::test]
