@@ -735,7 +735,6 @@ async fn slow_sandbox_edge() -> (EdgeProc, SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "until src/auth/mod.rs passes wechat.sandbox_latency_ms to the sandbox and awaits Sandbox::handle_delayed"]
 async fn sandbox_latency_delays_the_code_exchange() {
     let (edge, _) = slow_sandbox_edge().await;
     let addr = edge.addr();

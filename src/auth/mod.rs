@@ -212,6 +212,7 @@ impl Login {
             Sandbox::new(SandboxConfig {
                 appid: appid.clone(),
                 secret: secret.clone(),
+                latency: Duration::from_millis(w.sandbox_latency_ms),
                 ..SandboxConfig::default()
             })
         });
@@ -604,7 +605,7 @@ impl Login {
                 None => sub.to_string(),
             };
             let method = session.req_header().method.as_str().to_string();
-            let r = sandbox.handle(&method, &target, now);
+            let r = sandbox.handle_delayed(&method, &target, now).await;
             let extra: Vec<(HeaderName, HeaderValue)> = r
                 .headers
                 .iter()

@@ -308,12 +308,16 @@ pub fn load(path: Option<&str>, env: &dyn EnvSource) -> Result<Config, ConfigErr
 }
 
 /// Pingora keys that wxedge fills in when the file leaves them out.
+///
+/// `work_stealing: false`: one single-threaded runtime per thread, like nginx's workers. The
+/// front door keeps its backend pool and caches per thread, and on 2 cores the stealing
+/// scheduler's idle spinning cost about 2 µs per proxied request (bench/RESULTS.md).
 fn default_server_yaml() -> String {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     format!(
-        "---\nversion: 1\nthreads: {threads}\npid_file: /tmp/wxedge.pid\nupgrade_sock: /tmp/wxedge_upgrade.sock\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\nupgrade_sock_connect_accept_max_retries: 30\n"
+        "---\nversion: 1\nthreads: {threads}\npid_file: /tmp/wxedge.pid\nupgrade_sock: /tmp/wxedge_upgrade.sock\ngrace_period_seconds: 30\ngraceful_shutdown_timeout_seconds: 5\nupgrade_sock_connect_accept_max_retries: 30\nwork_stealing: false\n"
     )
 }
 

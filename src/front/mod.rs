@@ -100,7 +100,8 @@ struct Conn {
 }
 
 impl Front {
-    async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut stream = rehome(stream);
         let client_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
@@ -195,7 +196,9 @@ impl Front {
         });
         out.extend_from_slice(answer.head);
         push_common_headers(out, &request_id, close);
-        let written = if answer.body.len() <= COALESCE_MAX {
+        let written = if let Some(file) = answer.body_file {
+            send_file(stream, out, answer.body, file).await
+        } else if answer.body.len() <= COALESCE_MAX {
             out.extend_from_slice(answer.body);
             stream.write_all(out).await
         } else {
@@ -404,6 +407,54 @@ impl Front {
     }
 }
 
+/// Register the connection's socket with the runtime of the thread serving it.
+///
+/// With one runtime per thread (`work_stealing: false`), Pingora accepts on one runtime and
+/// runs each connection on a random one; the socket stays registered with the accepting one,
+/// so every readiness event would cross threads (an eventfd write and a wake-up per request).
+/// A duplicate of the descriptor, registered here, keeps each connection on one thread, like
+/// an nginx worker. Costs a few system calls per connection, none per request.
+fn rehome(stream: Stream) -> Stream {
+    use pingora::protocols::l4::stream::Stream as TcpStreamL4;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if !stream.as_any().is::<TcpStreamL4>() {
+        return stream;
+    }
+    let peer = stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().cloned());
+    let local = stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().cloned());
+    let fd = match stream.as_any().downcast_ref::<TcpStreamL4>() {
+        Some(s) => s.as_raw_fd(),
+        None => return stream,
+    };
+    // SAFETY: `fd` is open (owned by `stream`); the duplicate is owned by the new std stream.
+    let dup = unsafe { libc::dup(fd) };
+    if dup < 0 {
+        return stream;
+    }
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(dup) };
+    let Ok(tokio_stream) = tokio::net::TcpStream::from_std(std_stream) else {
+        return stream;
+    };
+    // Only this descriptor (and its registration with the other runtime) closes; the socket
+    // lives on in the duplicate.
+    drop(stream);
+    let _ = tokio_stream.set_nodelay(true);
+    let mut rehomed = TcpStreamL4::from(tokio_stream);
+    let digest = pingora::protocols::SocketDigest::from_raw_fd(rehomed.as_raw_fd());
+    if let Some(p) = peer {
+        let _ = digest.peer_addr.set(Some(p));
+    }
+    if let Some(l) = local {
+        let _ = digest.local_addr.set(Some(l));
+    }
+    pingora::protocols::GetSocketDigest::set_socket_digest(&mut rehomed, digest);
+    Box::new(rehomed)
+}
+
 /// `x-request-id`, `date`, and `connection: close` when the connection ends, then the blank line.
 fn push_common_headers(out: &mut Vec<u8>, request_id: &str, close: bool) {
     out.extend_from_slice(b"x-request-id: ");
@@ -415,6 +466,87 @@ fn push_common_headers(out: &mut Vec<u8>, request_id: &str, close: bool) {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The head, then the body by `sendfile(2)` from its memory file, as nginx does: the kernel
+/// takes the pages instead of a copy of the bytes. What the socket cannot take at once (and any
+/// stream that is not plain TCP) goes out through the stream from memory.
+async fn send_file(
+    stream: &mut Stream,
+    head: &[u8],
+    body: &[u8],
+    file: &std::fs::File,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Some(fd) = stream
+        .as_any()
+        .downcast_ref::<pingora::protocols::l4::stream::Stream>()
+        .map(|s| s.as_raw_fd())
+    else {
+        return write_all_vectored(stream, &mut [IoSlice::new(head), IoSlice::new(body)]).await;
+    };
+    // The stream's own write buffer is empty here: every earlier answer was flushed.
+    let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
+    // SAFETY: `fd` is this connection's open socket for the whole call; `head` is valid memory.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            head.as_ptr().cast(),
+            head.len(),
+            libc::MSG_MORE | libc::MSG_NOSIGNAL,
+        )
+    };
+    let sent_head = if sent < 0 {
+        let e = std::io::Error::last_os_error();
+        if !would_block(&e) {
+            return Err(e);
+        }
+        0
+    } else {
+        sent as usize
+    };
+    if sent_head < head.len() {
+        return write_all_vectored(
+            stream,
+            &mut [IoSlice::new(&head[sent_head..]), IoSlice::new(body)],
+        )
+        .await;
+    }
+    let mut offset: libc::off_t = 0;
+    while (offset as usize) < body.len() {
+        // SAFETY: both descriptors are open; `offset` is ours (the file position is untouched,
+        // so threads share the file safely).
+        let n = unsafe {
+            libc::sendfile(
+                fd,
+                file.as_raw_fd(),
+                &mut offset,
+                body.len() - offset as usize,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if !would_block(&e) {
+                return Err(e);
+            }
+            // The socket is full: send the next few KiB through the stream, which waits
+            // until the socket takes them, then carry on with sendfile.
+            let at = offset as usize;
+            let piece = &body[at..(at + 4096).min(body.len())];
+            stream.write_all(piece).await?;
+            stream.flush().await?;
+            offset += piece.len() as libc::off_t;
+        } else if n == 0 {
+            // Cannot happen with a memory file of the right size; never spin on it.
+            let at = offset as usize;
+            stream.write_all(&body[at..]).await?;
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn write_all_vectored(stream: &mut Stream, parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
