@@ -371,3 +371,26 @@ fn short_path_and_pingoras_path_answer_a_file_with_the_same_headers() {
         assert_eq!(strip(&short304), strip(&pingora304), "{path}");
     }
 }
+
+#[test]
+fn a_body_on_a_static_get_is_never_read_as_the_next_request() {
+    let edge = start_edge(&[]);
+    // The "body" is itself a request: taking it for the next one would answer it.
+    let smuggled = b"GET /_wxedge/healthz HTTP/1.1\r\nHost: h\r\n\r\n";
+    let mut req = format!(
+        "GET /index.html HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(smuggled);
+    req.extend_from_slice(b"GET /index.html HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    let mut c = Client::connect(edge.addr());
+    c.sock.write_all(&req).unwrap();
+    let mut got = Vec::new();
+    let _ = c.sock.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // Answering the next request or closing are both fine; answering the body is not.
+    assert!(!text.contains("\"status\":\"ok\""), "the body was served as a request: {text}");
+    assert!(text.matches("HTTP/1.1 ").count() <= 2, "{text}");
+}

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
 use crate::static_files::Conditions;
@@ -24,6 +25,7 @@ pub async fn read_head(
     idle: Duration,
     request: Duration,
     max_head: usize,
+    shutdown: &mut ShutdownWatch,
 ) -> Result<usize, ReadError> {
     loop {
         if let Some(i) = memchr::memmem::find(buf, b"\r\n\r\n") {
@@ -40,8 +42,20 @@ pub async fn read_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        let limit = if buf.is_empty() { idle } else { request };
-        match tokio::time::timeout(limit, stream.read_buf(buf)).await {
+        let read = if buf.is_empty() {
+            // Between requests: a shutdown or upgrade closes idle connections at once, as
+            // Pingora does, so clients move to the new process instead of racing the exit.
+            if *shutdown.borrow() {
+                return Err(ReadError::Closed);
+            }
+            tokio::select! {
+                r = tokio::time::timeout(idle, stream.read_buf(buf)) => r,
+                _ = shutdown.changed() => return Err(ReadError::Closed),
+            }
+        } else {
+            tokio::time::timeout(request, stream.read_buf(buf)).await
+        };
+        match read {
             Ok(Ok(n)) if n > 0 => {}
             _ => return Err(ReadError::Closed),
         }

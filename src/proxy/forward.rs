@@ -24,8 +24,8 @@ const POOL_PER_THREAD: usize = 64;
 const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Longest wait for the client to take a part of the response.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the client to take a part of an answer (nginx's `send_timeout`).
+pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Idle {
     addr: SocketAddr,
@@ -349,15 +349,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
     client: &mut W,
     scratch: &mut Vec<u8>,
 ) -> Result<Relayed, Error> {
-    let (mut up, head_len) = exchange(ups, req).await.map_err(|f| {
-        if f.status == 504 {
-            METRICS
-                .backend_errors
-                .with_label_values(&["gateway_timeout"])
-                .inc();
-        }
-        Error::Before(f)
-    })?;
+    let (mut up, head_len) = exchange(ups, req).await.map_err(Error::Before)?;
 
     // The response head: status, framing, what to pass on.
     let mut hs = [httparse::EMPTY_HEADER; 64];

