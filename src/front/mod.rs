@@ -500,12 +500,13 @@ fn share_the_cpu() {
 fn rehome(stream: Stream) -> Stream {
     use pingora::protocols::l4::stream::Stream as TcpStreamL4;
     use std::os::fd::{AsRawFd, FromRawFd};
-    if !stream.as_any().is::<TcpStreamL4>() {
-        return stream;
-    }
     let peer = stream
         .get_socket_digest()
         .and_then(|d| d.peer_addr().cloned());
+    // TCP only (a Unix socket would need a UnixStream).
+    if !stream.as_any().is::<TcpStreamL4>() || peer.as_ref().and_then(|p| p.as_inet()).is_none() {
+        return stream;
+    }
     let local = stream
         .get_socket_digest()
         .and_then(|d| d.local_addr().cloned());
