@@ -16,9 +16,12 @@ use common::*;
 /// connection afterwards (without saying so in the answer).
 type Script = Arc<dyn Fn(&str, &str) -> (Vec<u8>, bool) + Send + Sync>;
 
+/// Request heads and bodies as the backend received them.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 struct ScriptedBackend {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Received,
     connections: Arc<AtomicUsize>,
 }
 
@@ -53,7 +56,7 @@ impl ScriptedBackend {
     }
 }
 
-fn serve(mut sock: TcpStream, seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>, script: Script) {
+fn serve(mut sock: TcpStream, seen: Received, script: Script) {
     let mut buf = Vec::new();
     loop {
         let end = loop {
@@ -103,7 +106,8 @@ struct Client {
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
         let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         Client {
             sock,
             buf: Vec::new(),
@@ -202,7 +206,11 @@ fn every_backend_framing_is_relayed_whole_on_a_kept_alive_connection() {
     let r = c.send(&get("/api/empty"));
     assert_eq!((r.status, r.header("x-from")), (204, Some("backend")));
     let r = c.send(&get("/api/continue"));
-    assert_eq!((r.status, r.text().as_str()), (201, "ok"), "interim 100 is not relayed");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (201, "ok"),
+        "interim 100 is not relayed"
+    );
     let r = c.send(b"HEAD /api/len HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some("10"));
@@ -246,7 +254,10 @@ fn backend_garbage_is_a_502_and_a_body_cut_short_closes_the_client() {
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec(),
             true,
         ),
-        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false),
+        _ => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
     }));
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let mut c = Client::connect(edge.addr());
@@ -274,7 +285,10 @@ fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
     // The backend closes every connection after one answer without saying so, as a backend
     // with a short keep-alive timeout does: the edge pools each and finds it dead next time.
     let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), true)
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            true,
+        )
     }));
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let mut c = Client::connect(edge.addr());
@@ -288,7 +302,11 @@ fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
         assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
     }
     let seen = backend.requests();
-    assert_eq!(seen.len(), 10, "each request reached the backend exactly once");
+    assert_eq!(
+        seen.len(),
+        10,
+        "each request reached the backend exactly once"
+    );
     for (i, (_, body)) in seen.iter().enumerate() {
         assert_eq!(body, format!("{{\"n\":{i}}}").as_bytes());
     }
@@ -297,7 +315,10 @@ fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
 #[test]
 fn one_connection_moves_between_the_short_path_and_pingoras() {
     let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong".to_vec(), false)
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong".to_vec(),
+            false,
+        )
     }));
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let index = std::fs::read(fixture_dist().join("index.html")).unwrap();
@@ -340,14 +361,16 @@ fn short_path_and_pingoras_path_answer_a_file_with_the_same_headers() {
     for (path, extra) in [
         ("/index.html", ""),
         ("/assets/index-bydhfUo3.js", "Accept-Encoding: gzip\r\n"),
-        ("/assets/index-bydhfUo3.js", "Accept-Encoding: gzip, deflate, br\r\n"),
+        (
+            "/assets/index-bydhfUo3.js",
+            "Accept-Encoding: gzip, deflate, br\r\n",
+        ),
         ("/assets/uni.424060a0.css", ""),
         ("/pages/some/route", "Accept: text/html\r\n"),
     ] {
         // HTTP/1.1 takes the short path; HTTP/1.0 is always Pingora's.
-        let short = Client::connect(edge.addr()).send(
-            format!("GET {path} HTTP/1.1\r\nHost: h\r\n{extra}\r\n").as_bytes(),
-        );
+        let short = Client::connect(edge.addr())
+            .send(format!("GET {path} HTTP/1.1\r\nHost: h\r\n{extra}\r\n").as_bytes());
         let pingora = raw(
             edge.addr(),
             format!("GET {path} HTTP/1.0\r\nHost: h\r\n{extra}\r\n").as_bytes(),
@@ -359,9 +382,8 @@ fn short_path_and_pingoras_path_answer_a_file_with_the_same_headers() {
         // And revalidation, both ways.
         let etag = short.header("etag").unwrap().to_string();
         let revalidate = format!("If-None-Match: {etag}\r\n{extra}");
-        let short304 = Client::connect(edge.addr()).send(
-            format!("GET {path} HTTP/1.1\r\nHost: h\r\n{revalidate}\r\n").as_bytes(),
-        );
+        let short304 = Client::connect(edge.addr())
+            .send(format!("GET {path} HTTP/1.1\r\nHost: h\r\n{revalidate}\r\n").as_bytes());
         let pingora304 = raw(
             edge.addr(),
             format!("GET {path} HTTP/1.0\r\nHost: h\r\n{revalidate}\r\n").as_bytes(),
@@ -391,6 +413,9 @@ fn a_body_on_a_static_get_is_never_read_as_the_next_request() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // Answering the next request or closing are both fine; answering the body is not.
-    assert!(!text.contains("\"status\":\"ok\""), "the body was served as a request: {text}");
+    assert!(
+        !text.contains("\"status\":\"ok\""),
+        "the body was served as a request: {text}"
+    );
     assert!(text.matches("HTTP/1.1 ").count() <= 2, "{text}");
 }

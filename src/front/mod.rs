@@ -11,8 +11,9 @@
 //! Both paths decide with the same modules (static files, auth, proxy policy), so the short
 //! path changes how fast an answer is, never what it is.
 
-mod balance;
 mod request;
+mod threads;
+mod write;
 
 use std::io::IoSlice;
 use std::sync::Arc;
@@ -76,14 +77,19 @@ impl Front {
     }
 
     /// Serve the connection on this thread, or pass it to a random other one while this one
-    /// is busier than the least busy (see `balance`).
-    fn place(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch, hops: u8) -> Option<Stream> {
+    /// is busier than the least busy (see `threads`).
+    fn place(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        hops: u8,
+    ) -> Option<Stream> {
         match self.balance_threads {
-            Some(threads) if hops < MAX_HOPS && balance::should_pass_on(threads) => {
+            Some(threads) if hops < MAX_HOPS && threads::should_pass_on(threads) => {
                 let (front, shutdown) = (self.clone(), shutdown.clone());
                 pingora_runtime::current_handle().spawn(async move {
                     if let Some(stream) = front.place(stream, &shutdown, hops + 1) {
-                        let _held = balance::Held::here();
+                        let _held = threads::Held::here();
                         front.serve(stream, &shutdown).await;
                     }
                 });
@@ -111,7 +117,7 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if let Some(stream) = self.place(stream, shutdown, 0) {
-            let _held = balance::Held::here();
+            let _held = threads::Held::here();
             self.serve(stream, shutdown).await;
         }
         None
@@ -132,7 +138,7 @@ struct Conn {
 
 impl Front {
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
-        let mut stream = rehome(stream);
+        let mut stream = threads::rehome(stream);
         let client_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
@@ -160,11 +166,13 @@ impl Front {
                 Err(ReadError::NotShort) => Turn::HandOff,
             };
             match turn {
-                Turn::Next if !lifecycle::draining() && !*shutdown.borrow() => {
-                    share_the_cpu();
+                // Draining decides per answer (`connection: close`); one that did not announce
+                // it is followed by the client's next request, which is answered, not cut off.
+                Turn::Next => {
+                    threads::share_the_cpu();
                     continue;
                 }
-                Turn::Next | Turn::Close => {
+                Turn::Close => {
                     let _ = stream.flush().await;
                     return;
                 }
@@ -207,7 +215,7 @@ impl Front {
             let Some(call) = self.prepare_call(&head, client_ip.as_deref()) else {
                 return Turn::HandOff;
             };
-            drop(head);
+            // `head` borrows the read buffer; the call reads the body into it.
             return self.call(stream, conn, head_len, call, started).await;
         }
         // Callbacks (`?code=`) are the login's to intercept; a GET with a body is odd enough
@@ -236,16 +244,19 @@ impl Front {
             b"HTTP/1.1 200 OK\r\n"
         });
         out.extend_from_slice(answer.head);
-        push_common_headers(out, &request_id, close);
+        write::push_common_headers(out, &request_id, close);
         let write = async {
             if let Some(file) = answer.body_file {
-                send_file(stream, out, answer.body, file).await?;
+                write::send_file(stream, out, answer.body, file).await?;
             } else if answer.body.len() <= COALESCE_MAX {
                 out.extend_from_slice(answer.body);
                 stream.write_all(out).await?;
             } else {
-                write_all_vectored(stream, &mut [IoSlice::new(out), IoSlice::new(answer.body)])
-                    .await?;
+                write::write_all_vectored(
+                    stream,
+                    &mut [IoSlice::new(out), IoSlice::new(answer.body)],
+                )
+                .await?;
             }
             stream.flush().await
         };
@@ -266,7 +277,6 @@ impl Front {
             &request_id,
             None,
         );
-        drop(head);
         buf.advance(head_len);
         match (ok, close) {
             (true, false) => Turn::Next,
@@ -367,7 +377,9 @@ impl Front {
                     Turn::Close
                 },
             ),
-            Err(forward::Error::Midway(b)) => (b.status, b.body_bytes, Some(b.backend), Turn::Close),
+            Err(forward::Error::Midway(b)) => {
+                (b.status, b.body_bytes, Some(b.backend), Turn::Close)
+            }
             Err(forward::Error::Before(f)) => {
                 METRICS.backend_errors.with_label_values(&[f.kind]).inc();
                 let body = crate::edge::json_error(f.kind, f.message);
@@ -388,7 +400,7 @@ impl Front {
                 );
                 out.extend_from_slice(body.len().to_string().as_bytes());
                 out.extend_from_slice(b"\r\n");
-                push_common_headers(out, &call.request_id, call.close);
+                write::push_common_headers(out, &call.request_id, call.close);
                 if !call.head_request {
                     out.extend_from_slice(&body);
                 }
@@ -462,185 +474,4 @@ impl Front {
             },
         );
     }
-}
-
-/// Answers a thread gives before it offers the CPU to others (`sched_yield`).
-const ANSWERS_PER_YIELD: u32 = 64;
-
-thread_local! {
-    static ANSWERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Under load a runtime thread always has another connection ready and never sleeps, so the
-/// kernel takes the CPU from it in whole time slices (ms), stalling every connection of that
-/// thread at once: on 2 cores shared with the backend or a load generator, p99 was 8 ms
-/// against nginx's 1 ms, whose workers sleep in `epoll_wait` between bursts. Offering the CPU
-/// every few dozen answers keeps the tail short for ~1 % of throughput (bench/RESULTS.md).
-fn share_the_cpu() {
-    let n = ANSWERS.with(|a| {
-        let n = a.get().wrapping_add(1);
-        a.set(n);
-        n
-    });
-    if n % ANSWERS_PER_YIELD == 0 {
-        // SAFETY: no arguments, no memory; only a scheduling hint.
-        unsafe {
-            libc::sched_yield();
-        }
-    }
-}
-
-/// Register the connection's socket with the runtime of the thread serving it.
-///
-/// With one runtime per thread (`work_stealing: false`), Pingora accepts on one runtime and
-/// runs each connection on a random one; the socket stays registered with the accepting one,
-/// so every readiness event would cross threads (an eventfd write and a wake-up per request).
-/// A duplicate of the descriptor, registered here, keeps each connection on one thread, like
-/// an nginx worker. Costs a few system calls per connection, none per request.
-fn rehome(stream: Stream) -> Stream {
-    use pingora::protocols::l4::stream::Stream as TcpStreamL4;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let peer = stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().cloned());
-    // TCP only (a Unix socket would need a UnixStream).
-    if !stream.as_any().is::<TcpStreamL4>() || peer.as_ref().and_then(|p| p.as_inet()).is_none() {
-        return stream;
-    }
-    let local = stream
-        .get_socket_digest()
-        .and_then(|d| d.local_addr().cloned());
-    let fd = match stream.as_any().downcast_ref::<TcpStreamL4>() {
-        Some(s) => s.as_raw_fd(),
-        None => return stream,
-    };
-    // SAFETY: `fd` is open (owned by `stream`); the duplicate is owned by the new std stream.
-    let dup = unsafe { libc::dup(fd) };
-    if dup < 0 {
-        return stream;
-    }
-    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(dup) };
-    let Ok(tokio_stream) = tokio::net::TcpStream::from_std(std_stream) else {
-        return stream;
-    };
-    // Only this descriptor (and its registration with the other runtime) closes; the socket
-    // lives on in the duplicate.
-    drop(stream);
-    let _ = tokio_stream.set_nodelay(true);
-    let mut rehomed = TcpStreamL4::from(tokio_stream);
-    let digest = pingora::protocols::SocketDigest::from_raw_fd(rehomed.as_raw_fd());
-    if let Some(p) = peer {
-        let _ = digest.peer_addr.set(Some(p));
-    }
-    if let Some(l) = local {
-        let _ = digest.local_addr.set(Some(l));
-    }
-    pingora::protocols::GetSocketDigest::set_socket_digest(&mut rehomed, digest);
-    Box::new(rehomed)
-}
-
-/// `x-request-id`, `date`, and `connection: close` when the connection ends, then the blank line.
-fn push_common_headers(out: &mut Vec<u8>, request_id: &str, close: bool) {
-    out.extend_from_slice(b"x-request-id: ");
-    out.extend_from_slice(request_id.as_bytes());
-    out.extend_from_slice(b"\r\ndate: ");
-    request::with_http_date(|d| out.extend_from_slice(d));
-    out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The head, then the body by `sendfile(2)` from its memory file, as nginx does: the kernel
-/// takes the pages instead of a copy of the bytes. What the socket cannot take at once (and any
-/// stream that is not plain TCP) goes out through the stream from memory.
-async fn send_file(
-    stream: &mut Stream,
-    head: &[u8],
-    body: &[u8],
-    file: &std::fs::File,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let Some(fd) = stream
-        .as_any()
-        .downcast_ref::<pingora::protocols::l4::stream::Stream>()
-        .map(|s| s.as_raw_fd())
-    else {
-        return write_all_vectored(stream, &mut [IoSlice::new(head), IoSlice::new(body)]).await;
-    };
-    // The stream's own write buffer is empty here: every earlier answer was flushed.
-    let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
-    // SAFETY: `fd` is this connection's open socket for the whole call; `head` is valid memory.
-    let sent = unsafe {
-        libc::send(
-            fd,
-            head.as_ptr().cast(),
-            head.len(),
-            libc::MSG_MORE | libc::MSG_NOSIGNAL,
-        )
-    };
-    let sent_head = if sent < 0 {
-        let e = std::io::Error::last_os_error();
-        if !would_block(&e) {
-            return Err(e);
-        }
-        0
-    } else {
-        sent as usize
-    };
-    if sent_head < head.len() {
-        return write_all_vectored(
-            stream,
-            &mut [IoSlice::new(&head[sent_head..]), IoSlice::new(body)],
-        )
-        .await;
-    }
-    let mut offset: libc::off_t = 0;
-    while (offset as usize) < body.len() {
-        // SAFETY: both descriptors are open; `offset` is ours (the file position is untouched,
-        // so threads share the file safely).
-        let n = unsafe {
-            libc::sendfile(
-                fd,
-                file.as_raw_fd(),
-                &mut offset,
-                body.len() - offset as usize,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            if !would_block(&e) {
-                return Err(e);
-            }
-            // The socket is full: send the next few KiB through the stream, which waits
-            // until the socket takes them, then carry on with sendfile.
-            let at = offset as usize;
-            let piece = &body[at..(at + 4096).min(body.len())];
-            stream.write_all(piece).await?;
-            stream.flush().await?;
-            offset += piece.len() as libc::off_t;
-        } else if n == 0 {
-            // Cannot happen with a memory file of the right size; never spin on it.
-            let at = offset as usize;
-            stream.write_all(&body[at..]).await?;
-            break;
-        }
-    }
-    Ok(())
-}
-
-async fn write_all_vectored(stream: &mut Stream, parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    let mut parts = parts;
-    while !parts.is_empty() {
-        let n = stream.write_vectored(parts).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut parts, n);
-    }
-    Ok(())
 }

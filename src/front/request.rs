@@ -43,22 +43,36 @@ pub async fn read_head(
             buf.reserve(4096);
         }
         let read = if buf.is_empty() {
-            // Between requests: a shutdown or upgrade closes idle connections at once, as
-            // Pingora does, so clients move to the new process instead of racing the exit.
-            if *shutdown.borrow() {
-                return Err(ReadError::Closed);
-            }
-            tokio::select! {
-                r = tokio::time::timeout(idle, stream.read_buf(buf)) => r,
-                _ = shutdown.changed() => return Err(ReadError::Closed),
-            }
+            idle_read(stream, buf, idle, shutdown).await
         } else {
-            tokio::time::timeout(request, stream.read_buf(buf)).await
+            tokio::time::timeout(request, stream.read_buf(buf))
+                .await
+                .unwrap_or(Ok(0))
         };
         match read {
-            Ok(Ok(n)) if n > 0 => {}
+            Ok(n) if n > 0 => {}
             _ => return Err(ReadError::Closed),
         }
+    }
+}
+
+/// Wait up to `idle` for the next request to begin (`Ok(0)`: gone, quiet or shutting down).
+///
+/// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
+/// SIGTERM), idle connections close at once, as Pingora's own do, so clients move on instead
+/// of racing this process's exit. Connections with a request under way finish it first.
+async fn idle_read(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    idle: Duration,
+    shutdown: &mut ShutdownWatch,
+) -> std::io::Result<usize> {
+    if *shutdown.borrow() {
+        return Ok(0);
+    }
+    tokio::select! {
+        read = tokio::time::timeout(idle, stream.read_buf(buf)) => read.unwrap_or(Ok(0)),
+        _ = shutdown.changed() => Ok(0),
     }
 }
 
@@ -161,10 +175,8 @@ impl<'b, 'h> Head<'b, 'h> {
                     head.close |= has_token(v, "close");
                     head.upgrade |= has_token(v, "upgrade");
                 }
-                12 if h.name.eq_ignore_ascii_case("x-request-id") => {
-                    if head.request_id.is_none() {
-                        head.request_id = Some(v);
-                    }
+                12 if h.name.eq_ignore_ascii_case("x-request-id") && head.request_id.is_none() => {
+                    head.request_id = Some(v)
                 }
                 13 if h.name.eq_ignore_ascii_case("if-none-match") => first!(c.if_none_match),
                 14 if h.name.eq_ignore_ascii_case("content-length") => {
@@ -262,7 +274,11 @@ If-None-Match: \"e\"\r\nConnection: keep-alive, close\r\nCookie: a=1\r\nCookie: 
         let mut hs = [httparse::EMPTY_HEADER; 16];
         let h = Head::parse(raw, &mut hs).unwrap();
         assert_eq!((h.method, h.path, h.query), ("GET", "/a/b", Some("x=1")));
-        assert_eq!(h.conditions.accept_encoding, Some("gzip"), "first copy counts");
+        assert_eq!(
+            h.conditions.accept_encoding,
+            Some("gzip"),
+            "first copy counts"
+        );
         assert_eq!(h.conditions.if_none_match, Some("\"e\""));
         assert!(h.close && !h.upgrade && h.short_path_candidate());
         assert_eq!(h.cookies(), vec![&b"a=1"[..], b"b=2"]);

@@ -121,10 +121,13 @@ impl Metrics {
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
 
+/// The request counter for a (route, status) and the latency histogram for the route.
+type RequestHandles = (IntCounter, Histogram);
+
 thread_local! {
     /// Label handles this thread already looked up: `with_label_values` hashes the labels and
     /// takes the family's lock on every call, which the per-request path should not pay.
-    static HANDLES: RefCell<HashMap<(&'static str, u16), (IntCounter, Histogram)>> =
+    static HANDLES: RefCell<HashMap<(&'static str, u16), RequestHandles>> =
         RefCell::new(HashMap::new());
     static STATIC_HITS: RefCell<HashMap<&'static str, IntCounter>> = RefCell::new(HashMap::new());
 }

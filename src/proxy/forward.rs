@@ -418,7 +418,8 @@ pub async fn forward<W: AsyncWrite + Unpin>(
     );
     scratch.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        let keep_te = framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
+        let keep_te =
+            framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
         if (headers::is_hop_by_hop(h.name) && !keep_te)
             || h.name.eq_ignore_ascii_case("x-request-id")
             || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
@@ -458,7 +459,8 @@ pub async fn forward<W: AsyncWrite + Unpin>(
             BytesMut::new()
         } else {
             let mut buf = BytesMut::with_capacity(16 * 1024);
-            let n = match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut buf)).await {
+            let n = match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut buf)).await
+            {
                 Ok(Ok(n)) => n,
                 _ => return Err(broken(sent)),
             };

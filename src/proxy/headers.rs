@@ -111,9 +111,12 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> Result<()> {
         .get(http::header::HOST)
         .map(|v| v.as_bytes().to_vec());
     let mut set: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(5);
-    forwarding_headers(f, prev_xff.as_deref(), client_host.as_deref(), |name, parts| {
-        set.push((name, parts.concat()))
-    });
+    forwarding_headers(
+        f,
+        prev_xff.as_deref(),
+        client_host.as_deref(),
+        |name, parts| set.push((name, parts.concat())),
+    );
     for (name, value) in set {
         let value = http::HeaderValue::from_bytes(&value).map_err(|_| {
             pingora::Error::explain(

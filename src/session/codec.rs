@@ -76,8 +76,10 @@ thread_local! {
     // Cookie values this thread has opened, by codec: opening one costs an AES-GCM decryption,
     // base64 and JSON (several µs), and a browser sends the same value with every API call.
     // Only values that opened are kept, compared in full; expiry is still checked on every use.
-    static OPENED: RefCell<HashMap<u64, (u64, Box<str>, Rc<Payload>)>> = RefCell::new(HashMap::new());
+    static OPENED: RefCell<HashMap<u64, Opened>> = RefCell::new(HashMap::new());
 }
+/// (codec id, the cookie value, what it opened to), by a hash of the value.
+type Opened = (u64, Box<str>, Rc<Payload>);
 /// Per thread; emptied when full (a cache, not a record: a miss only costs one decryption).
 const OPENED_MAX: usize = 2048;
 static CODEC_IDS: AtomicU64 = AtomicU64::new(1);

@@ -104,7 +104,13 @@ impl StaticSite {
     }
 
     /// Serve `raw_path` (the request path without its query) for a GET or HEAD.
-    pub fn answer(&self, raw_path: &str, query: Option<&str>, c: &Conditions, head: bool) -> Answer {
+    pub fn answer(
+        &self,
+        raw_path: &str,
+        query: Option<&str>,
+        c: &Conditions,
+        head: bool,
+    ) -> Answer {
         match self.resolve(raw_path, query, c.accept) {
             Resolved::File(file) => Answer::File(respond::plan(file, c, head)),
             Resolved::Redirect(loc) => Answer::Redirect(loc),

@@ -105,7 +105,13 @@ fn memory_file(data: &[u8]) -> Option<std::fs::File> {
     use std::os::unix::ffi::OsStrExt;
     let dir = std::ffi::CString::new(std::env::temp_dir().as_os_str().as_bytes()).ok()?;
     // SAFETY: NUL-terminated path and name; a valid fd is owned by the File from here on.
-    let mut fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
+    let mut fd = unsafe {
+        libc::open(
+            dir.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
     if fd < 0 {
         fd = unsafe { libc::memfd_create(c"wxedge-static".as_ptr(), libc::MFD_CLOEXEC) };
     }
@@ -566,7 +572,10 @@ mod tests {
             plan_h(&f, &req(&[("if-none-match", "\"x\", W/\"abc\"")]), false).status,
             304
         );
-        assert_eq!(plan_h(&f, &req(&[("if-none-match", "*")]), false).status, 304);
+        assert_eq!(
+            plan_h(&f, &req(&[("if-none-match", "*")]), false).status,
+            304
+        );
         assert_eq!(
             plan_h(&f, &req(&[("if-none-match", "\"other\"")]), false).status,
             200
@@ -641,8 +650,14 @@ mod tests {
             (p.status, get(&p, "content-range")),
             (416, Some("bytes */10"))
         );
-        assert_eq!(plan_h(&f, &req(&[("range", "bytes=abc")]), false).status, 416);
-        assert_eq!(plan_h(&f, &req(&[("range", "items=1-2")]), false).status, 200);
+        assert_eq!(
+            plan_h(&f, &req(&[("range", "bytes=abc")]), false).status,
+            416
+        );
+        assert_eq!(
+            plan_h(&f, &req(&[("range", "items=1-2")]), false).status,
+            200
+        );
         let p = plan_h(&f, &req(&[("range", "bytes=0-1,5-6")]), false);
         assert_eq!(p.status, 206);
         assert!(get(&p, "content-type")

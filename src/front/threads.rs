@@ -1,0 +1,133 @@
+//! Which thread serves a connection, and how a busy thread shares the CPU.
+//!
+//! - Balance: with `work_stealing: false` Pingora hands each accepted connection to a random
+//!   thread, so one thread can hold noticeably more keep-alive connections than another, whose
+//!   clients then wait while the other idles. A thread serving more connections than the least
+//!   busy one passes a new connection on before touching it, as nginx workers take turns to accept.
+//! - Home: the socket is registered with the runtime of the thread that serves it ([`rehome`]).
+//! - Sharing: a busy thread offers the CPU every few dozen answers ([`share_the_cpu`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pingora::protocols::Stream;
+
+const MAX_THREADS: usize = 256;
+
+static LOAD: [AtomicUsize; MAX_THREADS] = [const { AtomicUsize::new(0) }; MAX_THREADS];
+static SEEN: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SLOT: usize = SEEN.fetch_add(1, Ordering::Relaxed).min(MAX_THREADS - 1);
+}
+
+fn slot() -> usize {
+    SLOT.with(|s| *s)
+}
+
+/// Whether this thread should pass a new connection on: it serves more connections than the
+/// least busy of the `threads` threads (a thread that has not served any yet counts as idle).
+pub fn should_pass_on(threads: usize) -> bool {
+    let mine = LOAD[slot()].load(Ordering::Relaxed);
+    let seen = SEEN.load(Ordering::Relaxed).min(MAX_THREADS);
+    let least = if seen < threads {
+        0
+    } else {
+        (0..seen)
+            .map(|i| LOAD[i].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
+    mine > least
+}
+
+/// Counts a connection on this thread while it lives.
+pub struct Held(usize);
+
+impl Held {
+    pub fn here() -> Held {
+        let s = slot();
+        LOAD[s].fetch_add(1, Ordering::Relaxed);
+        Held(s)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        LOAD[self.0].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers a thread gives before it offers the CPU to others (`sched_yield`).
+const ANSWERS_PER_YIELD: u32 = 64;
+
+thread_local! {
+    static ANSWERS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Under load a runtime thread always has another connection ready and never sleeps, so the
+/// kernel takes the CPU from it in whole time slices (ms), stalling every connection of that
+/// thread at once: on 2 cores shared with the backend or a load generator, p99 was 8 ms
+/// against nginx's 1–3 ms, whose workers sleep in `epoll_wait` between bursts. Offering the CPU
+/// every few dozen answers keeps the tail short for ~1 % of throughput (bench/RESULTS.md).
+pub fn share_the_cpu() {
+    let n = ANSWERS.with(|a| {
+        let n = a.get().wrapping_add(1);
+        a.set(n);
+        n
+    });
+    if n.is_multiple_of(ANSWERS_PER_YIELD) {
+        // SAFETY: no arguments, no memory; only a scheduling hint.
+        unsafe {
+            libc::sched_yield();
+        }
+    }
+}
+
+/// Register the connection's socket with the runtime of the thread serving it.
+///
+/// With one runtime per thread (`work_stealing: false`), Pingora accepts on one runtime and
+/// runs each connection on a random one; the socket stays registered with the accepting one,
+/// so every readiness event would cross threads (an eventfd write and a wake-up per request).
+/// A duplicate of the descriptor, registered here, keeps each connection on one thread, like
+/// an nginx worker. Costs a few system calls per connection, none per request.
+pub fn rehome(stream: Stream) -> Stream {
+    use pingora::protocols::l4::stream::Stream as TcpStreamL4;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let peer = stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().cloned());
+    // TCP only (a Unix socket would need a UnixStream).
+    if !stream.as_any().is::<TcpStreamL4>() || peer.as_ref().and_then(|p| p.as_inet()).is_none() {
+        return stream;
+    }
+    let local = stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().cloned());
+    let fd = match stream.as_any().downcast_ref::<TcpStreamL4>() {
+        Some(s) => s.as_raw_fd(),
+        None => return stream,
+    };
+    // SAFETY: `fd` is open (owned by `stream`); the duplicate is owned by the new std stream.
+    let dup = unsafe { libc::dup(fd) };
+    if dup < 0 {
+        return stream;
+    }
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(dup) };
+    let Ok(tokio_stream) = tokio::net::TcpStream::from_std(std_stream) else {
+        return stream;
+    };
+    // Only this descriptor (and its registration with the other runtime) closes; the socket
+    // lives on in the duplicate.
+    drop(stream);
+    let _ = tokio_stream.set_nodelay(true);
+    let mut rehomed = TcpStreamL4::from(tokio_stream);
+    let digest = pingora::protocols::SocketDigest::from_raw_fd(rehomed.as_raw_fd());
+    if let Some(p) = peer {
+        let _ = digest.peer_addr.set(Some(p));
+    }
+    if let Some(l) = local {
+        let _ = digest.local_addr.set(Some(l));
+    }
+    pingora::protocols::GetSocketDigest::set_socket_digest(&mut rehomed, digest);
+    Box::new(rehomed)
+}
