@@ -131,3 +131,40 @@ pub fn rehome(stream: Stream) -> Stream {
     pingora::protocols::GetSocketDigest::set_socket_digest(&mut rehomed, digest);
     Box::new(rehomed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_busier_than_the_least_busy_passes_connections_on() {
+        let (to_a, at_a) = std::sync::mpsc::channel::<&str>();
+        let (to_test, from_a) = std::sync::mpsc::channel::<bool>();
+        // Thread A holds three connections and answers whether it would pass a new one on.
+        let a = std::thread::spawn(move || {
+            let held: Vec<Held> = (0..3).map(|_| Held::here()).collect();
+            while let Ok(cmd) = at_a.recv() {
+                match cmd {
+                    "ask" => to_test.send(should_pass_on(2)).unwrap(),
+                    _ => break,
+                }
+            }
+            drop(held);
+        });
+        // Until a second thread has served anything, it counts as idle: A passes on.
+        to_a.send("ask").unwrap();
+        assert!(from_a.recv().unwrap());
+        // This thread serves as many as A: nobody passes on.
+        let mine: Vec<Held> = (0..3).map(|_| Held::here()).collect();
+        to_a.send("ask").unwrap();
+        assert!(!from_a.recv().unwrap());
+        assert!(!should_pass_on(2));
+        // One more here: this thread is the busier one now.
+        let extra = Held::here();
+        assert!(should_pass_on(2));
+        drop(extra);
+        drop(mine);
+        to_a.send("stop").unwrap();
+        a.join().unwrap();
+    }
+}
