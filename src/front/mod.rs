@@ -360,7 +360,7 @@ impl Front {
         conn.buf.advance(total);
 
         let outgoing = Outgoing {
-            head: &call.upstream_request,
+            bytes: &call.upstream_request,
             head_request: call.head_request,
             request_id: &call.request_id,
             close_client: call.close,

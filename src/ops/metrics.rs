@@ -197,13 +197,17 @@ mod tests {
     fn counts_established_connections_on_a_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let before = established_connections(&[port]).unwrap();
+        // The kernel's table is read without a lock: sockets that other tests open meanwhile can
+        // make one reading skip or repeat a line, so a few readings are allowed.
+        let read = || established_connections(&[port]).unwrap();
+        assert_eq!(read(), 0, "nothing is connected to a fresh listener");
         let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_sa, _) = listener.accept().unwrap();
         let (_sb, _) = listener.accept().unwrap();
         // Two server-side sockets have local port `port` (the clients' local ports differ).
-        assert_eq!(established_connections(&[port]).unwrap() - before, 2);
+        let readings: Vec<i64> = (0..5).map(|_| read()).collect();
+        assert!(readings.contains(&2), "{readings:?}");
     }
 
     #[test]

@@ -76,9 +76,11 @@ fn put_idle(addr: SocketAddr, stream: TcpStream) {
     });
 }
 
-/// One request as it goes upstream; `head` is built by [`write_request_head`].
+/// One request as it goes upstream (its head written by [`write_request_head`]).
 pub struct Outgoing<'a> {
-    pub head: &'a [u8],
+    /// The whole request as it goes upstream: the head, then the (small) body.
+    pub bytes: &'a [u8],
+    /// A HEAD request: the answer has no body whatever its headers say.
     pub head_request: bool,
     pub request_id: &'a str,
     /// The client's connection ends after this response (it asked, or the edge is draining).
@@ -234,16 +236,14 @@ async fn exchange(ups: &Upstreams, req: &Outgoing<'_>) -> Result<(Answered, usiz
                         }
                         failed => {
                             ups.mark_down(idx);
-                            log::warn!(
-                                "backend {} unreachable: {}",
-                                ups.authority(idx),
-                                match failed {
-                                    Ok(Err(e)) => e.to_string(),
-                                    _ => "connect timed out".into(),
-                                }
-                            );
+                            // As on Pingora's path: refused is a 502, no answer in time a 504.
+                            let (why, failure) = match failed {
+                                Ok(Err(e)) => (e.to_string(), BAD_GATEWAY),
+                                _ => ("connect timed out".to_string(), GATEWAY_TIMEOUT),
+                            };
+                            log::warn!("backend {} unreachable: {why}", ups.authority(idx));
                             METRICS.backend_errors.with_label_values(&["connect"]).inc();
-                            last = BAD_GATEWAY;
+                            last = failure;
                             break;
                         }
                     }
@@ -286,7 +286,7 @@ async fn send_and_read_head(
     mut stream: TcpStream,
     req: &Outgoing<'_>,
 ) -> Result<(TcpStream, BytesMut, usize), (Failure, bool)> {
-    timed(ups.write_timeout, stream.write_all(req.head))
+    timed(ups.write_timeout, stream.write_all(req.bytes))
         .await
         .map_err(|f| (f, true))?;
     let mut buf = BytesMut::with_capacity(4096);
