@@ -53,11 +53,12 @@ impl StaticSite {
     /// and a client that takes HTML.
     fn is_navigation(&self, clean: &str, accept: Option<&str>) -> bool {
         let last = clean.rsplit('/').next().unwrap_or("");
+        // `p` (like `/assets/`) is a prefix of `clean + "/"`, checked without building that string.
         if last.contains('.')
             || self
                 .fallback_exclude
                 .iter()
-                .any(|p| format!("{clean}/").starts_with(p.as_str()))
+                .any(|p| clean.starts_with(p.as_str()) || p.strip_suffix('/') == Some(clean))
         {
             return false;
         }
@@ -125,5 +126,34 @@ impl StaticSite {
             Resolved::File(file) => respond::quick(file, c, head),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn navigation_excludes_asset_folders_with_or_without_the_slash() {
+        let site = StaticSite {
+            tree: Tree::default(),
+            spa_fallback: true,
+            fallback_exclude: vec!["/assets/".into(), "/static".into()],
+        };
+        let html = Some("text/html,*/*;q=0.8");
+        for (path, navigation) in [
+            ("/pages/index/index", true),
+            ("/assets", false),
+            ("/assets/x/y", false),
+            ("/assetsx", true),
+            ("/static", false),
+            ("/static/img", false),
+            ("/staticky", false), // a prefix without the slash matches like nginx's `location /static`
+            ("/pages/a.js", false),
+        ] {
+            assert_eq!(site.is_navigation(path, html), navigation, "{path}");
+        }
+        assert!(!site.is_navigation("/pages/index", Some("application/json")));
+        assert!(site.is_navigation("/pages/index", None));
     }
 }
