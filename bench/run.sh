@@ -190,19 +190,26 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/api/ping" "$BACKEND_PID" "backend ngin
 NGINX_PID=$!; STARTED_PIDS+=("$NGINX_PID")
 wait_http "http://127.0.0.1:$NGINX_PORT/index.html" "$NGINX_PID" "nginx" "$T/nginx-site.error.log"
 
-# A clean environment, so a WX_APPID or WXEDGE_* of the caller's shell cannot change the run.
-(cd "$T" && exec env -i PATH="$PATH" HOME="${HOME:-/root}" \
-  WXEDGE_LISTEN="127.0.0.1:$WXEDGE_PORT" \
-  WXEDGE_DIST="$T/dist-wxedge" \
-  WXEDGE_BACKEND="http://127.0.0.1:$BACKEND_PORT" \
-  WXEDGE_THREADS="$WX_THREADS" \
-  WXEDGE_ACCESS_LOG=off \
-  WX_MP_VERIFY="$MP_TOKEN" \
-  WXEDGE_PID_FILE="$T/wxedge.pid" \
-  WXEDGE_UPGRADE_SOCK="$T/wxedge_upgrade.sock" \
-  "$BIN") >"$T/wxedge.log" 2>&1 &
-WXEDGE_PID=$!; STARTED_PIDS+=("$WXEDGE_PID")
-wait_http "http://127.0.0.1:$WXEDGE_PORT/_wxedge/healthz" "$WXEDGE_PID" "wxedge" "$T/wxedge.log"
+# start_wxedge NAME PORT [VAR=value ...]: wxedge with the bench's settings (plus VAR=value) in a
+# clean environment, so a WX_APPID or WXEDGE_* of the caller's shell cannot change the run; its pid
+# in STARTED_PID, its log in $T/NAME.log.
+start_wxedge() {
+  local name="$1" port="$2"
+  shift 2
+  (cd "$T" && exec env -i PATH="$PATH" HOME="${HOME:-/root}" \
+    WXEDGE_LISTEN="127.0.0.1:$port" \
+    WXEDGE_DIST="$T/dist-wxedge" \
+    WXEDGE_BACKEND="http://127.0.0.1:$BACKEND_PORT" \
+    WXEDGE_THREADS="$WX_THREADS" \
+    WXEDGE_ACCESS_LOG=off \
+    WXEDGE_PID_FILE="$T/$name.pid" \
+    WXEDGE_UPGRADE_SOCK="$T/${name}_upgrade.sock" \
+    "$@" "$BIN") >"$T/$name.log" 2>&1 &
+  STARTED_PID=$!; STARTED_PIDS+=("$STARTED_PID")
+  wait_http "http://127.0.0.1:$port/_wxedge/healthz" "$STARTED_PID" "$name" "$T/$name.log"
+}
+start_wxedge wxedge "$WXEDGE_PORT" WX_MP_VERIFY="$MP_TOKEN"
+WXEDGE_PID="$STARTED_PID"
 
 children_of() {  # the direct children of PID, from /proc (no procps needed)
   local f ppid
@@ -450,19 +457,10 @@ oauth_shared() {  # oauth_shared ROUND: N concurrent loads of one fresh code mus
 
 case_oauth_callback() {
   log "OAuth callback (wxedge only): its own wxedge on :$OAUTH_PORT, sandbox WeChat answering after ${OAUTH_LATENCY_MS} ms"
-  (cd "$T" && exec env -i PATH="$PATH" HOME="${HOME:-/root}" \
-    WXEDGE_LISTEN="127.0.0.1:$OAUTH_PORT" \
-    WXEDGE_DIST="$T/dist-wxedge" \
-    WXEDGE_BACKEND="http://127.0.0.1:$BACKEND_PORT" \
-    WXEDGE_THREADS="$WX_THREADS" \
-    WXEDGE_ACCESS_LOG=off \
+  start_wxedge wxedge-oauth "$OAUTH_PORT" \
     WXEDGE_METRICS_LISTEN="127.0.0.1:$OAUTH_METRICS_PORT" \
-    WXEDGE_SANDBOX_LATENCY_MS="$OAUTH_LATENCY_MS" \
-    WXEDGE_PID_FILE="$T/wxedge-oauth.pid" \
-    WXEDGE_UPGRADE_SOCK="$T/wxedge-oauth_upgrade.sock" \
-    "$BIN") >"$T/wxedge-oauth.log" 2>&1 &
-  OAUTH_PID=$!; STARTED_PIDS+=("$OAUTH_PID")
-  wait_http "http://127.0.0.1:$OAUTH_PORT/_wxedge/healthz" "$OAUTH_PID" "wxedge (OAuth case)" "$T/wxedge-oauth.log"
+    WXEDGE_SANDBOX_LATENCY_MS="$OAUTH_LATENCY_MS"
+  OAUTH_PID="$STARTED_PID"
   local r
   [ -n "$WARMUP" ] && oauth_distinct 0 "$WARMUP" warm
   for r in $(seq 1 "$ROUNDS"); do oauth_distinct "$r" "$DURATION"; done

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::ops::access_log::{self, Entry};
 use crate::ops::metrics::METRICS;
 use crate::ops::{request_id, RouteClass};
+use crate::proxy::forward::{BAD_GATEWAY as DOWN, GATEWAY_TIMEOUT as TIMEOUT};
 use crate::proxy::headers::{self as fwd, Forwarding};
 use crate::proxy::Upstreams;
 use crate::static_files::{Answer, Conditions, Piece, StaticSite};
@@ -586,10 +587,10 @@ impl ProxyHttp for Edge {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if e.esource() == &ErrorSource::Upstream =>
             {
-                (504, "gateway_timeout", "the backend did not answer in time")
+                (TIMEOUT.status, TIMEOUT.kind, TIMEOUT.message)
             }
             _ => match e.esource() {
-                ErrorSource::Upstream => (502, "bad_gateway", "the backend is unavailable"),
+                ErrorSource::Upstream => (DOWN.status, DOWN.kind, DOWN.message),
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                         (0, "", "")

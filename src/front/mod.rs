@@ -32,7 +32,7 @@ use crate::edge::Edge;
 use crate::ops::access_log::{self, Entry};
 use crate::ops::metrics::{self, METRICS};
 use crate::ops::{lifecycle, request_id, RouteClass};
-use crate::proxy::forward::{self, Outgoing, CLIENT_WRITE_TIMEOUT};
+use crate::proxy::forward::{self, Outgoing, CLIENT_WRITE_TIMEOUT, COALESCE_MAX};
 use crate::proxy::headers::Forwarding;
 use request::{Head, LogFields, ReadError};
 
@@ -53,8 +53,6 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies up to this size are read whole and forwarded on the short path.
 const SHORT_BODY_MAX: u64 = 64 * 1024;
-/// Bodies up to this size go out in one write with the head.
-const COALESCE_MAX: usize = 8 * 1024;
 
 pub struct Front {
     edge: Edge,
@@ -385,18 +383,9 @@ impl Front {
                 let body = crate::edge::json_error(f.kind, f.message);
                 let out = &mut conn.out;
                 out.clear();
-                out.extend_from_slice(b"HTTP/1.1 ");
-                out.extend_from_slice(f.status.to_string().as_bytes());
-                out.push(b' ');
+                crate::proxy::headers::push_status_line(out, f.status, None);
                 out.extend_from_slice(
-                    http::StatusCode::from_u16(f.status)
-                        .ok()
-                        .and_then(|s| s.canonical_reason())
-                        .unwrap_or("Error")
-                        .as_bytes(),
-                );
-                out.extend_from_slice(
-                    b"\r\ncontent-type: application/json; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
+                    b"content-type: application/json; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
                 );
                 out.extend_from_slice(body.len().to_string().as_bytes());
                 out.extend_from_slice(b"\r\n");

@@ -8,6 +8,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
+use crate::proxy::headers::has_token;
 use crate::static_files::Conditions;
 
 pub enum ReadError {
@@ -116,12 +117,6 @@ pub struct LogFields {
 
 fn text(v: &[u8]) -> Option<&str> {
     std::str::from_utf8(v).ok()
-}
-
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 impl<'b, 'h> Head<'b, 'h> {

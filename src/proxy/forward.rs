@@ -20,6 +20,9 @@ use crate::ops::metrics::METRICS;
 
 /// Idle backend connections kept per thread (nginx: `keepalive 64` per worker).
 const POOL_PER_THREAD: usize = 64;
+/// Bodies up to this size go to the client in one write with the head (copied after it);
+/// larger ones in a second write, not copied.
+pub const COALESCE_MAX: usize = 8 * 1024;
 /// Idle longer than this, a pooled connection is checked before it is used.
 const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Largest response head accepted from a backend.
@@ -119,13 +122,14 @@ pub enum Error {
     Midway(Broken),
 }
 
-const BAD_GATEWAY: Failure = Failure {
+/// The answers for a backend that failed, the same on Pingora's path (`edge::fail_to_proxy`).
+pub const BAD_GATEWAY: Failure = Failure {
     status: 502,
     kind: "bad_gateway",
     message: "the backend is unavailable",
     backend: None,
 };
-const GATEWAY_TIMEOUT: Failure = Failure {
+pub const GATEWAY_TIMEOUT: Failure = Failure {
     status: 504,
     kind: "gateway_timeout",
     message: "the backend did not answer in time",
@@ -328,12 +332,6 @@ enum Framing {
     UntilClose,
 }
 
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 async fn write_client<W: AsyncWrite + Unpin>(client: &mut W, data: &[u8]) -> std::io::Result<()> {
     match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, client.write_all(data)).await {
         Ok(r) => r,
@@ -382,9 +380,9 @@ pub async fn forward<W: AsyncWrite + Unpin>(
                 _ => bad_length = true,
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
+            if headers::has_token(h.value, "close") {
                 upstream_keeps = false;
-            } else if has_token(h.value, "keep-alive") {
+            } else if headers::has_token(h.value, "keep-alive") {
                 upstream_keeps = true;
             }
         }
@@ -406,17 +404,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
     let close_client = req.close_client || framing == Framing::UntilClose;
 
     scratch.clear();
-    scratch.extend_from_slice(b"HTTP/1.1 ");
-    scratch.extend_from_slice(itoa_u16(status).as_bytes());
-    scratch.push(b' ');
-    scratch.extend_from_slice(
-        resp.reason
-            .filter(|r| !r.is_empty())
-            .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    scratch.extend_from_slice(b"\r\n");
+    headers::push_status_line(scratch, status, resp.reason);
     for h in resp.headers.iter() {
         let keep_te =
             framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
@@ -508,7 +496,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
         let body = &available[..take];
         let io = if first {
             first = false;
-            if body.len() <= 8 * 1024 {
+            if body.len() <= COALESCE_MAX {
                 scratch.extend_from_slice(body);
                 write_client(client, scratch).await
             } else {
@@ -542,10 +530,6 @@ pub async fn forward<W: AsyncWrite + Unpin>(
         backend,
         client_reusable: !close_client,
     })
-}
-
-fn itoa_u16(n: u16) -> String {
-    n.to_string()
 }
 
 #[cfg(test)]

@@ -36,6 +36,29 @@ fn is_protected(name: &str, protected: &[String]) -> bool {
     })
 }
 
+/// Whether a comma-separated header value (`Connection: keep-alive, Upgrade`) lists `token`.
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Writes `HTTP/1.1 <status> <reason>\r\n`; the standard reason when `reason` is empty.
+pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    let standard = || http::StatusCode::from_u16(status).ok()?.canonical_reason();
+    out.extend_from_slice(
+        reason
+            .filter(|r| !r.is_empty())
+            .or_else(standard)
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never forwarded.
 pub fn is_hop_by_hop(name: &str) -> bool {
     const HOP: [&str; 7] = [

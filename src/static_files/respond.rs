@@ -562,6 +562,61 @@ mod tests {
     }
 
     #[test]
+    fn quick_answers_exactly_like_plan_and_leaves_the_rest_to_it() {
+        let f = file(b"hello hello hello", Some(b"gz-bytes"));
+        let lm = httpdate::fmt_http_date(f.modified);
+        let lines = |head: &[u8]| {
+            let mut l: Vec<String> = std::str::from_utf8(head)
+                .unwrap()
+                .split("\r\n")
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            l.sort();
+            l
+        };
+        for (pairs, status) in [
+            (vec![], 200),
+            (vec![("accept-encoding", "gzip")], 200),
+            (vec![("if-none-match", "\"abc\"")], 304),
+            (
+                vec![("if-none-match", "\"other\""), ("if-modified-since", &lm)],
+                200,
+            ),
+            (vec![("if-modified-since", &lm)], 304),
+        ] {
+            let h = req(&pairs);
+            let c = Conditions::from_headers(&h);
+            let (q, p) = (quick(&f, &c, false).unwrap(), plan(&f, &c, false));
+            assert_eq!((q.status, p.status), (status, status), "{pairs:?}");
+            let mut want: Vec<String> = p
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                .collect();
+            if let Some(len) = p.content_length {
+                want.push(format!("content-length: {len}"));
+            }
+            want.sort();
+            assert_eq!(lines(q.head), want, "{pairs:?}");
+            assert_eq!(q.body, &body(&p)[..], "{pairs:?}");
+        }
+        let head = quick(&f, &Conditions::default(), true).unwrap();
+        assert!(head.body.is_empty() && lines(head.head).contains(&"content-length: 17".into()));
+        for pairs in [
+            vec![("range", "bytes=0-1")],
+            vec![("if-match", "\"abc\"")],
+            vec![("if-unmodified-since", lm.as_str())],
+        ] {
+            let h = req(&pairs);
+            assert!(
+                quick(&f, &Conditions::from_headers(&h), false).is_none(),
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
     fn conditionals() {
         let f = file(b"0123456789", None);
         assert_eq!(
