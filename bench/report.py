@@ -48,6 +48,44 @@ def fmt_rps(x):
     return f"{x:,.0f}"
 
 
+def ceiling(runs, case):
+    """The ratio wxedge would reach in this case if its own code cost nothing, per round, median.
+
+    Amdahl on a saturated machine: in wxedge's run every request cost `machine_busy` µs of CPU
+    over the whole machine (wrk, backend, kernel, wxedge), of which `user` µs were wxedge's
+    user-space code. With that part at zero and everything else unchanged (the same system
+    calls, the same TCP work, the same wrk), req/s could grow by busy / (busy - user) at most.
+    None when the run lacks the columns or the machine was not saturated (idle > 10 %).
+    """
+    by_round = {}
+    for r in runs:
+        if r["case"] == case:
+            by_round.setdefault(r["round"], {})[r["server"]] = r
+    bounds = []
+    for v in by_round.values():
+        x, n = v.get("wxedge"), v.get("nginx")
+        if not x or not n or "machine_busy_us_per_req" not in x:
+            continue
+        try:
+            busy, user = float(x["machine_busy_us_per_req"]), float(x["user_us_per_req"])
+            idle = float(x["idle_pct"])
+        except (TypeError, ValueError):
+            continue
+        if idle > 10 or busy <= user or float(n["rps"]) <= 0:
+            continue
+        bounds.append(float(x["rps"]) * busy / (busy - user) / float(n["rps"]))
+    return statistics.median(bounds) if bounds else None
+
+
+def cost_split(rows_of_server):
+    """Medians of wxedge's user and system µs/req, machine busy µs/req and idle % (or None)."""
+    try:
+        return tuple(statistics.median(float(r[k]) for r in rows_of_server)
+                     for k in ("user_us_per_req", "sys_us_per_req", "machine_busy_us_per_req", "idle_pct"))
+    except (KeyError, TypeError, ValueError, statistics.StatisticsError):
+        return None
+
+
 def main():
     runs = read_tsv(sys.argv[1])
     responses = read_tsv(sys.argv[2])
@@ -94,6 +132,7 @@ def main():
         ratios = [v["wxedge"] / v["nginx"] for v in by_round.values() if len(v) == 2 and v["nginx"] > 0]
         per["ratio"] = statistics.median(ratios) if ratios else float("nan")
         per["ratios"] = ratios
+        per["ceiling"] = ceiling(runs, case)
         stats[case] = per
 
     out = []
@@ -170,6 +209,27 @@ def main():
         w("Per-round ratios (spread): " + "; ".join(
             f"{c}: {', '.join(f'{r:.2f}' for r in stats[c]['ratios'])}" for c in cases))
         w("")
+    splits = {c: (cost_split(rows(c, "nginx")), cost_split(rows(c, "wxedge"))) for c in cases}
+    if all(a and b for a, b in splits.values()):
+        w("### How much is left to win above the kernel")
+        w("")
+        w("Where each request's CPU went, over the whole machine (from /proc/stat and /proc/PID/stat): "
+          "the server's own code (user), the system calls it makes (system; the TCP work its sends cause "
+          "on loopback is partly here and partly softirq), and everything the machine did per request "
+          "(busy: wrk, the backend, the kernel and the server; idle shows the machine was saturated). "
+          "**Ceiling** = the ratio wxedge would reach if its own user-space code cost nothing and "
+          "every other cost stayed the same (wxedge req/s × busy ÷ (busy − user), per round, over "
+          "nginx's req/s): a target above the ceiling cannot be met by changing wxedge's code, only "
+          "by doing less kernel work per request.")
+        w("")
+        w("| case | user µs/req nginx / wxedge | system µs/req nginx / wxedge | machine busy µs/req nginx / wxedge | idle % | ratio | ceiling |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for c in cases:
+            (nu, ns, nb, ni), (xu, xs, xb, xi) = splits[c]
+            ceil = stats[c]["ceiling"]
+            w(f"| {c} | {nu:.2f} / {xu:.2f} | {ns:.2f} / {xs:.2f} | {nb:.1f} / {xb:.1f} | {ni:.0f} / {xi:.0f} | "
+              f"{stats[c]['ratio']:.2f}× | {f'{ceil:.2f}×' if ceil else '—'} |")
+        w("")
     w("Memory over the whole run (after the last case):")
     w("")
     w("| server | processes | sum of per-process peaks (VmHWM) MiB | RSS now MiB | of which anonymous / file-backed MiB | PSS now MiB |")
@@ -210,7 +270,12 @@ def main():
         names = [c for c in cases if c in names]
         if not names:
             return
-        got = ", ".join(f"{c} {stats[c]['ratio']:.2f}×" for c in names)
+        def one(c):
+            ceil = stats[c]["ceiling"]
+            above = f" (ceiling {ceil:.2f}×)" if ceil and stats[c]["ratio"] < need else ""
+            return f"{c} {stats[c]['ratio']:.2f}×{above}"
+
+        got = ", ".join(one(c) for c in names)
         w(f"| {label} ≥ {need}× | {', '.join(names)} | {got} | {verdict(all(stats[c]['ratio'] >= need for c in names))} |")
 
     ratio_target("static, small files", SMALL_STATIC, 1.25)

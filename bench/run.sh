@@ -507,14 +507,27 @@ sum_pss() {  # sum of Pss (kB) from smaps_rollup: shared pages counted once acro
 }
 
 cpu_ticks() {  # cpu_ticks PID... : user + system CPU of the processes, in clock ticks
-  local sum=0 p a
+  local u s
+  read -r u s < <(cpu_split "$@")
+  echo $((u + s))
+}
+cpu_split() {  # cpu_split PID... : "user system" CPU of the processes, in clock ticks
+  local u=0 s=0 p a
   for p in "$@"; do
     read -r -a a < "/proc/$p/stat" 2>/dev/null || continue
-    sum=$((sum + a[13] + a[14]))   # utime, stime (the comm field has no spaces for these servers)
+    u=$((u + a[13])); s=$((s + a[14]))   # utime, stime (no spaces in these servers' comm field)
   done
-  echo "$sum"
+  echo "$u $s"
+}
+machine_ticks() {  # machine_ticks : "busy idle steal" of all CPUs, in clock ticks (/proc/stat)
+  # busy = user + nice + system + irq + softirq (guest time is already inside user);
+  # idle = idle + iowait; steal = time the hypervisor ran someone else.
+  awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6, $9; exit }' /proc/stat
 }
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+per_req() {  # per_req TICKS REQUESTS : microseconds per request
+  awk -v t="$1" -v hz="$CLK_TCK" -v n="${2:-0}" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "nan" }'
+}
 
 to_ms() {  # wrk latency (e.g. 512.00us, 1.20ms, 2.01s) -> milliseconds
   awk -v x="$1" 'BEGIN {
@@ -536,7 +549,7 @@ wrk_stats() {  # wrk_stats RAW -> "req/s p50_ms p99_ms requests non2xx3xx socket
   echo "${rps:--} ${p50:-nan} ${p99:-nan} ${reqs:-0} ${non2:-0} ${serr:-0}"
 }
 
-printf 'round\tcase\tserver\trps\tp50_ms\tp99_ms\trss_peak_kb\trequests\tnon2xx3xx\tsocket_errors\tcpu_us_per_req\n' > "$T/runs.tsv"
+printf 'round\tcase\tserver\trps\tp50_ms\tp99_ms\trss_peak_kb\trequests\tnon2xx3xx\tsocket_errors\tcpu_us_per_req\tuser_us_per_req\tsys_us_per_req\tmachine_busy_us_per_req\tidle_pct\tsteal_pct\n' > "$T/runs.tsv"
 run_wrk() {  # run_wrk ROUND CASE_INDEX SERVER DURATION [warmup]
   local round=$1 ci=$2 s=$3 dur=$4 warm=${5:-}
   local name path hs want what
@@ -551,21 +564,29 @@ run_wrk() {  # run_wrk ROUND CASE_INDEX SERVER DURATION [warmup]
   rm -f "$T/rss.peak"
   # shellcheck disable=SC2046
   sample_rss "$T/rss.peak" $(pids_of "$s") & SAMPLER_PID=$!
-  local cpu0 cpu1
+  local u0 s0 u1 s1 mb0 mi0 ms0 mb1 mi1 ms1
   # shellcheck disable=SC2046
-  cpu0="$(cpu_ticks $(pids_of "$s"))"
+  read -r u0 s0 < <(cpu_split $(pids_of "$s"))
+  read -r mb0 mi0 ms0 < <(machine_ticks)
   wrk -t"$WRK_THREADS" -c"$CONNS" -d"$dur" --latency "${args[@]}" \
     "http://127.0.0.1:$(port_of "$s")$path" > "$raw" 2>&1 || { cat "$raw" >&2; die "wrk failed ($name, $s)"; }
   # shellcheck disable=SC2046
-  cpu1="$(cpu_ticks $(pids_of "$s"))"
+  read -r u1 s1 < <(cpu_split $(pids_of "$s"))
+  read -r mb1 mi1 ms1 < <(machine_ticks)
   kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
   local rps p50 p99 reqs non2 serr rss cpu
   read -r rps p50 p99 reqs non2 serr < <(wrk_stats "$raw")
   rss="$(cat "$T/rss.peak" 2>/dev/null || echo 0)"
   [ "$rps" != - ] || { cat "$raw" >&2; die "no Requests/sec in wrk's output ($name, $s)"; }
-  cpu="$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }')"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$round" "$name" "$s" "$rps" "$p50" "$p99" "$rss" "$reqs" "$non2" "$serr" "$cpu" >> "$T/runs.tsv"
+  cpu="$(per_req $((u1 + s1 - u0 - s0)) "$reqs")"
+  # The whole machine during the run (wrk, backend, kernel, the server): what bench/report.py
+  # needs to bound what the server's own code can still gain (its "ceiling").
+  local mtot=$(( (mb1 - mb0) + (mi1 - mi0) + (ms1 - ms0) ))
+  [ "$mtot" -gt 0 ] || mtot=1
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$round" "$name" "$s" "$rps" "$p50" "$p99" "$rss" "$reqs" "$non2" "$serr" "$cpu" \
+    "$(per_req $((u1 - u0)) "$reqs")" "$(per_req $((s1 - s0)) "$reqs")" "$(per_req $((mb1 - mb0)) "$reqs")" \
+    "$(( (mi1 - mi0) * 100 / mtot ))" "$(( (ms1 - ms0) * 100 / mtot ))" >> "$T/runs.tsv"
   printf '[bench] round %s/%s  %-17s %-6s %10s req/s  p50 %7s ms  p99 %7s ms  CPU %5s us/req  RSS %5s MiB%s\n' \
     "$round" "$ROUNDS" "$name" "$s" "$rps" "$p50" "$p99" "$cpu" "$(awk -v k="$rss" 'BEGIN{printf "%.1f", k/1024}')" \
     "$( [ "$non2" != 0 ] && echo "  NON-2xx/3xx: $non2"; [ "$serr" != 0 ] && echo "  socket errors: $serr")" >&2
