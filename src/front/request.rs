@@ -1,6 +1,7 @@
 //! Reading and looking at one HTTP/1.1 request head, without copying it.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -76,6 +77,17 @@ async fn idle_read(
 ) -> std::io::Result<usize> {
     if *shutdown.borrow() {
         return Ok(0);
+    }
+    // Under load the next request is usually in the socket already: take it without arming a
+    // timer and a shutdown waiter, which otherwise cost a timer-wheel entry and a watch
+    // registration per request. A `Pending` here costs no system call of its own: the read
+    // below finds the readiness this one cleared.
+    {
+        let mut ready_now = std::pin::pin!(stream.read_buf(buf));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(read) = ready_now.as_mut().poll(&mut cx) {
+            return read;
+        }
     }
     tokio::select! {
         read = tokio::time::timeout(idle, stream.read_buf(buf)) => read.unwrap_or(Ok(0)),
