@@ -64,7 +64,9 @@ fn bad_configuration_is_one_clear_line_and_nonzero() {
     std::fs::write(&unknown, "wxedge:\n  proxy:\n    backendz: []\n").unwrap();
     let garbage = dir.join("garbage.yaml");
     std::fs::write(&garbage, "wxedge: [unclosed\n").unwrap();
-    let cases: Vec<(Vec<(&str, &str)>, Vec<&str>, &str)> = vec![
+    // (environment, arguments, what the one error line must name)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("WXEDGE_DIST", "/no/such/dist")],
             vec!["-t"],
@@ -182,7 +184,7 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         let (mut cmd, _) = command(&e, if upgrade { &["-u"] } else { &[] });
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        cmd.spawn().unwrap()
+        Reaped(cmd.spawn().unwrap())
     };
     let mut a = spawn(env.clone(), false);
     let base = format!("http://{listen}");
@@ -241,7 +243,7 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut b = spawn(env.clone(), true);
+    let b = spawn(env.clone(), true);
     // B is ready to take the sockets once it listens on the upgrade socket (a fresh path here).
     let t = Instant::now();
     while !sock.exists() {
@@ -251,7 +253,7 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let a_pid = a.id();
+    let a_pid = a.0.id();
     assert!(std::process::Command::new("kill")
         .args(["-QUIT", &a_pid.to_string()])
         .status()
@@ -260,12 +262,11 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     let quit_at = Instant::now();
     let a_exit = tokio::task::spawn_blocking(move || {
         while quit_at.elapsed() < Duration::from_secs(30) {
-            if a.try_wait().unwrap().is_some() {
+            if a.0.try_wait().unwrap().is_some() {
                 return Some(quit_at.elapsed());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = a.kill();
         None
     })
     .await
@@ -282,8 +283,7 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let _ = b.kill();
-    let _ = b.wait();
+    drop(b);
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("graceful upgrade: {ok} ok, {failed} failed, old process exited after {a_exit:?}");
     assert!(ok > 100, "too little load to mean anything: {ok}");
@@ -293,4 +293,14 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         a_exit < Duration::from_secs(20),
         "old process lingered {a_exit:?}"
     );
+}
+
+/// A wxedge process that is killed and reaped when the test ends, whether it passed or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -474,8 +474,7 @@ impl Login {
                 query_param(query.as_deref(), "state"),
             ) {
                 let state_ok = !looks_like_login_state(&state)
-                    && (self.frontend_states.is_empty()
-                        || self.frontend_states.iter().any(|s| *s == state));
+                    && (self.frontend_states.is_empty() || self.frontend_states.contains(&state));
                 if !code.is_empty() && state_ok {
                     match self.redeem(&code).await {
                         Ok(identity) => {

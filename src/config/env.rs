@@ -78,6 +78,8 @@ fn cache_rules(name: &str, v: &str) -> Result<Vec<CacheRule>, ConfigError> {
 type Setter = fn(&mut Settings, &str, &str) -> Result<(), ConfigError>;
 
 /// Every environment variable wxedge reads for its own settings.
+// Each setter is one assignment in `Ok(..)`, one line per variable: a table that reads as such.
+#[allow(clippy::unit_arg)]
 pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_LISTEN", |s, _, v| Ok(s.listen = list(v))),
     ("WXEDGE_DIST", |s, _, v| Ok(s.dist = v.trim().into())),

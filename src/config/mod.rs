@@ -485,7 +485,7 @@ fn validate(
         &settings.wechat.open_base,
         &settings.wechat.public_url,
     ] {
-        if !base.is_empty() && !(base.starts_with("http://") || base.starts_with("https://")) {
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
             return err(format!(
                 "wechat: `{base}` must be an http:// or https:// URL"
             ));

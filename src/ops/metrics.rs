@@ -189,74 +189,6 @@ pub fn status_label(s: u16) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_established_connections_on_a_port() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        // The kernel's table is read without a lock: sockets that other tests open meanwhile can
-        // make one reading skip or repeat a line, so a few readings are allowed.
-        let read = || established_connections(&[port]).unwrap();
-        assert_eq!(read(), 0, "nothing is connected to a fresh listener");
-        let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (_sa, _) = listener.accept().unwrap();
-        let (_sb, _) = listener.accept().unwrap();
-        // Two server-side sockets have local port `port` (the clients' local ports differ).
-        let readings: Vec<i64> = (0..5).map(|_| read()).collect();
-        assert!(readings.contains(&2), "{readings:?}");
-    }
-
-    #[test]
-    fn renders_text_format() {
-        METRICS.requests.with_label_values(&["static", "200"]).inc();
-        METRICS
-            .latency
-            .with_label_values(&["static"])
-            .observe(0.002);
-        let text = String::from_utf8(METRICS.render()).unwrap();
-        assert!(
-            text.contains("wxedge_requests_total{route=\"static\",status=\"200\"}"),
-            "{text}"
-        );
-        assert!(
-            text.contains("wxedge_request_duration_seconds_bucket{route=\"static\",le=\"0.0025\"}"),
-            "{text}"
-        );
-    }
-}
-
-/// Established TCP connections whose local port is one of `ports`, from the kernel's socket
-/// tables (`/proc/net/tcp`, `tcp6`): the count nginx's stub_status calls "Active connections",
-/// read only when Prometheus scrapes, so the request path pays nothing for it.
-pub fn established_connections(ports: &[u16]) -> Option<i64> {
-    let mut n = 0;
-    let mut read_any = false;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        read_any = true;
-        for line in text.lines().skip(1) {
-            let mut f = line.split_whitespace();
-            let (Some(local), Some(_remote), Some(state)) = (f.nth(1), f.next(), f.next()) else {
-                continue;
-            };
-            let port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if state == "01" && port.is_some_and(|p| ports.contains(&p)) {
-                n += 1;
-            }
-        }
-    }
-    read_any.then_some(n)
-}
-
 /// The metrics listener: `GET /metrics` in Prometheus text format, nothing else.
 pub struct MetricsEndpoint {
     /// The public listeners' ports, for `wxedge_active_connections`.
@@ -304,5 +236,73 @@ impl pingora_proxy::ProxyHttp for MetricsEndpoint {
             pingora::ErrorType::HTTPStatus(404),
             "the metrics listener proxies nothing",
         )
+    }
+}
+
+/// Established TCP connections whose local port is one of `ports`, from the kernel's socket
+/// tables (`/proc/net/tcp`, `tcp6`): the count nginx's stub_status calls "Active connections",
+/// read only when Prometheus scrapes, so the request path pays nothing for it.
+pub fn established_connections(ports: &[u16]) -> Option<i64> {
+    let mut n = 0;
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        for line in text.lines().skip(1) {
+            let mut f = line.split_whitespace();
+            let (Some(local), Some(_remote), Some(state)) = (f.nth(1), f.next(), f.next()) else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if state == "01" && port.is_some_and(|p| ports.contains(&p)) {
+                n += 1;
+            }
+        }
+    }
+    read_any.then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_established_connections_on_a_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // The kernel's table is read without a lock: sockets that other tests open meanwhile can
+        // make one reading skip or repeat a line, so a few readings are allowed.
+        let read = || established_connections(&[port]).unwrap();
+        assert_eq!(read(), 0, "nothing is connected to a fresh listener");
+        let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_sa, _) = listener.accept().unwrap();
+        let (_sb, _) = listener.accept().unwrap();
+        // Two server-side sockets have local port `port` (the clients' local ports differ).
+        let readings: Vec<i64> = (0..5).map(|_| read()).collect();
+        assert!(readings.contains(&2), "{readings:?}");
+    }
+
+    #[test]
+    fn renders_text_format() {
+        METRICS.requests.with_label_values(&["static", "200"]).inc();
+        METRICS
+            .latency
+            .with_label_values(&["static"])
+            .observe(0.002);
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        assert!(
+            text.contains("wxedge_requests_total{route=\"static\",status=\"200\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wxedge_request_duration_seconds_bucket{route=\"static\",le=\"0.0025\"}"),
+            "{text}"
+        );
     }
 }

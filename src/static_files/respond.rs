@@ -27,6 +27,10 @@ impl Piece {
             Piece::File { len, .. } => *len,
         }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[derive(Debug)]
