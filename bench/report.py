@@ -282,8 +282,18 @@ def main():
     ratio_target("compressed asset", COMPRESSED, 1.1)
     ratio_target("proxy", PROXY, 1.2)
     worse = [c for c in cases if stats[c]["wxedge"]["p99"] > stats[c]["nginx"]["p99"]]
+    def p99_rounds(case):
+        """wxedge/nginx p99 per round, so a reader can tell a trend from the rounds' spread."""
+        by_round = {}
+        for r in runs:
+            if r["case"] == case:
+                by_round.setdefault(r["round"], {})[r["server"]] = float(r["p99_ms"])
+        return ", ".join(f"{v['wxedge']:.2f}/{v['nginx']:.2f}" for _, v in sorted(by_round.items())
+                         if len(v) == 2)
+
     worse_txt = ", ".join(
-        "%s (%.2f vs %.2f ms)" % (c, stats[c]["wxedge"]["p99"], stats[c]["nginx"]["p99"]) for c in worse)
+        "%s (%.2f vs %.2f ms; per round wxedge/nginx: %s)"
+        % (c, stats[c]["wxedge"]["p99"], stats[c]["nginx"]["p99"], p99_rounds(c)) for c in worse)
     w("| p99 no worse than nginx | all | "
       + ("worse in: " + worse_txt if worse else "no worse in any case")
       + f" | {verdict(not worse)} |")
