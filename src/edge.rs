@@ -264,6 +264,20 @@ impl ProxyHttp for Edge {
             .await?;
             return Ok(true);
         }
+        let req = session.req_header();
+        let hosts = req.headers.get_all(header::HOST);
+        let problem = crate::validation::host_problem(
+            req.version == http::Version::HTTP_11,
+            hosts.iter().count(),
+            hosts.iter().next().map(|v| v.as_bytes()),
+        );
+        if let Some(why) = problem {
+            ctx.class = RouteClass::Rejected;
+            // What follows on this connection cannot be trusted to be framed as we think.
+            session.set_keepalive(None);
+            respond(session, ctx, 400, JSON, &[], json_error("bad_request", why)).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path().to_string();
 
         if let Some(ops) = path.strip_prefix("/_wxedge/") {

@@ -13,4 +13,5 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod static_files;
+pub mod validation;
 pub mod wechat;

@@ -419,3 +419,56 @@ fn a_body_on_a_static_get_is_never_read_as_the_next_request() {
     );
     assert!(text.matches("HTTP/1.1 ").count() <= 2, "{text}");
 }
+
+#[test]
+fn host_lines_rfc_9112_refuses_are_a_400_that_ends_the_connection_on_every_path() {
+    let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        )
+    }));
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let hosts: [(&str, &[u8]); 4] = [
+        ("no Host", b""),
+        (
+            "two Hosts",
+            b"Host: h5.example.com\r\nHost: admin.internal\r\n",
+        ),
+        ("a space in Host", b"Host: h5.example.com evil\r\n"),
+        ("a path in Host", b"Host: h5.example.com/x\r\n"),
+    ];
+    // A static file and an API call (short path), an ops endpoint (Pingora's path).
+    for path in ["/index.html", "/api/ping", "/_wxedge/healthz"] {
+        for (what, host_lines) in hosts {
+            let mut c = Client::connect(edge.addr());
+            let mut req = format!("GET {path} HTTP/1.1\r\n").into_bytes();
+            req.extend_from_slice(host_lines);
+            req.extend_from_slice(b"\r\n");
+            // A well-formed request right behind it must not be answered on this connection.
+            req.extend_from_slice(&get("/index.html"));
+            let r = c.send(&req);
+            assert_eq!(r.status, 400, "{what} on {path}: {}", r.text());
+            // Pingora refuses two Hosts itself (an empty 400) before the edge sees the request;
+            // the edge's own refusals say why in JSON.
+            if what != "two Hosts" {
+                assert!(r.text().contains("bad_request"), "{what}: {}", r.text());
+            }
+            assert_eq!(r.header("connection"), Some("close"), "{what} on {path}");
+            assert!(c.is_closed(), "{what} on {path}: connection kept open");
+        }
+    }
+    assert!(
+        backend.requests().is_empty(),
+        "a refused request reached the backend: {:?}",
+        backend.requests()
+    );
+
+    // What RFC 9112 allows still passes: HTTP/1.0 without Host, an IPv6 literal with a port.
+    let mut c = Client::connect(edge.addr());
+    let r = c.send(b"GET /index.html HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let mut c = Client::connect(edge.addr());
+    let r = c.send(b"GET /api/ping HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}

@@ -117,6 +117,9 @@ pub struct Head<'b, 'h> {
     pub close: bool,
     pub referer: Option<&'b str>,
     pub user_agent: Option<&'b str>,
+    /// How many `Host` lines, and the first one's value.
+    pub host_count: usize,
+    pub host: Option<&'b [u8]>,
 }
 
 /// Owned copies of what the access log prints (only made when it is on).
@@ -162,6 +165,8 @@ impl<'b, 'h> Head<'b, 'h> {
             close: false,
             referer: None,
             user_agent: None,
+            host_count: 0,
+            host: None,
         };
         for h in headers {
             let v = h.value;
@@ -175,7 +180,10 @@ impl<'b, 'h> Head<'b, 'h> {
                 };
             }
             match h.name.len() {
-                4 if h.name.eq_ignore_ascii_case("host") => {}
+                4 if h.name.eq_ignore_ascii_case("host") => {
+                    head.host_count += 1;
+                    head.host.get_or_insert(v);
+                }
                 6 if h.name.eq_ignore_ascii_case("accept") => first!(c.accept),
                 6 if h.name.eq_ignore_ascii_case("expect") => head.expects_continue = true,
                 5 if h.name.eq_ignore_ascii_case("range") => first!(c.range),
@@ -218,13 +226,15 @@ impl<'b, 'h> Head<'b, 'h> {
         Some(head)
     }
 
-    /// HTTP/1.1 with a plain origin-form target and unambiguous framing; anything else
-    /// (HTTP/1.0 keep-alive rules, absolute-form targets, conflicting lengths) is Pingora's.
+    /// HTTP/1.1 with a plain origin-form target, unambiguous framing and one valid `Host`;
+    /// anything else (HTTP/1.0 keep-alive rules, absolute-form targets, conflicting lengths,
+    /// the 400s of [`crate::validation`]) is Pingora's.
     pub fn short_path_candidate(&self) -> bool {
         self.minor_version == 1
             && self.target.starts_with('/')
             && !self.bad_content_length
             && !(self.has_transfer_encoding && self.content_length.is_some())
+            && crate::validation::host_problem(true, self.host_count, self.host).is_none()
     }
 
     pub fn is_head(&self) -> bool {
