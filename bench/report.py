@@ -145,6 +145,8 @@ def main():
     w(f"- CPU: {cpu_model()}, {os.cpu_count()} cores (nproc: {len(os.sched_getaffinity(0))})")
     w(f"- kernel: {platform.release()}")
     w(f"- nginx: {env('BENCH_NGINX_VERSION')}; wxedge: {env('BENCH_WXEDGE_VERSION')}; wrk: {env('BENCH_WRK_VERSION')}")
+    if "/debug/" in env("BENCH_BIN"):
+        w(f"- **wxedge binary: {env('BENCH_BIN')}, a debug build: its numbers say nothing about wxedge's speed**")
     w(f"- command: `{env('BENCH_CMD')}`: {env('BENCH_ROUNDS_USED')} round(s) x {env('BENCH_DURATION_USED')} per case and server, "
       f"`wrk -t{env('BENCH_WRK_THREADS_USED')} -c{env('BENCH_CONNS')} --latency`, servers alternating (A B, then B A), "
       f"{env('BENCH_ELAPSED')} s of measuring")
