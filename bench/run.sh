@@ -4,6 +4,10 @@
 #   bash bench/run.sh            full run: 3 rounds x 8 s per case and server (about 8 minutes)
 #   bash bench/run.sh --smoke    CI: 1 round x 2 s, no thresholds; fails only on a broken setup
 #   bash bench/run.sh --out F    also write the Markdown report to F (e.g. bench/RESULTS.md)
+#   bash bench/run.sh --flamegraphs DIR
+#                                after measuring, profile each case on each server with `perf`
+#                                (DWARF call graphs) and write DIR/<case>-<server>.svg flame graphs
+#                                (inferno) and the folded stacks beside them
 #
 # What it does:
 #   1. installs nginx, wrk and curl from apt when missing; builds target/release/wxedge
@@ -25,17 +29,21 @@
 # Knobs (environment): BENCH_ROUNDS, BENCH_DURATION (wrk -d), BENCH_CONNECTIONS (wrk -c),
 # BENCH_WRK_THREADS (wrk -t), BENCH_WXEDGE_THREADS (default 2 = nginx's worker_processes),
 # BENCH_DIST, BENCH_ASSET, BENCH_MP_TOKEN, BENCH_KEEP=1 (keep the temp dir), BENCH_ENFORCE=1
-# (full run: exit 3 when a target of issue 5 is missed), BENCH_OAUTH_LATENCY_MS (the sandbox
+# (full run: exit 3 when a target of issue 5 is missed), BENCH_PROFILE_CASES (with --flamegraphs:
+# the cases to profile, comma-separated names, default all), BENCH_PROFILE_SECONDS (default 3),
+# BENCH_OAUTH_LATENCY_MS (the sandbox
 # WeChat's answer delay, default 50), BENCH_OAUTH_LOADS (loads sharing one code, default 50), WXEDGE_BIN.
 set -euo pipefail
 
 MODE=full
 OUT_FILE=""
+FLAME_DIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) MODE=smoke ;;
     --full) MODE=full ;;
     --out) OUT_FILE="${2:?--out needs a file}"; shift ;;
+    --flamegraphs) FLAME_DIR="${2:?--flamegraphs needs a directory}"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -45,6 +53,7 @@ done
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(git -C "$BENCH_DIR" rev-parse --show-toplevel 2>/dev/null || (cd "$BENCH_DIR/.." && pwd))"
 [ -n "$OUT_FILE" ] && case "$OUT_FILE" in /*) ;; *) OUT_FILE="$PWD/$OUT_FILE" ;; esac
+[ -n "$FLAME_DIR" ] && case "$FLAME_DIR" in /*) ;; *) FLAME_DIR="$PWD/$FLAME_DIR" ;; esac
 
 if [ "$MODE" = smoke ]; then
   ROUNDS="${BENCH_ROUNDS:-1}"; DURATION="${BENCH_DURATION:-2s}"; WARMUP=""
@@ -89,7 +98,16 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
 command -v gzip >/dev/null || missing+=(gzip)
 if [ -z "${WXEDGE_BIN:-}" ] && ! command -v cmake >/dev/null; then missing+=(cmake); fi
+if [ -n "$FLAME_DIR" ] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+if [ -n "$FLAME_DIR" ]; then
+  command -v perf >/dev/null || die "--flamegraphs needs perf (Debian: linux-perf)"
+  if ! command -v inferno-flamegraph >/dev/null; then
+    log "installing inferno (flame graphs) with cargo install"
+    cargo install inferno --locked --quiet || die "cargo install inferno failed"
+  fi
+  mkdir -p "$FLAME_DIR"
+fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 command -v python3 >/dev/null || die "python3 is needed (report and free ports)"
 command -v node >/dev/null || die "node is needed (to check brotli bodies)"
@@ -629,6 +647,34 @@ ELAPSED=$(( $(date +%s) - START_TS ))
 for p in $NGINX_PIDS $WXEDGE_PIDS $BACKEND_PID; do
   kill -0 "$p" 2>/dev/null || die "process $p died during the run"
 done
+
+# Flame graphs, after measuring so that perf's own cost is in no number above.
+profile_case() {  # profile_case CASE_INDEX SERVER
+  local ci=$1 s=$2 name path hs want what args=() h slug wrk_pid secs="${BENCH_PROFILE_SECONDS:-3}"
+  IFS='|' read -r name path hs want what <<< "${CASES[$ci]}"
+  while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done < <(headers_for "$s" "$hs")
+  slug="$(printf '%s' "$name" | tr -cs 'A-Za-z0-9' '-' | sed 's/^-//; s/-$//')-$s"
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$((secs + 2))s" "${args[@]}" \
+    "http://127.0.0.1:$(port_of "$s")$path" >/dev/null 2>&1 & wrk_pid=$!
+  sleep 1
+  # shellcheck disable=SC2046
+  perf record -q -F 499 --call-graph dwarf,16384 -p "$(echo $(pids_of "$s") | tr ' ' ',')" \
+    -o "$T/perf.data" -- sleep "$secs" >/dev/null 2>&1 || die "perf record failed ($name, $s)"
+  wait "$wrk_pid" || true
+  perf script -i "$T/perf.data" 2>/dev/null | inferno-collapse-perf --all > "$FLAME_DIR/$slug.folded"
+  inferno-flamegraph --colors java \
+    --title "$name: $s, wrk -t$WRK_THREADS -c$CONNS, ${secs} s at 499 Hz (kernel frames end in _[k])" \
+    < "$FLAME_DIR/$slug.folded" > "$FLAME_DIR/$slug.svg"
+  rm -f "$T/perf.data"
+  log "flame graph: $FLAME_DIR/$slug.svg"
+}
+if [ -n "$FLAME_DIR" ]; then
+  for i in "${!CASES[@]}"; do
+    IFS='|' read -r name _ <<< "${CASES[$i]}"
+    if [ -n "${BENCH_PROFILE_CASES:-}" ] && [[ ",$BENCH_PROFILE_CASES," != *",$name,"* ]]; then continue; fi
+    for s in "${SERVERS[@]}"; do profile_case "$i" "$s"; done
+  done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 6. Report
