@@ -48,6 +48,16 @@ def fmt_rps(x):
     return f"{x:,.0f}"
 
 
+def rounds_of(runs, case):
+    """The case's rounds, in order, each as {server: row} with both servers present (they ran
+    back to back, so per-round comparisons are fair where medians minutes apart are not)."""
+    by_round = {}
+    for r in runs:
+        if r["case"] == case:
+            by_round.setdefault(r["round"], {})[r["server"]] = r
+    return [v for _, v in sorted(by_round.items(), key=lambda kv: int(kv[0])) if all(s in v for s in SERVERS)]
+
+
 def ceiling(runs, case):
     """The ratio wxedge would reach in this case if its own code cost nothing, per round, median.
 
@@ -57,14 +67,10 @@ def ceiling(runs, case):
     calls, the same TCP work, the same wrk), req/s could grow by busy / (busy - user) at most.
     None when the run lacks the columns or the machine was not saturated (idle > 10 %).
     """
-    by_round = {}
-    for r in runs:
-        if r["case"] == case:
-            by_round.setdefault(r["round"], {})[r["server"]] = r
     bounds = []
-    for v in by_round.values():
-        x, n = v.get("wxedge"), v.get("nginx")
-        if not x or not n or "machine_busy_us_per_req" not in x:
+    for v in rounds_of(runs, case):
+        x, n = v["wxedge"], v["nginx"]
+        if "machine_busy_us_per_req" not in x:
             continue
         try:
             busy, user = float(x["machine_busy_us_per_req"]), float(x["user_us_per_req"])
@@ -125,11 +131,8 @@ def main():
                 "all_rps": [float(r["rps"]) for r in rr],
             }
         # Ratio per round (the two servers ran back to back), then the median over rounds.
-        by_round = {}
-        for r in runs:
-            if r["case"] == case:
-                by_round.setdefault(r["round"], {})[r["server"]] = float(r["rps"])
-        ratios = [v["wxedge"] / v["nginx"] for v in by_round.values() if len(v) == 2 and v["nginx"] > 0]
+        ratios = [float(v["wxedge"]["rps"]) / float(v["nginx"]["rps"]) for v in rounds_of(runs, case)
+                  if float(v["nginx"]["rps"]) > 0]
         per["ratio"] = statistics.median(ratios) if ratios else float("nan")
         per["ratios"] = ratios
         per["ceiling"] = ceiling(runs, case)
@@ -286,12 +289,8 @@ def main():
     worse = [c for c in cases if stats[c]["wxedge"]["p99"] > stats[c]["nginx"]["p99"]]
     def p99_rounds(case):
         """wxedge/nginx p99 per round, so a reader can tell a trend from the rounds' spread."""
-        by_round = {}
-        for r in runs:
-            if r["case"] == case:
-                by_round.setdefault(r["round"], {})[r["server"]] = float(r["p99_ms"])
-        return ", ".join(f"{v['wxedge']:.2f}/{v['nginx']:.2f}" for _, v in sorted(by_round.items())
-                         if len(v) == 2)
+        return ", ".join(f"{float(v['wxedge']['p99_ms']):.2f}/{float(v['nginx']['p99_ms']):.2f}"
+                         for v in rounds_of(runs, case))
 
     worse_txt = ", ".join(
         "%s (%.2f vs %.2f ms; per round wxedge/nginx: %s)"

@@ -171,6 +171,19 @@ pub async fn respond(
     Ok(())
 }
 
+/// Refuse the request with a JSON error (`{"error": code, "message": ...}`); `Ok(true)`: answered.
+async fn reject(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Result<bool> {
+    ctx.class = RouteClass::Rejected;
+    respond(session, ctx, status, JSON, &[], json_error(code, message)).await?;
+    Ok(true)
+}
+
 /// 302 to `location` (a path or URL built by the edge itself).
 pub async fn redirect(session: &mut Session, ctx: &RequestCtx, location: &str) -> Result<()> {
     let loc = HeaderValue::from_str(location).map_err(|_| {
@@ -252,17 +265,14 @@ impl ProxyHttp for Edge {
                 .unwrap_or_else(request_id::generate);
 
         if Self::head_size(session) > self.max_header_bytes {
-            ctx.class = RouteClass::Rejected;
-            respond(
+            return reject(
                 session,
                 ctx,
                 431,
-                JSON,
-                &[],
-                json_error("header_too_large", "request headers are too large"),
+                "header_too_large",
+                "request headers are too large",
             )
-            .await?;
-            return Ok(true);
+            .await;
         }
         let req = session.req_header();
         let hosts = req.headers.get_all(header::HOST);
@@ -272,11 +282,9 @@ impl ProxyHttp for Edge {
             hosts.iter().next().map(|v| v.as_bytes()),
         );
         if let Some(why) = problem {
-            ctx.class = RouteClass::Rejected;
             // What follows on this connection cannot be trusted to be framed as we think.
             session.set_keepalive(None);
-            respond(session, ctx, 400, JSON, &[], json_error("bad_request", why)).await?;
-            return Ok(true);
+            return reject(session, ctx, 400, "bad_request", why).await;
         }
         let path = session.req_header().uri.path().to_string();
 
@@ -336,17 +344,7 @@ impl ProxyHttp for Edge {
 
         if path.starts_with("/_wxedge/") {
             // The edge's own namespace: an unknown name is a 404, never the SPA.
-            ctx.class = RouteClass::Rejected;
-            respond(
-                session,
-                ctx,
-                404,
-                JSON,
-                &[],
-                json_error("not_found", "no such /_wxedge/ endpoint"),
-            )
-            .await?;
-            return Ok(true);
+            return reject(session, ctx, 404, "not_found", "no such /_wxedge/ endpoint").await;
         }
 
         if proxied {

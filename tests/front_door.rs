@@ -47,6 +47,17 @@ impl ScriptedBackend {
         }
     }
 
+    /// A backend giving every request `200` with `body`, closing after each answer if `close`.
+    fn answering(body: &'static str, close: bool) -> ScriptedBackend {
+        ScriptedBackend::start(Arc::new(move |_m: &str, _t: &str| {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            (answer.into_bytes(), close)
+        }))
+    }
+
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -284,12 +295,7 @@ fn backend_garbage_is_a_502_and_a_body_cut_short_closes_the_client() {
 fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
     // The backend closes every connection after one answer without saying so, as a backend
     // with a short keep-alive timeout does: the edge pools each and finds it dead next time.
-    let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
-            true,
-        )
-    }));
+    let backend = ScriptedBackend::answering("ok", true);
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let mut c = Client::connect(edge.addr());
     for i in 0..10 {
@@ -314,12 +320,7 @@ fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
 
 #[test]
 fn one_connection_moves_between_the_short_path_and_pingoras() {
-    let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong".to_vec(),
-            false,
-        )
-    }));
+    let backend = ScriptedBackend::answering("pong", false);
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let index = std::fs::read(fixture_dist().join("index.html")).unwrap();
     let mut c = Client::connect(edge.addr());
@@ -422,12 +423,7 @@ fn a_body_on_a_static_get_is_never_read_as_the_next_request() {
 
 #[test]
 fn host_lines_rfc_9112_refuses_are_a_400_that_ends_the_connection_on_every_path() {
-    let backend = ScriptedBackend::start(Arc::new(|_m: &str, _t: &str| {
-        (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
-            false,
-        )
-    }));
+    let backend = ScriptedBackend::answering("ok", false);
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let hosts: [(&str, &[u8]); 4] = [
         ("no Host", b""),

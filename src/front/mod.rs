@@ -32,7 +32,7 @@ use crate::edge::Edge;
 use crate::ops::access_log::{self, Entry};
 use crate::ops::metrics::{self, METRICS};
 use crate::ops::{lifecycle, request_id, RouteClass};
-use crate::proxy::forward::{self, Outgoing, CLIENT_WRITE_TIMEOUT, COALESCE_MAX};
+use crate::proxy::forward::{self, Outgoing, COALESCE_MAX};
 use crate::proxy::headers::Forwarding;
 use request::{Head, LogFields, ReadError};
 
@@ -258,11 +258,7 @@ impl Front {
             }
             stream.flush().await
         };
-        // A client that stops reading must not hold the connection forever (nginx: send_timeout).
-        let ok = matches!(
-            tokio::time::timeout(CLIENT_WRITE_TIMEOUT, write).await,
-            Ok(Ok(()))
-        );
+        let ok = forward::within_send_timeout(write).await.is_ok();
         metrics::record_static_hit(answer.encoding.token());
         let log = self.log_fields(&head);
         self.finish(
@@ -397,10 +393,7 @@ impl Front {
                     stream.write_all(out).await?;
                     stream.flush().await
                 };
-                let ok = matches!(
-                    tokio::time::timeout(CLIENT_WRITE_TIMEOUT, write).await,
-                    Ok(Ok(()))
-                );
+                let ok = forward::within_send_timeout(write).await.is_ok();
                 (
                     if ok { f.status } else { 0 },
                     body.len() as u64,

@@ -28,7 +28,7 @@ const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Longest wait for the client to take a part of an answer (nginx's `send_timeout`).
-pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Idle {
     addr: SocketAddr,
@@ -332,11 +332,19 @@ enum Framing {
     UntilClose,
 }
 
-async fn write_client<W: AsyncWrite + Unpin>(client: &mut W, data: &[u8]) -> std::io::Result<()> {
-    match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, client.write_all(data)).await {
+/// Run writes to the client within [`CLIENT_WRITE_TIMEOUT`]: a client that stops reading must
+/// not hold the connection forever (nginx: `send_timeout`).
+pub async fn within_send_timeout(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, write).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
+}
+
+async fn write_client<W: AsyncWrite + Unpin>(client: &mut W, data: &[u8]) -> std::io::Result<()> {
+    within_send_timeout(client.write_all(data)).await
 }
 
 /// Forward one request and relay the response to `client`. `scratch` is reused for the
