@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --locked
+# The same integration suites again with every request answered on Pingora's path
+# (ops.short_path off): every static, proxy, login and front-door assertion covers both paths.
+WXEDGE_TEST_SHORT_PATH=false cargo test --locked \
+  --test static_files --test proxy --test oauth --test front_door --test ops
 if [ -f scripts/container-test.sh ] && [ "${WXEDGE_SKIP_CONTAINER:-0}" != 1 ]; then
   bash scripts/container-test.sh
 fi

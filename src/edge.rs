@@ -2,7 +2,6 @@
 //! the module that owns the concern (static files, auth, proxy, ops).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,14 +12,19 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use std::time::Duration;
+
 use crate::auth::{Auth, AuthAction};
 use crate::config::Config;
-use crate::ops::access_log::{self, Entry};
+use crate::ops::access_log;
 use crate::ops::metrics::METRICS;
+use crate::ops::record::{LogFields, RequestRecord};
 use crate::ops::{request_id, RouteClass};
 use crate::proxy::forward::{BAD_GATEWAY as DOWN, GATEWAY_TIMEOUT as TIMEOUT};
-use crate::proxy::headers::{self as fwd, Forwarding};
+use crate::proxy::headers::Forwarding;
+use crate::proxy::upstream::{self, ForwardedIdentity, Outbound};
 use crate::proxy::Upstreams;
+use crate::route::{Route, Router};
 use crate::static_files::{Answer, Conditions, Piece, StaticSite};
 
 /// Shared by Pingora's proxy (this file) and the front door (`front`), hence the `Arc`.
@@ -38,28 +42,43 @@ pub struct EdgeState {
     pub site: StaticSite,
     pub upstreams: Upstreams,
     pub auth: Auth,
-    proxy_prefixes: Vec<String>,
+    pub router: Router,
     pub host_override: Option<String>,
     pub drop_underscore_headers: bool,
     pub max_body_bytes: u64,
-    pub max_header_bytes: usize,
+    pub limits: ClientLimits,
     pub access_log: access_log::Format,
     /// Header names only the edge may send upstream (canonical spelling).
     pub protected_headers: Vec<String>,
+    /// Answer the common requests on the front door's short path (`ops.short_path`).
+    pub short_path: bool,
+}
+
+/// What a client connection may take, like nginx's `client_*` and `send_timeout` settings.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub max_header_bytes: usize,
+    /// The whole head, from its first byte.
+    pub header_timeout: Duration,
+    /// Between two reads of a body.
+    pub body_timeout: Duration,
+    /// For the client to take a part of an answer.
+    pub send_timeout: Duration,
+    /// An idle kept-alive connection.
+    pub keepalive: Duration,
 }
 
 #[derive(Default)]
 pub struct RequestCtx {
-    started: Option<Instant>,
+    /// The one record of this request (made by the front door, or here).
+    record: Option<RequestRecord>,
     pub request_id: String,
     class: RouteClass,
     /// Backends tried for this request, in order.
     tried: Vec<usize>,
     body_bytes: u64,
-    /// Identity headers to inject upstream (name, value), decided in request_filter.
-    identity_headers: Vec<(String, HeaderValue)>,
-    /// Cookie header with the edge's own cookies removed, when it had any.
-    upstream_cookie: Option<Option<String>>,
+    /// Who the backend is told is calling, decided in request_filter.
+    identity: ForwardedIdentity,
     /// `Set-Cookie` values for whatever response this request gets (session, login nonce).
     pub set_cookies: Vec<HeaderValue>,
     /// A valid session came with the request (or was just issued).
@@ -76,35 +95,33 @@ impl Edge {
             upstreams: Upstreams::new(&config.backends, &s.proxy),
             protected_headers: auth.protected_header_names(),
             auth,
-            proxy_prefixes: s.proxy.prefixes.clone(),
+            router: Router::new(&s.proxy.prefixes),
             host_override: (!s.proxy.host.is_empty()).then(|| s.proxy.host.clone()),
             drop_underscore_headers: s.proxy.drop_underscore_headers,
             max_body_bytes: s.proxy.max_body_bytes,
-            max_header_bytes: s.ops.max_header_bytes,
+            limits: ClientLimits {
+                max_header_bytes: s.ops.max_header_bytes,
+                header_timeout: Duration::from_millis(s.ops.client_header_timeout_ms),
+                body_timeout: Duration::from_millis(s.ops.client_body_timeout_ms),
+                send_timeout: Duration::from_millis(s.ops.send_timeout_ms),
+                keepalive: Duration::from_secs(s.ops.keepalive_timeout_seconds),
+            },
             access_log: access_log::Format::parse(&s.ops.access_log),
+            short_path: s.ops.short_path,
         }))
-    }
-
-    fn head_size(session: &Session) -> usize {
-        let req = session.req_header();
-        let target = req
-            .uri
-            .path_and_query()
-            .map_or(req.uri.path().len(), |p| p.as_str().len());
-        target
-            + req
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum::<usize>()
     }
 }
 
 impl EdgeState {
-    pub fn is_proxied(&self, path: &str) -> bool {
-        self.proxy_prefixes
-            .iter()
-            .any(|p| path.starts_with(p.as_str()) || p.strip_suffix('/') == Some(path))
+    /// The forwarding policy for a request from `client_ip`.
+    pub fn forwarding<'a>(&'a self, client_ip: Option<&'a str>) -> Forwarding<'a> {
+        Forwarding {
+            client_ip,
+            proto: "http",
+            host_override: self.host_override.as_deref(),
+            drop_underscore_headers: self.drop_underscore_headers,
+            protected: &self.protected_headers,
+        }
     }
 
     /// Ready = the dist has its index, and a backend answers (when backends are configured).
@@ -250,99 +267,63 @@ impl ProxyHttp for Edge {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            record: crate::front::take_handed_record(),
+            ..RequestCtx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.started = Some(Instant::now());
-        METRICS.in_flight.inc();
+        // The front door parsed, validated and normalised this request and made its record.
+        let record = ctx.record.get_or_insert_with(|| self.record_for(session));
+        ctx.request_id = record.request_id.clone();
         if crate::ops::lifecycle::draining() {
             // Clients should open their next connection to the process taking over.
             session.set_keepalive(None);
         }
-        ctx.request_id =
-            request_id::accept(session.get_header("x-request-id").map(|v| v.as_bytes()))
-                .unwrap_or_else(request_id::generate);
-
-        if Self::head_size(session) > self.max_header_bytes {
-            return reject(
-                session,
-                ctx,
-                431,
-                "header_too_large",
-                "request headers are too large",
-            )
-            .await;
-        }
-        let req = session.req_header();
-        let hosts = req.headers.get_all(header::HOST);
-        let problem = crate::validation::host_problem(
-            req.version == http::Version::HTTP_11,
-            hosts.iter().count(),
-            hosts.iter().next().map(|v| v.as_bytes()),
-        );
-        if let Some(why) = problem {
-            // What follows on this connection cannot be trusted to be framed as we think.
-            session.set_keepalive(None);
-            return reject(session, ctx, 400, "bad_request", why).await;
-        }
         let path = session.req_header().uri.path().to_string();
-
-        if let Some(ops) = path.strip_prefix("/_wxedge/") {
-            match ops {
-                "healthz" => {
-                    ctx.class = RouteClass::Health;
-                    respond(
-                        session,
-                        ctx,
-                        200,
-                        JSON,
-                        &[],
-                        Bytes::from_static(b"{\"status\":\"ok\"}"),
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-                "readyz" => {
-                    ctx.class = RouteClass::Health;
-                    if !self.upstreams.is_empty()
-                        && self.upstreams.healthy_count() < self.upstreams.len()
-                    {
-                        self.probe_backends().await;
-                    }
-                    let (ready, body) = self.readiness();
-                    respond(
-                        session,
-                        ctx,
-                        if ready { 200 } else { 503 },
-                        JSON,
-                        &[],
-                        Bytes::from(body.to_string()),
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-                _ => {}
+        let route = self.router.route(&path);
+        match route {
+            Route::Health => {
+                ctx.class = RouteClass::Health;
+                let body = Bytes::from_static(b"{\"status\":\"ok\"}");
+                respond(session, ctx, 200, JSON, &[], body).await?;
+                return Ok(true);
             }
+            Route::Ready => {
+                ctx.class = RouteClass::Health;
+                if !self.upstreams.is_empty()
+                    && self.upstreams.healthy_count() < self.upstreams.len()
+                {
+                    self.probe_backends().await;
+                }
+                let (ready, body) = self.readiness();
+                let status = if ready { 200 } else { 503 };
+                respond(
+                    session,
+                    ctx,
+                    status,
+                    JSON,
+                    &[],
+                    Bytes::from(body.to_string()),
+                )
+                .await?;
+                return Ok(true);
+            }
+            Route::Edge | Route::Proxy | Route::Static => {}
         }
+        let proxied = route == Route::Proxy;
 
         // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox.
-        let proxied = self.is_proxied(&path);
         match self.auth.request_filter(session, ctx, proxied).await? {
             AuthAction::Responded(class) => {
                 ctx.class = class;
                 return Ok(true);
             }
-            AuthAction::Continue {
-                identity_headers,
-                upstream_cookie,
-            } => {
-                ctx.identity_headers = identity_headers;
-                ctx.upstream_cookie = upstream_cookie;
-            }
+            AuthAction::Continue(identity) => ctx.identity = identity,
         }
 
-        if path.starts_with("/_wxedge/") {
+        if route == Route::Edge {
             // The edge's own namespace: an unknown name is a 404, never the SPA.
             return reject(session, ctx, 404, "not_found", "no such /_wxedge/ endpoint").await;
         }
@@ -549,30 +530,23 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string());
-        fwd::apply(
+        // The front door wrote this request's framing: one Content-Length for a whole body.
+        let body_len = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        upstream::apply(
             upstream,
-            &Forwarding {
-                client_ip: client_ip.as_deref(),
-                proto: "http",
-                host_override: self.host_override.as_deref(),
-                drop_underscore_headers: self.drop_underscore_headers,
-                protected: &self.protected_headers,
+            &Outbound {
+                forwarding: &self.forwarding(client_ip.as_deref()),
+                identity: &ctx.identity,
+                request_id: &ctx.request_id,
+                body_len,
+                upgrade: session.is_upgrade_req(),
             },
-        )?;
-        for (name, value) in &ctx.identity_headers {
-            upstream.insert_header(name.clone(), value.clone())?;
-        }
-        match &ctx.upstream_cookie {
-            None => {}
-            Some(None) => {
-                upstream.remove_header(&header::COOKIE);
-            }
-            Some(Some(rest)) => {
-                upstream.insert_header(header::COOKIE, rest.as_str())?;
-            }
-        }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        Ok(())
+        )
     }
 
     async fn response_filter(
@@ -582,6 +556,28 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.class == RouteClass::Proxy {
+            // The backend's hop-by-hop headers describe its connection to the edge, not the
+            // client's; Pingora writes the client's own framing and `Connection`.
+            let named: Vec<String> = resp
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+                .filter(|t| !t.is_empty())
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+            for name in named.iter().map(String::as_str).chain([
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "trailer",
+            ]) {
+                if !(upgraded && name == "upgrade") {
+                    resp.remove_header(name);
+                }
+            }
             resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         }
         Ok(())
@@ -615,64 +611,64 @@ impl ProxyHttp for Edge {
         if ctx.class == RouteClass::Proxy && code >= 500 {
             METRICS.backend_errors.with_label_values(&[kind]).inc();
         }
+        let mut answered = false;
         if code > 0 && session.response_written().is_none() {
-            let _ = respond(session, ctx, code, JSON, &[], json_error(kind, message)).await;
+            answered = respond(session, ctx, code, JSON, &[], json_error(kind, message))
+                .await
+                .is_ok();
         }
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            // A backend failure answered whole leaves the client's connection in a known
+            // state (its request was read whole by the front door), as on the short path.
+            can_reuse_downstream: answered && e.esource() == &ErrorSource::Upstream,
         }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(started) = ctx.started else { return };
-        METRICS.in_flight.dec();
-        let elapsed = started.elapsed();
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let route = ctx.class.label();
-        crate::ops::metrics::record_request(route, status, elapsed);
-        // Health probes run every few seconds; they would drown the log.
-        if ctx.class == RouteClass::Health || self.access_log == access_log::Format::Off {
-            return;
+        // Dropping the record (with the context) writes the log line and the metrics.
+        if let Some(record) = ctx.record.as_mut() {
+            let status = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0);
+            record.upstream = ctx.tried.last().map(|&i| self.upstreams.authority(i));
+            record.answered(ctx.class, status, session.body_bytes_sent() as u64);
         }
+    }
+}
+
+impl Edge {
+    /// A record for a request that did not come through the front door.
+    fn record_for(&self, session: &Session) -> RequestRecord {
         let req = session.req_header();
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "-".into());
-        let target = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let text = |name: header::HeaderName| {
-            req.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-        };
-        let upstream = ctx
-            .tried
-            .last()
-            .map(|&i| self.upstreams.authority(i))
-            .unwrap_or("-");
-        access_log::write(
-            self.access_log,
-            &Entry {
-                client: &client,
-                method: req.method.as_str(),
-                target,
+        let request_id = request_id::accept(req.headers.get("x-request-id").map(|v| v.as_bytes()))
+            .unwrap_or_else(request_id::generate);
+        RequestRecord::start(self.access_log, request_id, || {
+            let text = |name: header::HeaderName| {
+                req.headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            LogFields {
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_else(|| "-".into()),
+                method: req.method.as_str().to_string(),
+                target: req
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
                 version: version_label(req.version),
-                status,
-                bytes: session.body_bytes_sent(),
                 referer: text(header::REFERER),
                 user_agent: text(header::USER_AGENT),
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                upstream,
-                request_id: &ctx.request_id,
-                class: route,
-            },
-        );
+            }
+        })
     }
 }
 

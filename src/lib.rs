@@ -10,6 +10,8 @@ pub mod front;
 pub mod html;
 pub mod ops;
 pub mod proxy;
+pub mod request;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod static_files;

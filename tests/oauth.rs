@@ -821,3 +821,77 @@ async fn one_sandbox_code_shared_by_concurrent_loads_is_one_exchange() {
         "the other 19 loads joined the call or found its answer:\n{m}"
     );
 }
+
+/// The one upstream builder, seen from the backend: the same request through the short path
+/// and through Pingora's path (`ops.short_path: false`) arrives as exactly the same header
+/// lines, in the same order: the verified identity injected, the client's copies stripped,
+/// the session cookie removed, the client's request id kept, hop-by-hop and framing lines
+/// replaced by the edge's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_paths_send_the_backend_exactly_the_built_request() {
+    let wx = FakeWechat::start().await;
+    wx.script(
+        "CODE-BOTH",
+        vec![Reply::Token {
+            openid: "o-both".into(),
+            unionid: None,
+            snapshot: false,
+            scope: "snsapi_base",
+        }],
+    );
+    let backend = Backend::start("b").await;
+    let (wxb, bu) = (wx.base(), backend.url());
+    let short = edge_with(env_for(&wxb, &bu, &[("WXEDGE_SHORT_PATH", "true")])).await;
+    let pingora = edge_with(env_for(&wxb, &bu, &[("WXEDGE_SHORT_PATH", "false")])).await;
+    let r = page_load(
+        short.addr(),
+        format!("{PAGE}?code=CODE-BOTH&state=STATE"),
+        None,
+    )
+    .await;
+    let cookie = set_cookie(&r, "wxedge_session").expect("a session");
+
+    let request = format!(
+        "POST /api/./orders/../orders?x=1 HTTP/1.1\r\nHost: h5.test\r\nCookie: {cookie}; theme=dark\r\n\
+X-WX-OpenID: o-mallory\r\nx_wx_openid: o-eve\r\nX-Request-ID: client-id-1\r\nConnection: keep-alive, X-Hop\r\n\
+X-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 203.0.113.9\r\nAccept: application/json\r\n\
+Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let mut seen = Vec::new();
+    for edge in [&short, &pingora] {
+        let (addr, bytes) = (edge.addr(), request.clone().into_bytes());
+        let r = blocking(move || raw(addr, &bytes).unwrap()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-request-id"), Some("client-id-1"));
+        seen.push(backend.seen().last().unwrap().clone());
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert_eq!(
+        (a.method.as_str(), a.target.as_str()),
+        ("POST", "/api/orders?x=1")
+    );
+    assert_eq!(
+        (b.method.as_str(), b.target.as_str()),
+        ("POST", "/api/orders?x=1")
+    );
+    assert_eq!(a.body, b"hello");
+    assert_eq!(b.body, b"hello");
+    let want: Vec<(String, String)> = [
+        ("host", "h5.test"),
+        ("accept", "application/json"),
+        ("x-forwarded-for", "203.0.113.9, 127.0.0.1"),
+        ("x-real-ip", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "h5.test"),
+        ("x-wx-openid", "o-both"),
+        ("x-wx-scope", "snsapi_base"),
+        ("cookie", "theme=dark"),
+        ("x-request-id", "client-id-1"),
+        ("content-length", "5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(a.headers, want, "the short path");
+    assert_eq!(b.headers, want, "Pingora's path");
+}

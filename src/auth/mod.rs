@@ -19,6 +19,7 @@ use crate::edge::{json_error, redirect, respond, RequestCtx};
 use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
 use crate::proxy::headers::canonical;
+use crate::proxy::upstream::ForwardedIdentity;
 use crate::session::{
     looks_like_login_state, now_unix, safe_return_path, Identity, Session, SessionCodec,
     SessionKeys,
@@ -34,12 +35,8 @@ const RETRY_MARKER: &str = "wxedge_retry";
 pub enum AuthAction {
     /// The auth layer answered the request itself.
     Responded(RouteClass),
-    /// Go on; these are the identity headers for the backend and the Cookie header to forward
-    /// (`None` = unchanged, `Some(None)` = remove it).
-    Continue {
-        identity_headers: Vec<(String, HeaderValue)>,
-        upstream_cookie: Option<Option<String>>,
-    },
+    /// Go on; this is who the backend is told is calling.
+    Continue(ForwardedIdentity),
 }
 
 /// The error page for a login that could not finish, with the status that says why:
@@ -87,7 +84,6 @@ struct Login {
     callback_paths: Vec<String>,
     frontend_states: Vec<String>,
     require_session: Vec<String>,
-    proxy_prefixes: Vec<String>,
     public_url: String,
     secure: bool,
 }
@@ -247,7 +243,6 @@ impl Login {
             callback_paths: w.callback_paths.clone(),
             frontend_states: w.frontend_states.clone(),
             require_session: s.require_session.clone(),
-            proxy_prefixes: config.settings.proxy.prefixes.clone(),
             public_url: w.public_url.clone(),
             secure: s.cookie_secure,
         })
@@ -361,14 +356,7 @@ impl Login {
 
     fn is_callback_page(&self, session: &HttpSession, path: &str) -> bool {
         let req = session.req_header();
-        if req.method != http::Method::GET || path.starts_with("/_wxedge/") {
-            return false;
-        }
-        if self
-            .proxy_prefixes
-            .iter()
-            .any(|p| path.starts_with(p.as_str()))
-        {
+        if req.method != http::Method::GET || path.starts_with(crate::route::EDGE_PREFIX) {
             return false;
         }
         if !self.callback_paths.is_empty() {
@@ -445,10 +433,7 @@ impl Login {
             let uri = &session.req_header().uri;
             let maybe_callback = uri.query().is_some_and(|q| q.contains("code="));
             if !proxied && !maybe_callback && !uri.path().starts_with("/_wxedge/") {
-                return Ok(AuthAction::Continue {
-                    identity_headers: vec![],
-                    upstream_cookie: None,
-                });
+                return Ok(AuthAction::Continue(ForwardedIdentity::default()));
             }
         }
         let path = session.req_header().uri.path().to_string();
@@ -468,7 +453,7 @@ impl Login {
             .codec
             .open_from_cookie_header(&cookie_values(session), now);
 
-        if self.is_callback_page(session, &path) {
+        if !proxied && self.is_callback_page(session, &path) {
             if let (Some(code), Some(state)) = (
                 query_param(query.as_deref(), "code"),
                 query_param(query.as_deref(), "state"),
@@ -505,12 +490,13 @@ impl Login {
         }
 
         ctx.authenticated = current.is_some();
-        let (identity_headers, upstream_cookie) =
+        let (headers, upstream_cookie) =
             self.upstream_view(current.as_ref(), &cookie_values(session), proxied);
-        Ok(AuthAction::Continue {
-            identity_headers,
+        Ok(AuthAction::Continue(ForwardedIdentity {
+            authenticated: current.is_some(),
+            headers,
             upstream_cookie,
-        })
+        }))
     }
 
     /// The identity headers for `current`, and the `Cookie` header the backend gets (only
@@ -760,16 +746,6 @@ impl Login {
     }
 }
 
-/// See [`Auth::proxy_identity`].
-#[derive(Debug, Default)]
-pub struct ProxyIdentity {
-    pub authenticated: bool,
-    /// Identity headers to send upstream (name, value).
-    pub headers: Vec<(String, HeaderValue)>,
-    /// `None`: pass the client's `Cookie` unchanged; `Some(None)`: drop it; `Some(Some(v))`: send `v`.
-    pub upstream_cookie: Option<Option<String>>,
-}
-
 /// Identity at the edge: the header names the backend trusts, and the WeChat login when it is on.
 pub struct Auth {
     names: IdentityHeaderNames,
@@ -829,22 +805,19 @@ impl Auth {
     ) -> Result<AuthAction> {
         match &self.login {
             Some(l) => l.request_filter(session, ctx, proxied).await,
-            None => Ok(AuthAction::Continue {
-                identity_headers: vec![],
-                upstream_cookie: None,
-            }),
+            None => Ok(AuthAction::Continue(ForwardedIdentity::default())),
         }
     }
 
     /// Who is calling a proxied path, from the request's `Cookie` headers alone: the same
     /// answer `request_filter` gives for a proxied request that is not a callback.
-    pub fn proxy_identity(&self, cookies: &[&[u8]]) -> ProxyIdentity {
+    pub fn proxy_identity(&self, cookies: &[&[u8]]) -> ForwardedIdentity {
         let Some(l) = &self.login else {
-            return ProxyIdentity::default();
+            return ForwardedIdentity::default();
         };
         let current = l.codec.open_from_cookie_header(cookies, now_unix());
         let (headers, upstream_cookie) = l.upstream_view(current.as_ref(), cookies, true);
-        ProxyIdentity {
+        ForwardedIdentity {
             authenticated: current.is_some(),
             headers,
             upstream_cookie,

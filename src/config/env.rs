@@ -206,6 +206,21 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_MAX_HEADER_BYTES", |s, n, v| {
         Ok(s.ops.max_header_bytes = number(n, v)?)
     }),
+    ("WXEDGE_CLIENT_HEADER_TIMEOUT_MS", |s, n, v| {
+        Ok(s.ops.client_header_timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_CLIENT_BODY_TIMEOUT_MS", |s, n, v| {
+        Ok(s.ops.client_body_timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_SEND_TIMEOUT_MS", |s, n, v| {
+        Ok(s.ops.send_timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_KEEPALIVE_TIMEOUT_SECONDS", |s, n, v| {
+        Ok(s.ops.keepalive_timeout_seconds = number(n, v)?)
+    }),
+    ("WXEDGE_SHORT_PATH", |s, n, v| {
+        Ok(s.ops.short_path = boolean(n, v)?)
+    }),
 ];
 
 /// Pingora server keys settable from the environment: (variable, YAML key, is a number).

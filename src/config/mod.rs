@@ -168,6 +168,18 @@ pub struct OpsSettings {
     pub metrics_listen: String,
     /// Largest request head (request line and headers) accepted; more is 431.
     pub max_header_bytes: usize,
+    /// Whole-head deadline from its first byte (nginx's `client_header_timeout`).
+    pub client_header_timeout_ms: u64,
+    /// Longest wait between two reads of a request body (nginx's `client_body_timeout`).
+    pub client_body_timeout_ms: u64,
+    /// Longest wait for the client to take a part of an answer (nginx's `send_timeout`).
+    pub send_timeout_ms: u64,
+    /// Idle keep-alive connections close after this (nginx's `keepalive_timeout`).
+    pub keepalive_timeout_seconds: u64,
+    /// Answer the common requests (whole dist files, plain API calls) on the front door's
+    /// short path; `false` sends every request through Pingora's answer path (same parser,
+    /// router and upstream builder; used to test both paths with one suite).
+    pub short_path: bool,
 }
 
 impl Default for Settings {
@@ -234,6 +246,11 @@ impl Default for OpsSettings {
             access_log: "combined".into(),
             metrics_listen: String::new(),
             max_header_bytes: 32 * 1024,
+            client_header_timeout_ms: 60_000,
+            client_body_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
+            keepalive_timeout_seconds: 60,
+            short_path: true,
         }
     }
 }
@@ -517,6 +534,25 @@ fn validate(
     }
     if settings.ops.max_header_bytes < 1024 {
         return err("ops.max_header_bytes: at least 1024");
+    }
+    for (key, v) in [
+        (
+            "ops.client_header_timeout_ms",
+            settings.ops.client_header_timeout_ms,
+        ),
+        (
+            "ops.client_body_timeout_ms",
+            settings.ops.client_body_timeout_ms,
+        ),
+        ("ops.send_timeout_ms", settings.ops.send_timeout_ms),
+        (
+            "ops.keepalive_timeout_seconds",
+            settings.ops.keepalive_timeout_seconds,
+        ),
+    ] {
+        if v == 0 {
+            return Err(ConfigError(format!("{key}: must be more than 0")));
+        }
     }
     Ok(Config {
         server,

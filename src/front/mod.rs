@@ -1,26 +1,32 @@
-//! The front door: every client connection starts here, as a Pingora `ServerApp`.
+//! The front door: every HTTP/1.x client connection starts here, as a Pingora `ServerApp`,
+//! and every request on it is read here, by the one parser (`crate::request`).
 //!
-//! Nearly all of a WeChat H5 site's traffic is three kinds of request: a dist file, its
-//! revalidation, and a plain API call. Those are answered on a short path: the head parsed
-//! once with `httparse`, static answers written from header lines serialized at start-up,
-//! API calls forwarded over a per-thread keep-alive pool (`proxy::forward`). Every other
-//! request (logins and callbacks, `/_wxedge/*`, ranges, uploads, upgrades, anything odd) is
-//! handed, with the bytes already read, to Pingora's proxy (`edge.rs`) on the same
-//! connection, which answers it and hands the connection back.
+//! For each request: read the head (within the header deadline), parse and validate it (or
+//! refuse it: 4xx/5xx and the connection closes), route it once (`crate::route`), read and
+//! decode its body (answering `Expect: 100-continue` first), then answer it:
+//! - on the short path, for nearly all of a WeChat H5 site's traffic: a whole dist file or its
+//!   304 from header lines serialized at start-up, or a plain API call forwarded over a
+//!   per-thread keep-alive pool (`proxy::forward`);
+//! - or through Pingora's answer path (`edge.rs`) for everything else (logins and callbacks,
+//!   `/_wxedge/*`, ranges, upgrades, errors with pages): the request is handed over already
+//!   validated, rewritten with the normalised target and a `Content-Length` body, and Pingora
+//!   cannot read past it (`handover`), so pipelined requests stay here.
 //!
-//! Both paths decide with the same modules (static files, auth, proxy policy), so the short
-//! path changes how fast an answer is, never what it is.
+//! Both paths decide with the same modules (route, static files, auth, the upstream builder)
+//! and account with the same per-request record, so the short path changes how fast an answer
+//! is, never what it is. `ops.short_path: false` sends every request through Pingora's path.
 
-mod request;
+mod handover;
+mod read;
 mod threads;
 mod write;
 
+use std::cell::RefCell;
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
@@ -29,30 +35,30 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::edge::Edge;
-use crate::ops::access_log::{self, Entry};
-use crate::ops::metrics::{self, METRICS};
+use crate::ops::metrics;
+use crate::ops::record::{LogFields, RequestRecord};
 use crate::ops::{lifecycle, request_id, RouteClass};
 use crate::proxy::forward::{self, Outgoing, COALESCE_MAX};
-use crate::proxy::headers::Forwarding;
-use request::{Head, LogFields, ReadError};
+use crate::proxy::upstream::{self, Outbound};
+use crate::request::body::Body;
+use crate::request::{self, Framing, Request, MAX_HEADERS};
+use crate::route::Route;
+use handover::HandedOver;
 
-/// An API call ready to go upstream once its body is read.
-struct Call {
-    /// Head, then the body appended once read.
-    upstream_request: Vec<u8>,
-    body_len: usize,
-    request_id: String,
-    head_request: bool,
-    close: bool,
-    log: Option<LogFields>,
+pub use read::with_http_date;
+
+tokio::task_local! {
+    /// The record of the request being handed to Pingora's path, for `Edge::new_ctx`.
+    static HANDED_RECORD: RefCell<Option<RequestRecord>>;
 }
 
-/// Wait for the next request on a kept-alive connection (Pingora's and nginx's default: 60 s).
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Wait for the rest of a request that has begun (nginx's `client_header_timeout`).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Request bodies up to this size are read whole and forwarded on the short path.
-const SHORT_BODY_MAX: u64 = 64 * 1024;
+/// The record the front door made for the request Pingora is about to answer, if any.
+pub fn take_handed_record() -> Option<RequestRecord> {
+    HANDED_RECORD
+        .try_with(|r| r.borrow_mut().take())
+        .ok()
+        .flatten()
+}
 
 pub struct Front {
     edge: Edge,
@@ -98,13 +104,23 @@ impl Front {
     }
 }
 
-/// What one turn of the connection loop did.
+/// What one request did to its connection.
 enum Turn {
     /// Answered; the connection may serve the next request.
     Next,
     Close,
-    /// Not a short-path request: Pingora takes it.
-    HandOff,
+    /// Refused: close, but read what the client is still sending for a moment first, so the
+    /// refusal reaches it instead of a reset (nginx's `lingering_close`).
+    Refused,
+    /// Pingora's path answers it.
+    HandOff(HandOff),
+}
+
+/// A request for Pingora's path: its rewritten bytes and its record.
+struct HandOff {
+    request: BytesMut,
+    record: RequestRecord,
+    upgrade: bool,
 }
 
 #[async_trait]
@@ -126,8 +142,9 @@ impl ServerApp for Front {
     }
 }
 
-/// Per-connection state the short path reuses between requests.
+/// Per-connection state reused between requests.
 struct Conn {
+    /// Bytes read and not yet used: the next request's start, a body, pipelined requests.
     buf: BytesMut,
     out: Vec<u8>,
     /// The client's address as the access log and `X-Forwarded-For` show it.
@@ -148,93 +165,246 @@ impl Front {
             client_ip,
         };
         loop {
-            let turn = match request::read_head(
-                &mut stream,
-                &mut conn.buf,
-                KEEPALIVE_TIMEOUT,
-                REQUEST_TIMEOUT,
-                self.edge.max_header_bytes,
-                &mut closing,
-            )
-            .await
-            {
-                Ok(head_len) => self.turn(&mut stream, &mut conn, head_len).await,
-                Err(ReadError::Closed) => return,
-                // Oversized or bare-LF heads, and anything httparse refuses: Pingora answers.
-                Err(ReadError::NotShort) => Turn::HandOff,
-            };
-            match turn {
+            if conn.buf.is_empty() {
+                let keepalive = self.edge.limits.keepalive;
+                match read::idle_read(&mut stream, &mut conn.buf, keepalive, &mut closing).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                }
+            }
+            match self.next_request(&mut stream, &mut conn).await {
                 // Draining decides per answer (`connection: close`); one that did not announce
                 // it is followed by the client's next request, which is answered, not cut off.
-                Turn::Next => {
-                    threads::share_the_cpu();
-                    continue;
-                }
+                Turn::Next => threads::share_the_cpu(),
                 Turn::Close => {
                     let _ = stream.flush().await;
                     return;
                 }
-                Turn::HandOff => {
-                    let mut session = ServerSession::new_http1(stream);
-                    session.set_keepalive(if *shutdown.borrow() || lifecycle::draining() {
-                        None
-                    } else {
-                        Some(KEEPALIVE_TIMEOUT.as_secs())
-                    });
-                    if !conn.buf.is_empty() {
-                        session.set_pipelined_prefix(conn.buf.split());
+                Turn::Refused => {
+                    let _ = stream.flush().await;
+                    linger(stream).await;
+                    return;
+                }
+                Turn::HandOff(h) => match self.hand_off(stream, h, shutdown).await {
+                    Some(back) => stream = back,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Pingora's path answers one request, then gives the connection back (or closes it).
+    async fn hand_off(
+        &self,
+        stream: Stream,
+        h: HandOff,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(Box::new(HandedOver::new(stream, h.upgrade)));
+        let keepalive = (!*shutdown.borrow() && !lifecycle::draining() && !h.upgrade)
+            .then(|| self.edge.limits.keepalive.as_secs());
+        session.set_keepalive(keepalive);
+        session.set_write_timeout(Some(self.edge.limits.send_timeout));
+        // The front door answered any `Expect` itself; a backend's interim answers are not
+        // the client's to see (the short path drops them too).
+        session.set_ignore_info_resp(true);
+        session.set_pipelined_prefix(h.request);
+        let served = HANDED_RECORD.scope(
+            RefCell::new(Some(h.record)),
+            self.pingora.process_new_http(session, shutdown),
+        );
+        let reused = served.await?;
+        HandedOver::take_back(reused.consume().0)
+    }
+
+    /// Read, check and answer the request that starts in `conn.buf`.
+    async fn next_request(&self, stream: &mut Stream, conn: &mut Conn) -> Turn {
+        let limits = &self.edge.limits;
+        let deadline = tokio::time::Instant::now() + limits.header_timeout;
+        loop {
+            // The head is parsed from its own handle on the bytes, so the request (which
+            // borrows them) and the connection's buffer (where its body arrives) are apart.
+            let data = conn.buf.split().freeze();
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match request::parse(&data, &mut hs, limits.max_header_bytes) {
+                Ok(Some((req, head_len))) => {
+                    conn.buf.extend_from_slice(&data[head_len..]);
+                    return self.serve_request(stream, conn, &req).await;
+                }
+                Ok(None) => {
+                    conn.buf = data
+                        .try_into_mut()
+                        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                    if conn.buf.capacity() - conn.buf.len() < 1024 {
+                        conn.buf.reserve(4096);
                     }
-                    match self.pingora.process_new_http(session, shutdown).await {
-                        Some(reused) => stream = reused.consume().0,
-                        None => return,
+                    // One deadline for the whole head, however slowly it trickles in.
+                    match tokio::time::timeout_at(deadline, stream.read_buf(&mut conn.buf)).await {
+                        Ok(Ok(n)) if n > 0 => continue,
+                        _ => return Turn::Close,
                     }
+                }
+                Err(refusal) => {
+                    let mut record = self.record(None, conn, request_id::generate());
+                    self.write_json(
+                        stream,
+                        conn,
+                        &mut record,
+                        RouteClass::Rejected,
+                        refusal.status,
+                        refusal.message,
+                        true,
+                        false,
+                    )
+                    .await;
+                    return Turn::Refused;
                 }
             }
         }
     }
 
-    /// Answer the request whose head is the first `head_len` bytes of `conn.buf`, if it is a
-    /// short-path one.
-    async fn turn(&self, stream: &mut Stream, conn: &mut Conn, head_len: usize) -> Turn {
-        let Conn {
-            buf,
-            out,
-            client_ip,
-        } = conn;
-        let mut hs = [httparse::EMPTY_HEADER; 64];
-        let Some(head) = Head::parse(&buf[..head_len], &mut hs) else {
-            return Turn::HandOff;
+    fn record(&self, req: Option<&Request>, conn: &Conn, request_id: String) -> RequestRecord {
+        RequestRecord::start(self.edge.access_log, request_id, || LogFields {
+            client: conn.client_ip.clone().unwrap_or_else(|| "-".into()),
+            method: req.map_or("-", |r| r.method).to_string(),
+            target: req.map_or("-", |r| r.target).to_string(),
+            version: req.map_or("HTTP/1.1", |r| r.version_label()),
+            referer: req.and_then(|r| r.referer).unwrap_or("").to_string(),
+            user_agent: req.and_then(|r| r.user_agent).unwrap_or("").to_string(),
+        })
+    }
+
+    async fn serve_request(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        req: &Request<'_, '_>,
+    ) -> Turn {
+        let route = self.edge.router.route(&req.path);
+        let request_id = request_id::accept(req.request_id).unwrap_or_else(request_id::generate);
+        let mut record = self.record(Some(req), conn, request_id);
+        let keep_alive = req.keep_alive && !lifecycle::draining();
+
+        if req.upgrade && req.framing != Framing::Empty {
+            self.write_json(
+                stream,
+                conn,
+                &mut record,
+                RouteClass::Rejected,
+                400,
+                "an upgrade request with a body",
+                true,
+                req.is_head(),
+            )
+            .await;
+            return Turn::Refused;
+        }
+        let body = match self.read_body(stream, conn, req).await {
+            Ok(body) => body,
+            Err(Some((status, message))) => {
+                self.write_json(
+                    stream,
+                    conn,
+                    &mut record,
+                    RouteClass::Rejected,
+                    status,
+                    message,
+                    true,
+                    req.is_head(),
+                )
+                .await;
+                return Turn::Refused;
+            }
+            Err(None) => return Turn::Close, // The client went away mid-body.
         };
-        if !head.short_path_candidate() || head.path.starts_with("/_wxedge/") {
-            return Turn::HandOff;
+
+        if self.edge.short_path {
+            match route {
+                Route::Proxy if !req.upgrade => {
+                    if let Some(turn) = self
+                        .call(stream, conn, req, &body, &mut record, keep_alive)
+                        .await
+                    {
+                        return turn;
+                    }
+                }
+                Route::Static if body.is_empty() => {
+                    if let Some(turn) = self
+                        .quick_static(stream, conn, req, &mut record, keep_alive)
+                        .await
+                    {
+                        return turn;
+                    }
+                }
+                _ => {}
+            }
         }
-        let started = Instant::now();
-        if self.edge.is_proxied(head.path) {
-            let Some(call) = self.prepare_call(&head, client_ip.as_deref()) else {
-                return Turn::HandOff;
-            };
-            // `head` borrows the read buffer; the call reads the body into it.
-            return self.call(stream, conn, head_len, call, started).await;
+        Turn::HandOff(HandOff {
+            request: rewritten(req, &body),
+            record,
+            upgrade: req.upgrade && route == Route::Proxy,
+        })
+    }
+
+    /// The whole body, decoded; `Err(Some(..))` is an answer to refuse it with (the
+    /// connection then closes), `Err(None)` a client that went away.
+    async fn read_body(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        req: &Request<'_, '_>,
+    ) -> Result<Vec<u8>, Option<(u16, &'static str)>> {
+        if req.framing == Framing::Empty {
+            return Ok(Vec::new());
         }
-        // Callbacks (`?code=`) are the login's to intercept; a GET with a body is odd enough
-        // to leave to Pingora (the body must be read past, not taken for the next request).
-        if head.query.is_some_and(|q| q.contains("code="))
-            || !head.is_get_or_head()
-            || head.content_length.is_some_and(|n| n > 0)
-            || head.has_transfer_encoding
-        {
-            return Turn::HandOff;
+        let refuse = |e: request::body::BodyError| Some((e.status(), e.message()));
+        let mut body = Body::new(req.framing, self.edge.max_body_bytes).map_err(refuse)?;
+        let used = body.take(&conn.buf).map_err(refuse)?;
+        conn.buf.advance(used);
+        if !body.is_done() && req.expects_continue {
+            // The client waits for this before it sends the body (RFC 9110 §10.1.1).
+            forward::within_send_timeout(self.edge.limits.send_timeout, async {
+                stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                stream.flush().await
+            })
+            .await
+            .map_err(|_| None)?;
         }
-        let Some(answer) = self
+        while !body.is_done() {
+            conn.buf.reserve(16 * 1024);
+            match tokio::time::timeout(
+                self.edge.limits.body_timeout,
+                stream.read_buf(&mut conn.buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(None),
+            }
+            let used = body.take(&conn.buf).map_err(refuse)?;
+            conn.buf.advance(used);
+        }
+        Ok(body.into_bytes())
+    }
+
+    /// A whole dist file or its 304, from header lines serialized at start-up; `None` when
+    /// the request needs more (a callback to intercept, a range, a redirect, an error page).
+    async fn quick_static(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        req: &Request<'_, '_>,
+        record: &mut RequestRecord,
+        keep_alive: bool,
+    ) -> Option<Turn> {
+        if !req.is_get_or_head() || req.query.is_some_and(|q| q.contains("code=")) {
+            return None;
+        }
+        let answer = self
             .edge
             .site
-            .quick(head.path, &head.conditions, head.is_head())
-        else {
-            return Turn::HandOff;
-        };
-        METRICS.in_flight.inc();
-        let request_id = request_id::accept(head.request_id).unwrap_or_else(request_id::generate);
-        let close = head.close || lifecycle::draining();
+            .quick(&req.path, &req.conditions, req.is_head())?;
+        let out = &mut conn.out;
         out.clear();
         out.extend_from_slice(if answer.status == 304 {
             b"HTTP/1.1 304 Not Modified\r\n"
@@ -242,7 +412,7 @@ impl Front {
             b"HTTP/1.1 200 OK\r\n"
         });
         out.extend_from_slice(answer.head);
-        write::push_common_headers(out, &request_id, close);
+        write::push_common_headers(out, &record.request_id, !keep_alive);
         let write = async {
             if let Some(file) = answer.body_file {
                 write::send_file(stream, out, answer.body, file).await?;
@@ -258,202 +428,259 @@ impl Front {
             }
             stream.flush().await
         };
-        let ok = forward::within_send_timeout(write).await.is_ok();
+        let ok = forward::within_send_timeout(self.edge.limits.send_timeout, write)
+            .await
+            .is_ok();
         metrics::record_static_hit(answer.encoding.token());
-        let log = self.log_fields(&head);
-        self.finish(
-            log.as_ref(),
-            client_ip.as_deref(),
+        record.answered(
             RouteClass::Static,
             if ok { answer.status } else { 0 },
             answer.body.len() as u64,
-            started,
-            &request_id,
-            None,
         );
-        buf.advance(head_len);
-        match (ok, close) {
-            (true, false) => Turn::Next,
-            _ => Turn::Close,
-        }
-    }
-
-    fn log_fields(&self, head: &Head) -> Option<LogFields> {
-        (self.edge.access_log != access_log::Format::Off).then(|| head.to_owned_log())
-    }
-
-    /// Everything an API call needs from its head, or `None` when Pingora's path must take it
-    /// (request bodies it streams, upgrades, `Expect`, a 401 to write, no backend).
-    fn prepare_call(&self, head: &Head, client_ip: Option<&str>) -> Option<Call> {
-        let edge = &self.edge;
-        let body_len = head.content_length.unwrap_or(0);
-        if head.has_transfer_encoding
-            || head.expects_continue
-            || head.upgrade
-            || body_len > SHORT_BODY_MAX.min(edge.max_body_bytes)
-            || edge.upstreams.is_empty()
-        {
-            return None;
-        }
-        let identity = edge.auth.proxy_identity(&head.cookies());
-        if !identity.authenticated && edge.auth.requires_session(head.path) {
-            return None; // Pingora's path writes the 401 with its login URLs.
-        }
-        let request_id = request_id::accept(head.request_id).unwrap_or_else(request_id::generate);
-        let mut upstream_request = Vec::with_capacity(512 + body_len as usize);
-        forward::write_request_head(
-            &mut upstream_request,
-            head.method,
-            head.target,
-            head.headers,
-            &Forwarding {
-                client_ip,
-                proto: "http",
-                host_override: edge.host_override.as_deref(),
-                drop_underscore_headers: edge.drop_underscore_headers,
-                protected: &edge.protected_headers,
-            },
-            &identity,
-            &request_id,
-        );
-        Some(Call {
-            upstream_request,
-            body_len: body_len as usize,
-            request_id,
-            head_request: head.is_head(),
-            close: head.close || lifecycle::draining(),
-            log: self.log_fields(head),
+        Some(if ok && keep_alive {
+            Turn::Next
+        } else {
+            Turn::Close
         })
     }
 
-    /// Read the call's body, forward it, relay the answer (or write the error answer).
+    /// Forward an API call and relay the answer; `None` when Pingora's path must write the
+    /// answer (a 401 with its login URLs).
     async fn call(
         &self,
         stream: &mut Stream,
         conn: &mut Conn,
-        head_len: usize,
-        mut call: Call,
-        started: Instant,
-    ) -> Turn {
-        METRICS.in_flight.inc();
-        // The body, read whole (it is small): the request then goes out in one write, and a
-        // pooled connection found closed can be retried without asking the client again.
-        let total = head_len + call.body_len;
-        while conn.buf.len() < total {
-            conn.buf.reserve(total - conn.buf.len());
-            match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_buf(&mut conn.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => {
-                    METRICS.in_flight.dec();
-                    return Turn::Close; // The client went away mid-body: nothing to answer.
-                }
-            }
+        req: &Request<'_, '_>,
+        body: &[u8],
+        record: &mut RequestRecord,
+        keep_alive: bool,
+    ) -> Option<Turn> {
+        let edge = &self.edge;
+        let identity = edge.auth.proxy_identity(&req.cookies());
+        if !identity.authenticated && edge.auth.requires_session(&req.path) {
+            return None;
         }
-        call.upstream_request
-            .extend_from_slice(&conn.buf[head_len..total]);
-        conn.buf.advance(total);
-
+        if edge.upstreams.is_empty() {
+            return None;
+        }
+        let target = req.normalised_target();
+        let mut bytes = Vec::with_capacity(512 + body.len());
+        upstream::write_head(
+            &mut bytes,
+            req.method,
+            &target,
+            req.headers.iter().map(|h| (h.name, h.value)),
+            &Outbound {
+                forwarding: &edge.forwarding(conn.client_ip.as_deref()),
+                identity: &identity,
+                request_id: &record.request_id,
+                body_len: body.len(),
+                upgrade: false,
+            },
+        );
+        bytes.extend_from_slice(body);
         let outgoing = Outgoing {
-            bytes: &call.upstream_request,
-            head_request: call.head_request,
-            request_id: &call.request_id,
-            close_client: call.close,
+            bytes: &bytes,
+            head_request: req.is_head(),
+            request_id: &record.request_id,
+            close_client: !keep_alive,
+            send_timeout: edge.limits.send_timeout,
         };
-        let result = forward::forward(&self.edge.upstreams, &outgoing, stream, &mut conn.out).await;
-        let (status, bytes, backend, turn) = match result {
-            Ok(r) => (
-                r.status,
-                r.body_bytes,
-                Some(r.backend),
+        let result = forward::forward(&edge.upstreams, &outgoing, stream, &mut conn.out).await;
+        Some(match result {
+            Ok(r) => {
+                record.upstream = Some(edge.upstreams.authority(r.backend));
+                record.answered(RouteClass::Proxy, r.status, r.body_bytes);
                 if r.client_reusable {
                     Turn::Next
                 } else {
                     Turn::Close
-                },
-            ),
+                }
+            }
             Err(forward::Error::Midway(b)) => {
-                (b.status, b.body_bytes, Some(b.backend), Turn::Close)
+                record.upstream = Some(edge.upstreams.authority(b.backend));
+                record.answered(RouteClass::Proxy, b.status, b.body_bytes);
+                Turn::Close
             }
             Err(forward::Error::Before(f)) => {
-                METRICS.backend_errors.with_label_values(&[f.kind]).inc();
+                crate::ops::metrics::METRICS
+                    .backend_errors
+                    .with_label_values(&[f.kind])
+                    .inc();
+                record.upstream = f.backend.map(|i| edge.upstreams.authority(i));
                 let body = crate::edge::json_error(f.kind, f.message);
-                let out = &mut conn.out;
-                out.clear();
-                crate::proxy::headers::push_status_line(out, f.status, None);
-                out.extend_from_slice(
-                    b"content-type: application/json; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
-                );
-                out.extend_from_slice(body.len().to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
-                write::push_common_headers(out, &call.request_id, call.close);
-                if !call.head_request {
-                    out.extend_from_slice(&body);
-                }
-                let write = async {
-                    stream.write_all(out).await?;
-                    stream.flush().await
-                };
-                let ok = forward::within_send_timeout(write).await.is_ok();
-                (
-                    if ok { f.status } else { 0 },
+                let sent = self
+                    .write_answer(
+                        stream,
+                        conn,
+                        f.status,
+                        &body,
+                        &record.request_id,
+                        !keep_alive,
+                        req.is_head(),
+                    )
+                    .await;
+                record.answered(
+                    RouteClass::Proxy,
+                    if sent { f.status } else { 0 },
                     body.len() as u64,
-                    f.backend,
-                    if ok && !call.close {
-                        Turn::Next
-                    } else {
-                        Turn::Close
-                    },
-                )
+                );
+                if sent && keep_alive {
+                    Turn::Next
+                } else {
+                    Turn::Close
+                }
             }
-        };
-        self.finish(
-            call.log.as_ref(),
-            conn.client_ip.as_deref(),
-            RouteClass::Proxy,
-            status,
-            bytes,
-            started,
-            &call.request_id,
-            backend,
-        );
-        turn
+        })
     }
 
-    /// Metrics and the access log for a request answered on the short path.
+    /// A JSON error answer written by the front door itself (refusals before any route).
     #[allow(clippy::too_many_arguments)]
-    fn finish(
+    async fn write_json(
         &self,
-        log: Option<&LogFields>,
-        client: Option<&str>,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        record: &mut RequestRecord,
         class: RouteClass,
         status: u16,
-        bytes: u64,
-        started: Instant,
-        request_id: &str,
-        backend: Option<usize>,
+        message: &str,
+        close: bool,
+        head: bool,
     ) {
-        METRICS.in_flight.dec();
-        let elapsed = started.elapsed();
-        metrics::record_request(class.label(), status, elapsed);
-        let Some(l) = log else { return };
-        access_log::write(
-            self.edge.access_log,
-            &Entry {
-                client: client.unwrap_or("-"),
-                method: &l.method,
-                target: &l.target,
-                version: "HTTP/1.1",
-                status,
-                bytes: bytes as usize,
-                referer: &l.referer,
-                user_agent: &l.user_agent,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                upstream: backend
-                    .map(|i| self.edge.upstreams.authority(i))
-                    .unwrap_or("-"),
-                request_id,
-                class: class.label(),
-            },
+        let kind = match status {
+            413 => "payload_too_large",
+            414 => "uri_too_long",
+            431 => "header_too_large",
+            501 => "not_implemented",
+            505 => "version_not_supported",
+            _ => "bad_request",
+        };
+        let body = crate::edge::json_error(kind, message);
+        let request_id = record.request_id.clone();
+        let sent = self
+            .write_answer(stream, conn, status, &body, &request_id, close, head)
+            .await;
+        record.answered(class, if sent { status } else { 0 }, body.len() as u64);
+    }
+
+    /// Write a complete JSON answer; whether it was sent.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_answer(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        status: u16,
+        body: &[u8],
+        request_id: &str,
+        close: bool,
+        head: bool,
+    ) -> bool {
+        let out = &mut conn.out;
+        out.clear();
+        crate::proxy::headers::push_status_line(out, status, None);
+        out.extend_from_slice(
+            b"content-type: application/json; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
+        );
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        write::push_common_headers(out, request_id, close);
+        if !head {
+            out.extend_from_slice(body);
+        }
+        let write = async {
+            stream.write_all(out).await?;
+            stream.flush().await
+        };
+        forward::within_send_timeout(self.edge.limits.send_timeout, write)
+            .await
+            .is_ok()
+    }
+}
+
+/// After a refusal: end our side, then read and drop what the client still sends (up to
+/// [`LINGER_TIME`], [`LINGER_BYTES`]), so closing does not reset the connection before the
+/// client has read the answer.
+async fn linger(mut stream: Stream) {
+    let _ = stream.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut sink = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
+}
+
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// The request as Pingora's path gets it: the normalised target, the client's header lines,
+/// the decoded body as a `Content-Length` body, and one `Connection` line that says what the
+/// front door decided. The client's framing, `Expect` and `Connection` lines are not copied
+/// (the front door has dealt with them: Pingora must not decide them again, differently),
+/// nor those the client's `Connection` names, nor `Upgrade` unless it is a real one.
+fn rewritten(req: &Request<'_, '_>, body: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(512 + body.len());
+    out.put_slice(req.method.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(req.normalised_target().as_bytes());
+    out.put_slice(if req.minor_version == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    let connection_values = || {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value)
+    };
+    for h in req.headers {
+        let n = h.name;
+        let upgrade = n.eq_ignore_ascii_case("upgrade");
+        if (upgrade && !req.upgrade)
+            || (!upgrade && crate::proxy::headers::named_in_connection(n, connection_values()))
+            || n.eq_ignore_ascii_case("content-length")
+            || n.eq_ignore_ascii_case("transfer-encoding")
+            || n.eq_ignore_ascii_case("expect")
+            || n.eq_ignore_ascii_case("connection")
+        {
+            continue;
+        }
+        out.put_slice(n.as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(h.value);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(match (req.upgrade, req.keep_alive) {
+        (true, _) => b"connection: upgrade\r\n",
+        (false, true) => b"connection: keep-alive\r\n",
+        (false, false) => b"connection: close\r\n",
+    });
+    if !body.is_empty() {
+        out.put_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pingoras_path_gets_one_framing() {
+        let raw = b"POST /api/x/../y?q=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\
+Expect: 100-continue\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n";
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (req, _) = request::parse(raw, &mut hs, 4096).unwrap().unwrap();
+        let out = rewritten(&req, b"hello");
+        assert_eq!(
+            &out[..],
+            &b"POST /api/y?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nconnection: keep-alive\r\ncontent-length: 5\r\n\r\nhello"[..]
         );
     }
 }

@@ -5,14 +5,14 @@ use std::io::IoSlice;
 use pingora::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 
-use super::request;
+use super::read;
 
 /// `x-request-id`, `date`, and `connection: close` when the connection ends, then the blank line.
 pub fn push_common_headers(out: &mut Vec<u8>, request_id: &str, close: bool) {
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
-    request::with_http_date(|d| out.extend_from_slice(d));
+    read::with_http_date(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"connection: close\r\n");

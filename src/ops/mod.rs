@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod lifecycle;
 pub mod metrics;
+pub mod record;
 pub mod request_id;
 
 /// What kind of request this was, for logs and metrics (a closed set: bounded label values).

@@ -1,6 +1,12 @@
-//! Where a chunked body ends (RFC 9112 §7.1). The forwarder relays chunked responses byte for
-//! byte; it only needs to know when the last chunk and the trailers are through, so the
-//! backend connection can be kept and the client's response is complete.
+//! The chunked transfer coding (RFC 9112 §7.1), strictly: the one parser of it, for request
+//! bodies (decoded, then sent upstream with a `Content-Length`) and for backend responses
+//! (relayed byte for byte; only the end of the message is needed).
+//!
+//! Accepted: `1*HEXDIG [BWS] *( ";" ext ) CRLF`, data, `CRLF`; the last chunk `0`, trailer
+//! fields `name: value`, and the empty line. Bare LF line ends are tolerated, as nginx does.
+//! Everything else is malformed: an empty or non-hex size line, a size of more than 15 hex
+//! digits, anything but a line end after the data, a trailer line without a name and a colon,
+//! control characters, trailers larger than [`MAX_TRAILER_BYTES`].
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -9,7 +15,11 @@ enum State {
         size: u64,
         digits: u8,
     },
-    /// After the size: extensions up to the line end.
+    /// Whitespace after the size, before `;` or the line end.
+    SizeSpace {
+        size: u64,
+    },
+    /// A chunk extension, up to the line end.
     Extension {
         size: u64,
     },
@@ -24,68 +34,109 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final empty line).
     TrailerStart,
-    TrailerLine,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed;
+pub struct Malformed(pub &'static str);
 
-/// Feed the body as it arrives; `feed` says where the message ends.
+/// More hex digits than any real chunk size needs (16 would overflow u64 arithmetic checks).
+const MAX_SIZE_DIGITS: u8 = 15;
+/// Trailer section limit (nginx has none of its own; its header buffers bound it).
+pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+
+/// Feed the body as it arrives.
 #[derive(Debug, Clone)]
-pub struct ChunkedEnd {
+pub struct Chunked {
     state: State,
+    trailer_bytes: usize,
 }
 
-impl Default for ChunkedEnd {
+impl Default for Chunked {
     fn default() -> Self {
-        ChunkedEnd {
+        Chunked {
             state: State::Size { size: 0, digits: 0 },
+            trailer_bytes: 0,
         }
     }
 }
 
-/// More hex digits than any real chunk size needs (16 = u64::MAX).
-const MAX_SIZE_DIGITS: u8 = 15;
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
-impl ChunkedEnd {
-    /// `Ok(Some(n))`: the body ends after the first `n` bytes of `data`; `Ok(None)`: not yet.
-    pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, Malformed> {
+fn is_field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+impl Chunked {
+    /// Read `data`, appending the decoded body to `out` when given. `Ok(Some(n))`: the message
+    /// ends after the first `n` bytes of `data`; `Ok(None)`: all of it was taken, more is needed.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+    ) -> Result<Option<usize>, Malformed> {
         let mut i = 0;
         while i < data.len() {
             if let State::Data { left } = self.state {
-                let take = left.min((data.len() - i) as u64);
-                i += take as usize;
-                self.state = if take == left {
+                let take = left.min((data.len() - i) as u64) as usize;
+                if let Some(out) = out.as_deref_mut() {
+                    out.extend_from_slice(&data[i..i + take]);
+                }
+                i += take;
+                self.state = if take as u64 == left {
                     State::DataCr
                 } else {
-                    State::Data { left: left - take }
+                    State::Data {
+                        left: left - take as u64,
+                    }
                 };
                 continue;
             }
             let b = data[i];
             i += 1;
+            if matches!(
+                self.state,
+                State::TrailerStart | State::TrailerName | State::TrailerValue | State::TrailerLf
+            ) {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_TRAILER_BYTES {
+                    return Err(Malformed("chunked trailers too large"));
+                }
+            }
             self.state = match self.state {
                 State::Size { size, digits } => match (b as char).to_digit(16) {
                     Some(d) if digits < MAX_SIZE_DIGITS => State::Size {
                         size: size * 16 + u64::from(d),
                         digits: digits + 1,
                     },
-                    Some(_) => return Err(Malformed),
-                    None if digits == 0 => return Err(Malformed),
+                    Some(_) => return Err(Malformed("chunk size too large")),
+                    None if digits == 0 => return Err(Malformed("chunk size missing")),
                     None => match b {
-                        b';' | b' ' | b'\t' => State::Extension { size },
+                        b' ' | b'\t' => State::SizeSpace { size },
+                        b';' => State::Extension { size },
                         b'\r' => State::SizeLf { size },
                         b'\n' => Self::after_size_line(size),
-                        _ => return Err(Malformed),
+                        _ => return Err(Malformed("chunk size is not hexadecimal")),
                     },
+                },
+                State::SizeSpace { size } => match b {
+                    b' ' | b'\t' => State::SizeSpace { size },
+                    b';' => State::Extension { size },
+                    b'\r' => State::SizeLf { size },
+                    b'\n' => Self::after_size_line(size),
+                    _ => return Err(Malformed("garbage after the chunk size")),
                 },
                 State::Extension { size } => match b {
                     b'\r' => State::SizeLf { size },
                     b'\n' => Self::after_size_line(size),
-                    _ => State::Extension { size },
+                    b if is_field_byte(b) => State::Extension { size },
+                    _ => return Err(Malformed("control character in a chunk extension")),
                 },
                 State::SizeLf { size } if b == b'\n' => Self::after_size_line(size),
                 State::DataCr if b == b'\r' => State::DataLf,
@@ -93,16 +144,26 @@ impl ChunkedEnd {
                 State::TrailerStart => match b {
                     b'\r' => State::EndLf,
                     b'\n' => State::Done,
-                    _ => State::TrailerLine,
+                    b if is_token(b) => State::TrailerName,
+                    _ => return Err(Malformed("malformed trailer field")),
                 },
-                State::TrailerLine => match b {
+                State::TrailerName => match b {
+                    b':' => State::TrailerValue,
+                    b if is_token(b) => State::TrailerName,
+                    _ => return Err(Malformed("malformed trailer field name")),
+                },
+                State::TrailerValue => match b {
                     b'\r' => State::TrailerLf,
                     b'\n' => State::TrailerStart,
-                    _ => State::TrailerLine,
+                    b if is_field_byte(b) => State::TrailerValue,
+                    _ => return Err(Malformed("control character in a trailer field")),
                 },
                 State::TrailerLf if b == b'\n' => State::TrailerStart,
                 State::EndLf if b == b'\n' => State::Done,
-                _ => return Err(Malformed),
+                State::SizeLf { .. } | State::TrailerLf | State::EndLf => {
+                    return Err(Malformed("CR without LF in chunked framing"))
+                }
+                _ => return Err(Malformed("chunk data not followed by a line end")),
             };
             if self.state == State::Done {
                 return Ok(Some(i));
@@ -125,7 +186,13 @@ mod tests {
     use super::*;
 
     fn end_of(body: &[u8]) -> Result<Option<usize>, Malformed> {
-        ChunkedEnd::default().feed(body)
+        Chunked::default().feed(body, None)
+    }
+
+    fn decode(body: &[u8]) -> Result<(Vec<u8>, Option<usize>), Malformed> {
+        let mut out = Vec::new();
+        let end = Chunked::default().feed(body, Some(&mut out))?;
+        Ok((out, end))
     }
 
     #[test]
@@ -136,15 +203,25 @@ mod tests {
         with_next.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         assert_eq!(end_of(&with_next), Ok(Some(body.len())));
         for split in 0..body.len() {
-            let mut c = ChunkedEnd::default();
-            let first = c.feed(&body[..split]).unwrap();
+            let mut c = Chunked::default();
+            let mut out = Vec::new();
+            let first = c.feed(&body[..split], Some(&mut out)).unwrap();
             assert_eq!(first, None, "ended early at split {split}");
             assert_eq!(
-                c.feed(&body[split..]),
+                c.feed(&body[split..], Some(&mut out)),
                 Ok(Some(body.len() - split)),
                 "split {split}"
             );
+            assert_eq!(out, b"helloabcdefghijklmnopqrstuvwxyz");
         }
+    }
+
+    #[test]
+    fn decodes_data_only() {
+        assert_eq!(
+            decode(b"3\r\nabc\r\n2 ; x=\"y\"\r\nde\r\n0\r\n\r\nNEXT"),
+            Ok((b"abcde".to_vec(), Some(28)))
+        );
     }
 
     #[test]
@@ -157,9 +234,27 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        assert_eq!(end_of(b"zz\r\n"), Err(Malformed));
-        assert_eq!(end_of(b"\r\n"), Err(Malformed));
-        assert_eq!(end_of(b"3\r\nabcX"), Err(Malformed));
-        assert_eq!(end_of(b"ffffffffffffffffff\r\n"), Err(Malformed));
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcX",
+            b"ffffffffffffffffff\r\n",
+            // The case: data `hello\r\n0`, then an empty size line.
+            b"8\r\nhello\r\n0\r\n\r\n",
+            b"-1\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5 x\r\nhello",
+            b"5\rhello",
+            b"5;a\x00\r\n",
+            b"0\r\n: no-name\r\n\r\n",
+            b"0\r\nbad name: x\r\n\r\n",
+            b"0\r\nX: a\x01\r\n\r\n",
+            b"0\r\nX: a\r\r\n",
+        ] {
+            assert!(end_of(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut big = b"0\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_TRAILER_BYTES));
+        assert!(end_of(&big).is_err());
     }
 }

@@ -12,11 +12,11 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::chunked::ChunkedEnd;
-use super::headers::{self, Forwarding};
+use super::chunked::Chunked;
+use super::headers;
 use super::Upstreams;
-use crate::auth::ProxyIdentity;
 use crate::ops::metrics::METRICS;
+use crate::request::has_token;
 
 /// Idle backend connections kept per thread (nginx: `keepalive 64` per worker).
 const POOL_PER_THREAD: usize = 64;
@@ -27,8 +27,6 @@ pub const COALESCE_MAX: usize = 8 * 1024;
 const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Longest wait for the client to take a part of an answer (nginx's `send_timeout`).
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Idle {
     addr: SocketAddr,
@@ -79,7 +77,7 @@ fn put_idle(addr: SocketAddr, stream: TcpStream) {
     });
 }
 
-/// One request as it goes upstream (its head written by [`write_request_head`]).
+/// One request as it goes upstream (its head written by [`super::upstream::write_head`]).
 pub struct Outgoing<'a> {
     /// The whole request as it goes upstream: the head, then the (small) body.
     pub bytes: &'a [u8],
@@ -88,6 +86,8 @@ pub struct Outgoing<'a> {
     pub request_id: &'a str,
     /// The client's connection ends after this response (it asked, or the edge is draining).
     pub close_client: bool,
+    /// Longest wait for the client to take a part of the answer.
+    pub send_timeout: Duration,
 }
 
 /// How the relay went.
@@ -135,65 +135,6 @@ pub const GATEWAY_TIMEOUT: Failure = Failure {
     message: "the backend did not answer in time",
     backend: None,
 };
-
-/// Serialize the upstream request head: the client's headers minus hop-by-hop, refused and
-/// edge-set ones, then the edge's own (forwarding, identity, cookie, request id).
-#[allow(clippy::too_many_arguments)]
-pub fn write_request_head(
-    out: &mut Vec<u8>,
-    method: &str,
-    target: &str,
-    client_headers: &[httparse::Header],
-    forwarding: &Forwarding,
-    identity: &ProxyIdentity,
-    request_id: &str,
-) {
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut prev_xff = None;
-    let mut client_host = None;
-    let rewrites_cookie = identity.upstream_cookie.is_some();
-    for h in client_headers {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("x-forwarded-for") && prev_xff.is_none() {
-            prev_xff = Some(h.value);
-        }
-        if name.eq_ignore_ascii_case("host") && client_host.is_none() {
-            client_host = Some(h.value);
-        }
-        if headers::is_hop_by_hop(name)
-            || headers::is_refused(name, forwarding)
-            || headers::is_set_by_edge(name, forwarding)
-            || name.eq_ignore_ascii_case("x-request-id")
-            || (rewrites_cookie && name.eq_ignore_ascii_case("cookie"))
-        {
-            continue;
-        }
-        push_header(out, name.as_bytes(), &[h.value]);
-    }
-    headers::forwarding_headers(forwarding, prev_xff, client_host, |name, parts| {
-        push_header(out, name.as_bytes(), parts)
-    });
-    for (name, value) in &identity.headers {
-        push_header(out, name.as_bytes(), &[value.as_bytes()]);
-    }
-    if let Some(Some(cookie)) = &identity.upstream_cookie {
-        push_header(out, b"cookie", &[cookie.as_bytes()]);
-    }
-    push_header(out, b"x-request-id", &[request_id.as_bytes()]);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    for part in value {
-        out.extend_from_slice(part);
-    }
-    out.extend_from_slice(b"\r\n");
-}
 
 async fn timed<T>(
     limit: Duration,
@@ -324,6 +265,23 @@ async fn send_and_read_head(
     }
 }
 
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for part in value {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_client<W: AsyncWrite + Unpin>(
+    limit: Duration,
+    client: &mut W,
+    data: &[u8],
+) -> std::io::Result<()> {
+    within_send_timeout(limit, client.write_all(data)).await
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     Empty,
@@ -332,19 +290,16 @@ enum Framing {
     UntilClose,
 }
 
-/// Run writes to the client within [`CLIENT_WRITE_TIMEOUT`]: a client that stops reading must
-/// not hold the connection forever (nginx: `send_timeout`).
+/// Run writes to the client within `limit`: a client that stops reading must not hold the
+/// connection forever (nginx: `send_timeout`).
 pub async fn within_send_timeout(
+    limit: Duration,
     write: impl std::future::Future<Output = std::io::Result<()>>,
 ) -> std::io::Result<()> {
-    match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, write).await {
+    match tokio::time::timeout(limit, write).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
-}
-
-async fn write_client<W: AsyncWrite + Unpin>(client: &mut W, data: &[u8]) -> std::io::Result<()> {
-    within_send_timeout(client.write_all(data)).await
 }
 
 /// Forward one request and relay the response to `client`. `scratch` is reused for the
@@ -388,9 +343,9 @@ pub async fn forward<W: AsyncWrite + Unpin>(
                 _ => bad_length = true,
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
-            if headers::has_token(h.value, "close") {
+            if has_token(h.value, "close") {
                 upstream_keeps = false;
-            } else if headers::has_token(h.value, "keep-alive") {
+            } else if has_token(h.value, "keep-alive") {
                 upstream_keeps = true;
             }
         }
@@ -413,10 +368,17 @@ pub async fn forward<W: AsyncWrite + Unpin>(
 
     scratch.clear();
     headers::push_status_line(scratch, status, resp.reason);
+    let connection_values = || {
+        resp.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value)
+    };
     for h in resp.headers.iter() {
         let keep_te =
             framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
         if (headers::is_hop_by_hop(h.name) && !keep_te)
+            || headers::named_in_connection(h.name, connection_values())
             || h.name.eq_ignore_ascii_case("x-request-id")
             || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
         {
@@ -440,7 +402,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
         })
     };
     let mut sent: u64 = 0;
-    let mut chunks = ChunkedEnd::default();
+    let mut chunks = Chunked::default();
     // Body bytes already read with the head go out in the same write as the head.
     let mut left = match framing {
         Framing::Length(l) => l,
@@ -478,7 +440,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
                     left -= take as u64;
                     done = left == 0;
                 }
-                Framing::Chunked => match chunks.feed(&available) {
+                Framing::Chunked => match chunks.feed(&available, None) {
                     Ok(Some(end)) => {
                         take = end;
                         done = true;
@@ -487,7 +449,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
                     Err(_) => {
                         // Garbage from the backend: pass on the head, then cut.
                         if first {
-                            let _ = write_client(client, scratch).await;
+                            let _ = write_client(req.send_timeout, client, scratch).await;
                         }
                         return Err(broken(sent));
                     }
@@ -506,17 +468,17 @@ pub async fn forward<W: AsyncWrite + Unpin>(
             first = false;
             if body.len() <= COALESCE_MAX {
                 scratch.extend_from_slice(body);
-                write_client(client, scratch).await
+                write_client(req.send_timeout, client, scratch).await
             } else {
-                match write_client(client, scratch).await {
-                    Ok(()) => write_client(client, body).await,
+                match write_client(req.send_timeout, client, scratch).await {
+                    Ok(()) => write_client(req.send_timeout, client, body).await,
                     e => e,
                 }
             }
         } else if body.is_empty() {
             Ok(())
         } else {
-            write_client(client, body).await
+            write_client(req.send_timeout, client, body).await
         };
         if io.is_err() {
             return Err(broken(sent));
@@ -538,86 +500,4 @@ pub async fn forward<W: AsyncWrite + Unpin>(
         backend,
         client_reusable: !close_client,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    #[test]
-    fn request_head_replaces_and_refuses_like_pingoras_path() {
-        let protected = vec![headers::canonical("X-WX-OpenID")];
-        let f = Forwarding {
-            client_ip: Some("192.0.2.7"),
-            proto: "http",
-            host_override: None,
-            drop_underscore_headers: true,
-            protected: &protected,
-        };
-        let client = [
-            httparse::Header {
-                name: "Host",
-                value: b"h5.example.com",
-            },
-            httparse::Header {
-                name: "X-Forwarded-For",
-                value: b"10.0.0.1",
-            },
-            httparse::Header {
-                name: "x_wx_openid",
-                value: b"forged",
-            },
-            httparse::Header {
-                name: "X-WX-OPENID",
-                value: b"forged",
-            },
-            httparse::Header {
-                name: "Connection",
-                value: b"keep-alive",
-            },
-            httparse::Header {
-                name: "Cookie",
-                value: b"wxedge_session=abc; a=1",
-            },
-            httparse::Header {
-                name: "X-Request-ID",
-                value: b"client",
-            },
-            httparse::Header {
-                name: "Accept",
-                value: b"*/*",
-            },
-        ];
-        let identity = ProxyIdentity {
-            authenticated: true,
-            headers: vec![("X-WX-OpenID".into(), HeaderValue::from_static("o-1"))],
-            upstream_cookie: Some(Some("a=1".into())),
-        };
-        let mut out = Vec::new();
-        write_request_head(&mut out, "GET", "/api/x?y=1", &client, &f, &identity, "rid");
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("GET /api/x?y=1 HTTP/1.1\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\n"));
-        let lines: Vec<&str> = text.lines().collect();
-        for want in [
-            "Host: h5.example.com",
-            "Accept: */*",
-            "x-forwarded-for: 10.0.0.1, 192.0.2.7",
-            "x-real-ip: 192.0.2.7",
-            "x-forwarded-proto: http",
-            "x-forwarded-host: h5.example.com",
-            "X-WX-OpenID: o-1",
-            "cookie: a=1",
-            "x-request-id: rid",
-        ] {
-            assert!(lines.contains(&want), "missing {want:?} in {text}");
-        }
-        let lower = text.to_ascii_lowercase();
-        assert!(!lower.contains("forged"), "{text}");
-        assert!(!lower.contains("connection:"), "{text}");
-        assert!(!lower.contains("wxedge_session"), "{text}");
-        assert!(!lower.contains("client"), "{text}");
-        assert_eq!(lower.matches("x-forwarded-for").count(), 1);
-    }
 }

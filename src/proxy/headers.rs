@@ -1,10 +1,6 @@
 //! The request as the backend sees it: forwarding headers like nginx's usual
 //! `proxy_set_header` lines, and no client-supplied copy of a header the edge vouches for.
 
-use http::header::HeaderName;
-use pingora::http::RequestHeader;
-use pingora::Result;
-
 /// `x_wx_openid`, `X-WX-OpenID` and `x-wx-openid` are the same name to many backends
 /// (CGI-style frameworks turn `-` into `_`), so compare in one spelling.
 pub fn canonical(name: &str) -> String {
@@ -36,13 +32,6 @@ fn is_protected(name: &str, protected: &[String]) -> bool {
     })
 }
 
-/// Whether a comma-separated header value (`Connection: keep-alive, Upgrade`) lists `token`.
-pub fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// Writes `HTTP/1.1 <status> <reason>\r\n`; the standard reason when `reason` is empty.
 pub fn push_status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -71,6 +60,17 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         "upgrade",
     ];
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` is listed in one of the message's `Connection` header values (such names
+/// are hop-by-hop too, RFC 9110 §7.6.1).
+pub fn named_in_connection<'v>(
+    name: &str,
+    connection_values: impl Iterator<Item = &'v [u8]>,
+) -> bool {
+    connection_values
+        .into_iter()
+        .any(|v| crate::request::has_token(v, name))
 }
 
 /// A client header the backend must not get: a spoofable identity header, or any name with
@@ -111,89 +111,5 @@ pub fn forwarding_headers<'a>(
     }
     if let Some(h) = f.host_override {
         emit("host", &[h.as_bytes()]);
-    }
-}
-
-/// The same policy on Pingora's upstream request.
-pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> Result<()> {
-    let doomed: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| is_refused(k.as_str(), f))
-        .cloned()
-        .collect();
-    for name in doomed {
-        req.remove_header(&name);
-    }
-    let prev_xff = req
-        .headers
-        .get("x-forwarded-for")
-        .map(|v| v.as_bytes().to_vec());
-    let client_host = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| v.as_bytes().to_vec());
-    let mut set: Vec<(&'static str, Vec<u8>)> = Vec::with_capacity(5);
-    forwarding_headers(
-        f,
-        prev_xff.as_deref(),
-        client_host.as_deref(),
-        |name, parts| set.push((name, parts.concat())),
-    );
-    for (name, value) in set {
-        let value = http::HeaderValue::from_bytes(&value).map_err(|_| {
-            pingora::Error::explain(
-                pingora::ErrorType::InvalidHTTPHeader,
-                "forwarding header value",
-            )
-        })?;
-        req.insert_header(name, value)?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarding_and_spoof_stripping() {
-        let mut req = RequestHeader::build("GET", b"/api/x", None).unwrap();
-        req.insert_header("host", "h5.example.com").unwrap();
-        req.insert_header("x-forwarded-for", "10.0.0.1").unwrap();
-        req.insert_header("X-WX-OpenID", "forged").unwrap();
-        req.append_header("x_wx_openid", "forged2").unwrap();
-        req.insert_header("x_custom", "1").unwrap();
-        req.insert_header("x-keep", "1").unwrap();
-        let protected = vec![canonical("X-WX-OpenID")];
-        let f = Forwarding {
-            client_ip: Some("192.0.2.7"),
-            proto: "http",
-            host_override: None,
-            drop_underscore_headers: false,
-            protected: &protected,
-        };
-        apply(&mut req, &f).unwrap();
-        let h = &req.headers;
-        assert!(h.get("x-wx-openid").is_none() && h.get("x_wx_openid").is_none());
-        assert_eq!(
-            h.get("x_custom").unwrap(),
-            "1",
-            "underscores kept when allowed"
-        );
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
-        assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.7");
-        assert_eq!(h.get("x-forwarded-host").unwrap(), "h5.example.com");
-        assert_eq!(h.get("host").unwrap(), "h5.example.com");
-        assert_eq!(h.get("x-keep").unwrap(), "1");
-
-        let f = Forwarding {
-            drop_underscore_headers: true,
-            host_override: Some("backend.local"),
-            ..f
-        };
-        apply(&mut req, &f).unwrap();
-        assert!(req.headers.get("x_custom").is_none());
-        assert_eq!(req.headers.get("host").unwrap(), "backend.local");
     }
 }

@@ -1,12 +1,13 @@
 //! Proxying to the existing backend: which backend (round-robin with passive health) and
-//! what the request looks like upstream (forwarding headers, no spoofable identity).
-//! Two ways to the backend, one policy: `forward` (the front door's short path for plain
-//! requests, with its own per-thread keep-alive pool) and Pingora's proxy for everything else
-//! (uploads, upgrades, chunked request bodies), whose hop-by-hop handling is its standard one.
+//! what the request looks like upstream (`upstream`: one builder, forwarding headers, no
+//! spoofable identity). Two senders, one policy: `forward` (the front door's short path,
+//! with its own per-thread keep-alive pool) and Pingora's proxy (upgrades, and every request
+//! when `ops.short_path` is off).
 
 pub mod chunked;
 pub mod forward;
 pub mod headers;
+pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ fn now_ms() -> u64 {
 
 struct Backend {
     addr: BackendAddr,
+    /// `host:port` as configured, for logs (kept for the life of the process).
+    authority: &'static str,
     /// Skip until this time (ms since EPOCH) after a refused connection; 0 = healthy.
     down_until_ms: AtomicU64,
 }
@@ -46,6 +49,7 @@ impl Upstreams {
             backends: backends
                 .iter()
                 .map(|b| Backend {
+                    authority: Box::leak(b.authority.clone().into_boxed_str()),
                     addr: b.clone(),
                     down_until_ms: AtomicU64::new(0),
                 })
@@ -67,8 +71,8 @@ impl Upstreams {
         self.backends.len()
     }
 
-    pub fn authority(&self, idx: usize) -> &str {
-        &self.backends[idx].addr.authority
+    pub fn authority(&self, idx: usize) -> &'static str {
+        self.backends[idx].authority
     }
 
     pub fn addr(&self, idx: usize) -> std::net::SocketAddr {

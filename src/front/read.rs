@@ -1,0 +1,76 @@
+//! Waiting for the next request on a kept-alive connection, and the `Date` header value.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+/// Wait up to `idle` for the next request to begin (`Ok(0)`: gone, quiet or shutting down).
+///
+/// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
+/// SIGTERM), idle connections close at once, as Pingora's own do, so clients move on instead
+/// of racing this process's exit. Connections with a request under way finish it first.
+pub async fn idle_read(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    idle: Duration,
+    shutdown: &mut ShutdownWatch,
+) -> std::io::Result<usize> {
+    if *shutdown.borrow() {
+        return Ok(0);
+    }
+    // Under load the next request is usually in the socket already: take it without arming a
+    // timer and a shutdown waiter, which otherwise cost a timer-wheel entry and a watch
+    // registration per request. A `Pending` here costs no system call of its own: the read
+    // below finds the readiness this one cleared.
+    {
+        let mut ready_now = std::pin::pin!(stream.read_buf(buf));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(read) = ready_now.as_mut().poll(&mut cx) {
+            return read;
+        }
+    }
+    tokio::select! {
+        read = tokio::time::timeout(idle, stream.read_buf(buf)) => read.unwrap_or(Ok(0)),
+        _ = shutdown.changed() => Ok(0),
+    }
+}
+
+thread_local! {
+    /// The `Date` value, formatted once per second per thread.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// Call `f` with the current HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn with_http_date(f: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+                d.0 = secs;
+            }
+        }
+        f(&d.1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_is_an_http_date() {
+        let mut got = Vec::new();
+        with_http_date(|d| got.extend_from_slice(d));
+        let s = String::from_utf8(got).unwrap();
+        assert!(httpdate::parse_http_date(&s).is_ok(), "{s}");
+    }
+}

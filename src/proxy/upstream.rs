@@ -1,0 +1,288 @@
+//! The one builder of the request head the backend receives, whichever code sends it (the
+//! front door's short path serializes it, Pingora's path sets it on its upstream request).
+//!
+//! From the client's header lines it keeps the end-to-end ones only: no hop-by-hop header
+//! (nor any the client's `Connection` names), no framing (`Content-Length`,
+//! `Transfer-Encoding`: the edge writes its own from the decoded body), no `Expect` (the edge
+//! answered it), no spoofable identity (strip and inject from one list of names), no
+//! `X-Request-ID` or forwarding header the edge sets itself, and the session cookie removed.
+
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+
+use super::headers::{self, Forwarding};
+
+/// Who is calling, as the backend is told.
+#[derive(Debug, Default, Clone)]
+pub struct ForwardedIdentity {
+    pub authenticated: bool,
+    /// Identity headers to send upstream (name, value).
+    pub headers: Vec<(String, HeaderValue)>,
+    /// `None`: pass the client's `Cookie` unchanged; `Some(None)`: drop it; `Some(Some(v))`: send `v`.
+    pub upstream_cookie: Option<Option<String>>,
+}
+
+/// What the edge decided about one request going upstream.
+pub struct Outbound<'a> {
+    pub forwarding: &'a Forwarding<'a>,
+    pub identity: &'a ForwardedIdentity,
+    pub request_id: &'a str,
+    /// Length of the whole (decoded) request body.
+    pub body_len: usize,
+    /// A real upgrade (see [`crate::request::Request::upgrade`]): `Connection: upgrade` and
+    /// the client's `Upgrade` go on.
+    pub upgrade: bool,
+}
+
+/// Framing and expectation headers: the edge writes its own.
+fn is_framing(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("transfer-encoding")
+        || name.eq_ignore_ascii_case("expect")
+}
+
+/// Call `emit(name, value pieces)` for every header line the backend gets, in order.
+pub fn headers<'c, I>(client: I, out: &Outbound, mut emit: impl FnMut(&str, &[&[u8]]))
+where
+    I: Iterator<Item = (&'c str, &'c [u8])> + Clone,
+{
+    let f = out.forwarding;
+    let connection_values = || {
+        client
+            .clone()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v)
+    };
+    let mut prev_xff = None;
+    let mut client_host = None;
+    let mut upgrade = None;
+    let rewrites_cookie = out.identity.upstream_cookie.is_some();
+    for (name, value) in client.clone() {
+        if name.eq_ignore_ascii_case("x-forwarded-for") && prev_xff.is_none() {
+            prev_xff = Some(value);
+        }
+        if name.eq_ignore_ascii_case("host") && client_host.is_none() {
+            client_host = Some(value);
+        }
+        if name.eq_ignore_ascii_case("upgrade") && upgrade.is_none() {
+            upgrade = Some(value);
+        }
+        if headers::is_hop_by_hop(name)
+            || is_framing(name)
+            || headers::is_refused(name, f)
+            || headers::is_set_by_edge(name, f)
+            || name.eq_ignore_ascii_case("x-request-id")
+            || (rewrites_cookie && name.eq_ignore_ascii_case("cookie"))
+            || headers::named_in_connection(name, connection_values())
+        {
+            continue;
+        }
+        emit(name, &[value]);
+    }
+    headers::forwarding_headers(f, prev_xff, client_host, |name, parts| emit(name, parts));
+    for (name, value) in &out.identity.headers {
+        emit(name, &[value.as_bytes()]);
+    }
+    if let Some(Some(cookie)) = &out.identity.upstream_cookie {
+        emit("cookie", &[cookie.as_bytes()]);
+    }
+    emit("x-request-id", &[out.request_id.as_bytes()]);
+    if let (true, Some(protocol)) = (out.upgrade, upgrade) {
+        emit("connection", &[b"upgrade"]);
+        emit("upgrade", &[protocol]);
+    }
+    if out.body_len > 0 {
+        emit("content-length", &[out.body_len.to_string().as_bytes()]);
+    }
+}
+
+/// The whole upstream request head, serialized (the short path).
+pub fn write_head<'c, I>(buf: &mut Vec<u8>, method: &str, target: &str, client: I, out: &Outbound)
+where
+    I: Iterator<Item = (&'c str, &'c [u8])> + Clone,
+{
+    buf.extend_from_slice(method.as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(target.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    headers(client, out, |name, parts| {
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(b": ");
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        buf.extend_from_slice(b"\r\n");
+    });
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Replace Pingora's upstream request headers with the built ones (Pingora's path).
+pub fn apply(req: &mut RequestHeader, out: &Outbound) -> pingora::Result<()> {
+    let client: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let mut built: Vec<(String, Vec<u8>)> = Vec::with_capacity(client.len() + 8);
+    headers(
+        client.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        out,
+        |name, parts| built.push((name.to_string(), parts.concat())),
+    );
+    let names: Vec<String> = req.headers.keys().map(|k| k.to_string()).collect();
+    for name in names {
+        req.remove_header(&name);
+    }
+    for (name, value) in built {
+        let value = HeaderValue::from_bytes(&value).map_err(|_| {
+            pingora::Error::explain(
+                pingora::ErrorType::InvalidHTTPHeader,
+                "upstream header value",
+            )
+        })?;
+        req.append_header(name, value)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_client() -> Vec<(&'static str, &'static [u8])> {
+        vec![
+            ("Host", b"h5.example.com"),
+            ("X-Forwarded-For", b"10.0.0.1"),
+            ("x_wx_openid", b"forged"),
+            ("X-WX-OPENID", b"forged"),
+            ("Connection", b"keep-alive, X-Secret-Hop"),
+            ("X-Secret-Hop", b"hop"),
+            ("Keep-Alive", b"timeout=5"),
+            ("Content-Length", b"+70"),
+            ("Transfer-Encoding", b"chunked"),
+            ("Expect", b"100-continue"),
+            ("Upgrade", b"websocket"),
+            ("Cookie", b"wxedge_session=abc; a=1"),
+            ("X-Request-ID", b"client"),
+            ("Accept", b"*/*"),
+        ]
+    }
+
+    fn built(identity: &ForwardedIdentity, body_len: usize, upgrade: bool) -> String {
+        let protected = vec![headers::canonical("X-WX-OpenID")];
+        let f = Forwarding {
+            client_ip: Some("192.0.2.7"),
+            proto: "http",
+            host_override: None,
+            drop_underscore_headers: true,
+            protected: &protected,
+        };
+        let out = Outbound {
+            forwarding: &f,
+            identity,
+            request_id: "rid",
+            body_len,
+            upgrade,
+        };
+        let client = sample_client();
+        let mut buf = Vec::new();
+        write_head(
+            &mut buf,
+            "POST",
+            "/api/x?y=1",
+            client.iter().map(|(k, v)| (*k, *v)),
+            &out,
+        );
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn strips_then_injects_from_one_list() {
+        let identity = ForwardedIdentity {
+            authenticated: true,
+            headers: vec![("X-WX-OpenID".into(), HeaderValue::from_static("o-1"))],
+            upstream_cookie: Some(Some("a=1".into())),
+        };
+        let text = built(&identity, 5, false);
+        assert!(text.starts_with("POST /api/x?y=1 HTTP/1.1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+        let lines: Vec<&str> = text.lines().collect();
+        for want in [
+            "Host: h5.example.com",
+            "Accept: */*",
+            "x-forwarded-for: 10.0.0.1, 192.0.2.7",
+            "x-real-ip: 192.0.2.7",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: h5.example.com",
+            "X-WX-OpenID: o-1",
+            "cookie: a=1",
+            "x-request-id: rid",
+            "content-length: 5",
+        ] {
+            assert!(lines.contains(&want), "missing {want:?} in {text}");
+        }
+        let lower = text.to_ascii_lowercase();
+        for gone in [
+            "forged",
+            "connection:",
+            "keep-alive",
+            "x-secret-hop",
+            "+70",
+            "transfer-encoding",
+            "expect",
+            "upgrade",
+            "wxedge_session",
+            "client",
+        ] {
+            assert!(!lower.contains(gone), "{gone:?} in {text}");
+        }
+        assert_eq!(lower.matches("x-forwarded-for").count(), 1);
+        assert_eq!(lower.matches("content-length").count(), 1);
+    }
+
+    #[test]
+    fn upgrades_keep_their_protocol_and_empty_bodies_no_length() {
+        let text = built(&ForwardedIdentity::default(), 0, true).to_ascii_lowercase();
+        assert!(
+            text.contains("\r\nconnection: upgrade\r\nupgrade: websocket\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(
+            text.contains("cookie: wxedge_session=abc; a=1"),
+            "unchanged without a login"
+        );
+    }
+
+    #[test]
+    fn pingoras_request_gets_the_same_headers() {
+        let mut req = RequestHeader::build("POST", b"/api/x?y=1", None).unwrap();
+        for (k, v) in sample_client() {
+            req.append_header(k.to_string(), v).unwrap();
+        }
+        let protected = vec![headers::canonical("X-WX-OpenID")];
+        let f = Forwarding {
+            client_ip: Some("192.0.2.7"),
+            proto: "http",
+            host_override: None,
+            drop_underscore_headers: true,
+            protected: &protected,
+        };
+        let identity = ForwardedIdentity::default();
+        let out = Outbound {
+            forwarding: &f,
+            identity: &identity,
+            request_id: "rid",
+            body_len: 5,
+            upgrade: false,
+        };
+        apply(&mut req, &out).unwrap();
+        let h = &req.headers;
+        assert!(h.get("x-wx-openid").is_none() && h.get("x_wx_openid").is_none());
+        assert!(h.get("transfer-encoding").is_none() && h.get("expect").is_none());
+        assert!(h.get("x-secret-hop").is_none() && h.get("connection").is_none());
+        assert_eq!(h.get("content-length").unwrap(), "5");
+        assert_eq!(h.get("x-request-id").unwrap(), "rid");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
+    }
+}

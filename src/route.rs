@@ -1,0 +1,94 @@
+//! Route once: which part of the edge answers a request, decided from its normalised path
+//! alone. The front door and Pingora's phases both call [`Router::route`], so they cannot
+//! disagree.
+
+/// Who answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/_wxedge/healthz`: the process is up.
+    Health,
+    /// `/_wxedge/readyz`: the dist is loaded and a backend answers.
+    Ready,
+    /// The rest of `/_wxedge/`: the login endpoints, the sandbox, or a JSON 404.
+    Edge,
+    /// A proxy prefix: the backend.
+    Proxy,
+    /// Everything else: the dist (and the OAuth callback on page loads).
+    Static,
+}
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Each prefix, e.g. `/api/`; `/api` itself also matches it (nginx's `location /api/`
+    /// answers `/api` with a redirect to `/api/`; the backend is the better judge).
+    prefixes: Vec<String>,
+}
+
+pub const EDGE_PREFIX: &str = "/_wxedge/";
+
+impl Router {
+    pub fn new(prefixes: &[String]) -> Router {
+        Router {
+            prefixes: prefixes.to_vec(),
+        }
+    }
+
+    /// `path` must be normalised ([`crate::request::path::normalise`]).
+    pub fn route(&self, path: &str) -> Route {
+        if let Some(rest) = path.strip_prefix(EDGE_PREFIX) {
+            return match rest {
+                "healthz" => Route::Health,
+                "readyz" => Route::Ready,
+                _ => Route::Edge,
+            };
+        }
+        if self.is_proxied(path) {
+            Route::Proxy
+        } else {
+            Route::Static
+        }
+    }
+
+    fn is_proxied(&self, path: &str) -> bool {
+        self.prefixes.iter().any(|p| {
+            path.starts_with(p.as_str()) || (p.len() > 1 && p.strip_suffix('/') == Some(path))
+        })
+    }
+
+    pub fn prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table() {
+        let r = Router::new(&["/api/".into(), "/upload/".into()]);
+        for (path, want) in [
+            ("/", Route::Static),
+            ("/index.html", Route::Static),
+            ("/pages/index/index", Route::Static),
+            ("/api", Route::Proxy),
+            ("/api/", Route::Proxy),
+            ("/api/user/info", Route::Proxy),
+            ("/apix", Route::Static),
+            ("/apix/y", Route::Static),
+            ("/upload/a", Route::Proxy),
+            ("/_wxedge/healthz", Route::Health),
+            ("/_wxedge/readyz", Route::Ready),
+            ("/_wxedge/login", Route::Edge),
+            ("/_wxedge/sandbox/connect/oauth2/authorize", Route::Edge),
+            ("/_wxedge/", Route::Edge),
+            ("/_wxedge", Route::Static),
+        ] {
+            assert_eq!(r.route(path), want, "{path}");
+        }
+        // A prefix of `/` proxies everything but the edge's own namespace.
+        let all = Router::new(&["/".into()]);
+        assert_eq!(all.route("/x"), Route::Proxy);
+        assert_eq!(all.route("/_wxedge/healthz"), Route::Health);
+    }
+}
