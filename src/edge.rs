@@ -14,7 +14,8 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use std::time::Duration;
 
-use crate::auth::{Auth, AuthAction};
+use crate::answer::json_error;
+use crate::auth::{Auth, AuthAction, AuthRequest};
 use crate::config::Config;
 use crate::ops::access_log;
 use crate::ops::metrics::METRICS;
@@ -76,7 +77,6 @@ pub struct RequestCtx {
     class: RouteClass,
     /// Backends tried for this request, in order.
     tried: Vec<usize>,
-    body_bytes: u64,
     /// Who the backend is told is calling, decided in request_filter.
     identity: ForwardedIdentity,
     /// `Set-Cookie` values for whatever response this request gets (session, login nonce).
@@ -201,29 +201,6 @@ async fn reject(
     Ok(true)
 }
 
-/// 302 to `location` (a path or URL built by the edge itself).
-pub async fn redirect(session: &mut Session, ctx: &RequestCtx, location: &str) -> Result<()> {
-    let loc = HeaderValue::from_str(location).map_err(|_| {
-        Error::explain(
-            ErrorType::InternalError,
-            "redirect target is not a header value",
-        )
-    })?;
-    respond(
-        session,
-        ctx,
-        302,
-        "text/plain; charset=utf-8",
-        &[(header::LOCATION, loc)],
-        Bytes::new(),
-    )
-    .await
-}
-
-pub fn json_error(code: &str, message: &str) -> Bytes {
-    Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string())
-}
-
 async fn send_pieces(session: &mut Session, pieces: Vec<Piece>) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let n = pieces.len();
@@ -314,10 +291,54 @@ impl ProxyHttp for Edge {
         }
         let proxied = route == Route::Proxy;
 
-        // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox.
-        match self.auth.request_filter(session, ctx, proxied).await? {
-            AuthAction::Responded(class) => {
-                ctx.class = class;
+        // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox,
+        // the 401 for `require_session` prefixes.
+        let outcome = {
+            let req = session.req_header();
+            let text =
+                |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+            let auth_req = AuthRequest {
+                method: req.method.as_str(),
+                path: &path,
+                query: req.uri.query(),
+                cookies: req
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect(),
+                host: text(header::HOST),
+                forwarded_proto: req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+                accept: text(header::ACCEPT),
+                referer: text(header::REFERER),
+                request_id: &ctx.request_id,
+            };
+            self.auth.decide(&auth_req, proxied).await
+        };
+        ctx.set_cookies.extend(outcome.set_cookies);
+        ctx.authenticated = outcome.authenticated;
+        match outcome.action {
+            AuthAction::Answer(reply) => {
+                ctx.class = reply.class;
+                let mut headers = reply.headers;
+                if let Some(location) = reply.location {
+                    let loc = HeaderValue::from_str(&location).map_err(|_| {
+                        Error::explain(
+                            ErrorType::InternalError,
+                            "redirect target is not a header value",
+                        )
+                    })?;
+                    headers.push((header::LOCATION, loc));
+                }
+                respond(
+                    session,
+                    ctx,
+                    reply.status,
+                    reply.content_type,
+                    &headers,
+                    reply.body,
+                )
+                .await?;
                 return Ok(true);
             }
             AuthAction::Continue(identity) => ctx.identity = identity,
@@ -330,27 +351,6 @@ impl ProxyHttp for Edge {
 
         if proxied {
             ctx.class = RouteClass::Proxy;
-            if let Some(status) = self.auth.require_session_refusal(session, ctx) {
-                let body = self.auth.unauthorized_body(session, ctx);
-                respond(session, ctx, status, JSON, &[], body).await?;
-                return Ok(true);
-            }
-            let declared = session
-                .get_header(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if declared.is_some_and(|n| n > self.max_body_bytes) {
-                respond(
-                    session,
-                    ctx,
-                    413,
-                    JSON,
-                    &[],
-                    json_error("payload_too_large", "request body is too large"),
-                )
-                .await?;
-                return Ok(true);
-            }
             if self.upstreams.is_empty() {
                 METRICS
                     .backend_errors
@@ -452,23 +452,6 @@ impl ProxyHttp for Edge {
             }
         }
         Ok(true)
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > self.max_body_bytes {
-                // Chunked uploads have no Content-Length to refuse up front.
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body is too large");
-            }
-        }
-        Ok(())
     }
 
     async fn upstream_peer(

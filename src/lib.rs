@@ -1,19 +1,22 @@
 //! wxedge: one Pingora binary in front of a WeChat H5 site.
 //!
 //! Modules follow the life of a request:
-//! configuration → static files → WeChat OAuth and sessions → proxying to the backend → operations.
+//! configuration → request parsing and routing → static files → WeChat OAuth and sessions →
+//! proxying to the backend → operations. Modules are crate-private unless the binary or the
+//! fuzz targets (`fuzz/`) use them, so the compiler reports dead code.
 
-pub mod auth;
+pub(crate) mod answer;
+pub(crate) mod auth;
 pub mod config;
-pub mod edge;
-pub mod front;
-pub mod html;
-pub mod ops;
+pub(crate) mod edge;
+pub(crate) mod front;
+pub(crate) mod html;
+pub(crate) mod ops;
 pub mod proxy;
 pub mod request;
-pub mod route;
+pub(crate) mod route;
 pub mod server;
 pub mod session;
 pub mod static_files;
-pub mod validation;
-pub mod wechat;
+pub(crate) mod validation;
+pub(crate) mod wechat;

@@ -26,11 +26,7 @@ fn wechat_error(code: i64, msg: &str) -> String {
 }
 
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    crate::session::ct_eq(a.as_bytes(), b.as_bytes())
 }
 
 impl CompatEndpoint {

@@ -1,5 +1,6 @@
-//! WeChat login at the edge, glued to the request phases: the callback interception on page
-//! loads, the `/_wxedge/*` login endpoints, the sandbox, and which identity goes upstream.
+//! WeChat login at the edge: the callback interception on page loads, the `/_wxedge/*` login
+//! endpoints, the sandbox, and which identity goes upstream. Its answers are values (a page,
+//! a redirect, JSON, `Set-Cookie` lines) that the edge writes; it needs no HTTP session type.
 //! The building blocks live in `session` (cookies) and `wechat` (the provider).
 
 pub mod compat;
@@ -9,13 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
-use pingora::prelude::*;
-use pingora_proxy::Session as HttpSession;
+use http::header::{HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
+use crate::answer::json_error;
 use crate::config::{Config, IdentityHeaderNames};
-use crate::edge::{json_error, redirect, respond, RequestCtx};
 use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
 use crate::proxy::headers::canonical;
@@ -32,36 +31,92 @@ use crate::wechat::{
 /// Marks a callback that already failed once, so a failing login cannot loop (1 minute).
 const RETRY_MARKER: &str = "wxedge_retry";
 
+/// What the login layer decided for a request.
 pub enum AuthAction {
-    /// The auth layer answered the request itself.
-    Responded(RouteClass),
+    /// It answers the request itself.
+    Answer(Reply),
     /// Go on; this is who the backend is told is calling.
     Continue(ForwardedIdentity),
 }
 
+/// A complete answer, written by the edge.
+#[derive(Debug)]
+pub struct Reply {
+    pub class: RouteClass,
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    /// `Location`, for redirects.
+    pub location: Option<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+const JSON: &str = "application/json; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+impl Reply {
+    fn json(status: u16, body: Bytes) -> Reply {
+        Reply {
+            class: RouteClass::Auth,
+            status,
+            content_type: JSON,
+            body,
+            location: None,
+            headers: vec![],
+        }
+    }
+
+    fn page(status: u16, html: String) -> Reply {
+        Reply {
+            content_type: HTML,
+            ..Reply::json(status, Bytes::from(html))
+        }
+    }
+
+    /// 302 to a path or URL the edge built itself.
+    fn redirect(location: String) -> Reply {
+        Reply {
+            content_type: "text/plain; charset=utf-8",
+            location: Some(location),
+            ..Reply::json(302, Bytes::new())
+        }
+    }
+}
+
+/// The parts of a request the login looks at.
+#[derive(Debug, Default)]
+pub struct AuthRequest<'a> {
+    pub method: &'a str,
+    /// Normalised.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Every `Cookie` header's value.
+    pub cookies: Vec<&'a [u8]>,
+    pub host: Option<&'a str>,
+    pub forwarded_proto: Option<&'a [u8]>,
+    pub accept: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub request_id: &'a str,
+}
+
+/// The decision, and what the answer (whichever writes it) must carry.
+pub struct AuthOutcome {
+    pub action: AuthAction,
+    /// `Set-Cookie` values for the answer (session, login nonce, retry marker).
+    pub set_cookies: Vec<HeaderValue>,
+    /// A valid session came with the request (or was just issued).
+    pub authenticated: bool,
+}
+
 /// The error page for a login that could not finish, with the status that says why:
 /// 401 for a spent or unknown code, 500 for the site's own WeChat settings, 502 for WeChat trouble.
-async fn login_failed_page(
-    session: &mut HttpSession,
-    ctx: &RequestCtx,
-    label: &str,
-    retry_href: &str,
-) -> Result<()> {
+fn login_failed_page(label: &str, retry_href: &str, request_id: &str) -> Reply {
     let status = match label {
         "40029" | "40163" | "41008" => 401,
         "40125" | "40013" | "40002" => 500,
         _ => 502,
     };
-    let page = pages::error_page(label, retry_href, &ctx.request_id);
-    respond(
-        session,
-        ctx,
-        status,
-        "text/html; charset=utf-8",
-        &[],
-        Bytes::from(page),
-    )
-    .await
+    Reply::page(status, pages::error_page(label, retry_href, request_id))
 }
 
 /// The resolved WeChat side: real WeChat, a stand-in, or the built-in sandbox.
@@ -88,6 +143,7 @@ struct Login {
     secure: bool,
 }
 
+/// What each identity header carries, in the order of `IdentityHeaderNames::all`.
 #[derive(Clone, Copy)]
 enum Field {
     OpenId,
@@ -98,16 +154,22 @@ enum Field {
     Avatar,
 }
 
-/// `name` from a query string, percent-decoded.
+impl Field {
+    const ALL: [Field; 6] = [
+        Field::OpenId,
+        Field::UnionId,
+        Field::Scope,
+        Field::Snapshot,
+        Field::Nickname,
+        Field::Avatar,
+    ];
+}
+
+/// `name` from a query string (`application/x-www-form-urlencoded`), decoded.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| {
-            percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The path and query without the OAuth callback's `code` and `state`.
@@ -127,21 +189,12 @@ fn without_code(path: &str, query: Option<&str>) -> String {
     }
 }
 
-fn cookie_values(session: &HttpSession) -> Vec<&[u8]> {
-    session
-        .req_header()
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect()
-}
-
-fn has_cookie(session: &HttpSession, name: &str) -> bool {
-    cookie_values(session).iter().any(|v| {
-        String::from_utf8_lossy(v)
-            .split(';')
-            .any(|p| p.trim().split('=').next().is_some_and(|n| n.trim() == name))
+/// Whether one of the `Cookie` headers holds a cookie called `name`.
+fn has_cookie(cookies: &[&[u8]], name: &str) -> bool {
+    cookies.iter().any(|v| {
+        cookie::Cookie::split_parse(String::from_utf8_lossy(v))
+            .flatten()
+            .any(|c| c.name() == name)
     })
 }
 
@@ -212,22 +265,17 @@ impl Login {
                 ..SandboxConfig::default()
             })
         });
-        let n = &s.identity_headers;
-        let header_names = [
-            (&n.openid, Field::OpenId),
-            (&n.unionid, Field::UnionId),
-            (&n.scope, Field::Scope),
-            (&n.snapshot, Field::Snapshot),
-            (&n.nickname, Field::Nickname),
-            (&n.avatar, Field::Avatar),
-        ]
-        .into_iter()
-        .map(|(name, f)| {
-            HeaderName::from_bytes(name.as_bytes())
-                .map(|h| (h, f))
-                .map_err(|e| format!("{name}: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        let header_names = s
+            .identity_headers
+            .all()
+            .into_iter()
+            .zip(Field::ALL)
+            .map(|(name, f)| {
+                HeaderName::from_bytes(name.as_bytes())
+                    .map(|h| (h, f))
+                    .map_err(|e| format!("{name}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Login {
             provider: Provider {
                 appid,
@@ -285,12 +333,6 @@ impl Login {
         (&self.provider.appid, &self.provider.secret)
     }
 
-    fn set_cookie(ctx: &mut RequestCtx, value: String) {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            ctx.set_cookies.push(v);
-        }
-    }
-
     fn marker_cookie(&self, on: bool) -> String {
         let secure = if self.secure { "; Secure" } else { "" };
         if on {
@@ -301,27 +343,19 @@ impl Login {
     }
 
     /// The site's origin as the browser sees it, for `redirect_uri`.
-    fn origin(&self, session: &HttpSession) -> String {
+    fn origin(&self, req: &AuthRequest) -> String {
         if !self.public_url.is_empty() {
             return self.public_url.clone();
         }
-        let host = session
-            .req_header()
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
+        let host = req
+            .host
             .filter(|h| {
                 h.chars()
                     .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
             })
             .unwrap_or("localhost");
         // wxedge speaks plain HTTP; a TLS-terminating load balancer says so in X-Forwarded-Proto.
-        let proto = match session
-            .req_header()
-            .headers
-            .get("x-forwarded-proto")
-            .map(|v| v.as_bytes())
-        {
+        let proto = match req.forwarded_proto {
             Some(b"https") => "https",
             _ => "http",
         };
@@ -354,9 +388,10 @@ impl Login {
         out
     }
 
-    fn is_callback_page(&self, session: &HttpSession, path: &str) -> bool {
-        let req = session.req_header();
-        if req.method != http::Method::GET || path.starts_with(crate::route::EDGE_PREFIX) {
+    /// A page load that may carry an OAuth callback (`req` is not proxied).
+    fn is_callback_page(&self, req: &AuthRequest) -> bool {
+        let path = req.path;
+        if req.method != "GET" || path.starts_with(crate::route::EDGE_PREFIX) {
             return false;
         }
         if !self.callback_paths.is_empty() {
@@ -365,9 +400,7 @@ impl Login {
         let last = path.rsplit('/').next().unwrap_or("");
         let page = !last.contains('.') || last.ends_with(".html");
         let html = req
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
+            .accept
             .is_none_or(|a| a.contains("text/html") || a.contains("*/*"));
         page && html
     }
@@ -422,81 +455,96 @@ impl Login {
     }
 
     /// Runs before static files and the proxy.
-    async fn request_filter(
+    async fn decide(
         &self,
-        session: &mut HttpSession,
-        ctx: &mut RequestCtx,
+        req: &AuthRequest<'_>,
         proxied: bool,
-    ) -> Result<AuthAction> {
+        out: &mut SetCookies,
+    ) -> AuthAction {
         // Most requests are assets: no session to open, no code to redeem, no cookie to rewrite.
-        {
-            let uri = &session.req_header().uri;
-            let maybe_callback = uri.query().is_some_and(|q| q.contains("code="));
-            if !proxied && !maybe_callback && !uri.path().starts_with("/_wxedge/") {
-                return Ok(AuthAction::Continue(ForwardedIdentity::default()));
-            }
+        let maybe_callback = req.query.is_some_and(|q| q.contains("code="));
+        let edge_path = req.path.strip_prefix(crate::route::EDGE_PREFIX);
+        if !proxied && !maybe_callback && edge_path.is_none() {
+            return AuthAction::Continue(ForwardedIdentity::default());
         }
-        let path = session.req_header().uri.path().to_string();
-        let query = session.req_header().uri.query().map(str::to_string);
         let now = now_unix();
-
-        if let Some(rest) = path.strip_prefix("/_wxedge/") {
-            if let Some(class) = self
-                .endpoint(session, ctx, rest, query.as_deref(), now)
-                .await?
-            {
-                return Ok(AuthAction::Responded(class));
+        if let Some(rest) = edge_path {
+            if let Some(reply) = self.endpoint(req, rest, now, out).await {
+                return AuthAction::Answer(reply);
             }
         }
 
-        let mut current = self
-            .codec
-            .open_from_cookie_header(&cookie_values(session), now);
-
-        if !proxied && self.is_callback_page(session, &path) {
-            if let (Some(code), Some(state)) = (
-                query_param(query.as_deref(), "code"),
-                query_param(query.as_deref(), "state"),
-            ) {
-                let state_ok = !looks_like_login_state(&state)
-                    && (self.frontend_states.is_empty() || self.frontend_states.contains(&state));
-                if !code.is_empty() && state_ok {
-                    match self.redeem(&code).await {
-                        Ok(identity) => {
-                            let (s, set) = self.codec.issue(&identity, now);
-                            Self::set_cookie(ctx, set);
-                            if has_cookie(session, RETRY_MARKER) {
-                                Self::set_cookie(ctx, self.marker_cookie(false));
-                            }
-                            current = Some(s);
-                        }
-                        Err((label, req_id)) => {
-                            log::warn!(
-                                "wechat code exchange failed on {path}: errcode {label}{}",
-                                req_id.map(|r| format!(" (req_id {r})")).unwrap_or_default()
-                            );
-                            if current.is_none() {
-                                self.callback_failed(session, ctx, &path, query.as_deref(), &label)
-                                    .await?;
-                                return Ok(AuthAction::Responded(RouteClass::Auth));
-                            }
-                            // A valid session already: the page is all the user needs.
-                        }
-                    }
-                } else if !state_ok {
-                    log::info!("callback on {path} with a state outside wechat.frontend_states: not intercepted");
-                }
+        let mut current = self.codec.open_from_cookie_header(&req.cookies, now);
+        if !proxied && self.is_callback_page(req) {
+            if let Some(reply) = self.intercept_callback(req, &mut current, now, out).await {
+                return AuthAction::Answer(reply);
             }
         }
-
-        ctx.authenticated = current.is_some();
+        if proxied && current.is_none() && self.requires_session(req.path) {
+            let body = self.unauthorized_body(req, now, out);
+            return AuthAction::Answer(Reply {
+                class: RouteClass::Proxy,
+                ..Reply::json(401, body)
+            });
+        }
         let (headers, upstream_cookie) =
-            self.upstream_view(current.as_ref(), &cookie_values(session), proxied);
-        Ok(AuthAction::Continue(ForwardedIdentity {
+            self.upstream_view(current.as_ref(), &req.cookies, proxied);
+        AuthAction::Continue(ForwardedIdentity {
             authenticated: current.is_some(),
             headers,
             upstream_cookie,
-        }))
+        })
+    }
+
+    /// A page load with `?code=&state=`: redeem the code and issue a session (`current`), or
+    /// the answer for a login that failed.
+    async fn intercept_callback(
+        &self,
+        req: &AuthRequest<'_>,
+        current: &mut Option<Session>,
+        now: u64,
+        out: &mut SetCookies,
+    ) -> Option<Reply> {
+        let (Some(code), Some(state)) = (
+            query_param(req.query, "code"),
+            query_param(req.query, "state"),
+        ) else {
+            return None;
+        };
+        let state_ok = !looks_like_login_state(&state)
+            && (self.frontend_states.is_empty() || self.frontend_states.contains(&state));
+        if !state_ok {
+            log::info!(
+                "callback on {} with a state outside wechat.frontend_states: not intercepted",
+                req.path
+            );
+            return None;
+        }
+        if code.is_empty() {
+            return None;
+        }
+        match self.redeem(&code).await {
+            Ok(identity) => {
+                let (s, set) = self.codec.issue(&identity, now);
+                out.push(set);
+                if has_cookie(&req.cookies, RETRY_MARKER) {
+                    out.push(self.marker_cookie(false));
+                }
+                *current = Some(s);
+                None
+            }
+            Err((label, req_id)) => {
+                log::warn!(
+                    "wechat code exchange failed on {}: errcode {label}{}",
+                    req.path,
+                    req_id.map(|r| format!(" (req_id {r})")).unwrap_or_default()
+                );
+                // A valid session already: the page is all the user needs.
+                current
+                    .is_none()
+                    .then(|| self.callback_failed(req, &label, out))
+            }
+        }
     }
 
     /// The identity headers for `current`, and the `Cookie` header the backend gets (only
@@ -535,33 +583,26 @@ impl Login {
     /// A callback whose code could not be exchanged, for a browser without a session:
     /// restart the page's own login once (the page reloads without the spent code and asks
     /// WeChat again), then show an error page instead of looping.
-    async fn callback_failed(
-        &self,
-        session: &mut HttpSession,
-        ctx: &mut RequestCtx,
-        path: &str,
-        query: Option<&str>,
-        label: &str,
-    ) -> Result<()> {
-        let clean = without_code(path, query);
+    fn callback_failed(&self, req: &AuthRequest, label: &str, out: &mut SetCookies) -> Reply {
+        let clean = without_code(req.path, req.query);
         let config_error = matches!(label, "40125" | "40013" | "40002");
-        if !config_error && !has_cookie(session, RETRY_MARKER) {
-            Self::set_cookie(ctx, self.marker_cookie(true));
-            return redirect(session, ctx, &clean).await;
+        if !config_error && !has_cookie(&req.cookies, RETRY_MARKER) {
+            out.push(self.marker_cookie(true));
+            return Reply::redirect(clean);
         }
-        login_failed_page(session, ctx, label, &clean).await
+        login_failed_page(label, &clean, req.request_id)
     }
 
     fn authorize_for(
         &self,
-        session: &HttpSession,
-        ctx: &mut RequestCtx,
+        req: &AuthRequest,
         return_to: &str,
         now: u64,
+        out: &mut SetCookies,
     ) -> String {
         let (state, nonce_cookie) = self.codec.new_login(return_to, now);
-        Self::set_cookie(ctx, nonce_cookie);
-        let redirect_uri = format!("{}/_wxedge/callback", self.origin(session));
+        out.push(nonce_cookie);
+        let redirect_uri = format!("{}/_wxedge/callback", self.origin(req));
         authorize_url(
             &self.provider.open_base,
             &self.provider.appid,
@@ -574,24 +615,19 @@ impl Login {
     /// `/_wxedge/*`; `None` when the path is not one of ours (health is handled by the edge).
     async fn endpoint(
         &self,
-        session: &mut HttpSession,
-        ctx: &mut RequestCtx,
+        req: &AuthRequest<'_>,
         rest: &str,
-        query: Option<&str>,
         now: u64,
-    ) -> Result<Option<RouteClass>> {
-        const JSON: &str = "application/json; charset=utf-8";
+        out: &mut SetCookies,
+    ) -> Option<Reply> {
         if let Some(sub) = rest.strip_prefix("sandbox") {
-            let Some(sandbox) = &self.sandbox else {
-                return Ok(None);
-            };
-            let target = match query {
+            let sandbox = self.sandbox.as_ref()?;
+            let target = match req.query {
                 Some(q) => format!("{sub}?{q}"),
                 None => sub.to_string(),
             };
-            let method = session.req_header().method.as_str().to_string();
-            let r = sandbox.handle_delayed(&method, &target, now).await;
-            let extra: Vec<(HeaderName, HeaderValue)> = r
+            let r = sandbox.handle_delayed(req.method, &target, now).await;
+            let headers = r
                 .headers
                 .iter()
                 .filter_map(|(k, v)| {
@@ -601,22 +637,18 @@ impl Login {
                     ))
                 })
                 .collect();
-            respond(
-                session,
-                ctx,
-                r.status,
-                r.content_type,
-                &extra,
-                Bytes::from(r.body),
-            )
-            .await?;
-            return Ok(Some(RouteClass::Sandbox));
+            return Some(Reply {
+                class: RouteClass::Sandbox,
+                status: r.status,
+                content_type: r.content_type,
+                body: Bytes::from(r.body),
+                location: None,
+                headers,
+            });
         }
-        match rest {
+        Some(match rest {
             "session" => {
-                let s = self
-                    .codec
-                    .open_from_cookie_header(&cookie_values(session), now);
+                let s = self.codec.open_from_cookie_header(&req.cookies, now);
                 let body = match &s {
                     Some(s) => serde_json::json!({
                         "authenticated": true,
@@ -630,106 +662,86 @@ impl Login {
                         "authenticated": false, "openid": null, "unionid": null, "snapshot": false, "expires_at": null,
                     }),
                 };
-                respond(session, ctx, 200, JSON, &[], Bytes::from(body.to_string())).await?;
+                Reply::json(200, Bytes::from(body.to_string()))
             }
             "logout" => {
-                Self::set_cookie(ctx, self.codec.clear_cookie_header());
-                let to = query_param(query, "return")
+                out.push(self.codec.clear_cookie_header());
+                let to = query_param(req.query, "return")
                     .and_then(|r| safe_return_path(&r))
                     .unwrap_or_else(|| "/".into());
-                redirect(session, ctx, &to).await?;
+                Reply::redirect(to)
             }
             "login" => {
-                let raw = query_param(query, "return").unwrap_or_else(|| "/".into());
-                let Some(to) = safe_return_path(&raw) else {
-                    let body = json_error(
-                        "bad_return",
-                        "return must be a path on this site, such as /pages/index/index",
-                    );
-                    respond(session, ctx, 400, JSON, &[], body).await?;
-                    return Ok(Some(RouteClass::Auth));
-                };
-                let url = self.authorize_for(session, ctx, &to, now);
-                redirect(session, ctx, &url).await?;
-            }
-            "callback" => {
-                let state = query_param(query, "state").unwrap_or_default();
-                let code = query_param(query, "code").unwrap_or_default();
-                match self
-                    .codec
-                    .finish_login(&state, &cookie_values(session), now)
-                {
-                    Err(e) => {
-                        log::info!("edge login callback refused: {}", e.label());
-                        let page =
-                            pages::error_page("state", "/_wxedge/login?return=/", &ctx.request_id);
-                        respond(
-                            session,
-                            ctx,
-                            400,
-                            "text/html; charset=utf-8",
-                            &[],
-                            Bytes::from(page),
-                        )
-                        .await?;
-                    }
-                    Ok(to) => {
-                        Self::set_cookie(ctx, self.codec.clear_login_cookie_header());
-                        if code.is_empty() {
-                            // The user refused authorization (snsapi_userinfo): no session, back to the page.
-                            redirect(session, ctx, &to).await?;
-                            return Ok(Some(RouteClass::Auth));
-                        }
-                        match self.redeem(&code).await {
-                            Ok(identity) => {
-                                let (_s, set) = self.codec.issue(&identity, now);
-                                Self::set_cookie(ctx, set);
-                                redirect(session, ctx, &to).await?;
-                            }
-                            Err((label, req_id)) => {
-                                log::warn!(
-                                    "wechat code exchange failed on the edge login: errcode {label}{}",
-                                    req_id.map(|r| format!(" (req_id {r})")).unwrap_or_default()
-                                );
-                                let retry = format!(
-                                    "/_wxedge/login?return={}",
-                                    utf8_percent_encode(&to, NON_ALPHANUMERIC)
-                                );
-                                login_failed_page(session, ctx, &label, &retry).await?;
-                            }
-                        }
-                    }
+                let raw = query_param(req.query, "return").unwrap_or_else(|| "/".into());
+                match safe_return_path(&raw) {
+                    Some(to) => Reply::redirect(self.authorize_for(req, &to, now, out)),
+                    None => Reply::json(
+                        400,
+                        json_error(
+                            "bad_return",
+                            "return must be a path on this site, such as /pages/index/index",
+                        ),
+                    ),
                 }
             }
-            _ => return Ok(None),
-        }
-        Ok(Some(RouteClass::Auth))
+            "callback" => self.edge_callback(req, now, out).await,
+            _ => return None,
+        })
     }
 
-    /// 401 for a `require_session` prefix without a session.
-    fn require_session_refusal(&self, session: &HttpSession, ctx: &RequestCtx) -> Option<u16> {
-        let path = session.req_header().uri.path();
-        (!ctx.authenticated
-            && self
-                .require_session
-                .iter()
-                .any(|p| path.starts_with(p.as_str())))
-        .then_some(401)
+    /// `/_wxedge/callback`: the end of an edge-started login.
+    async fn edge_callback(&self, req: &AuthRequest<'_>, now: u64, out: &mut SetCookies) -> Reply {
+        let state = query_param(req.query, "state").unwrap_or_default();
+        let code = query_param(req.query, "code").unwrap_or_default();
+        let to = match self.codec.finish_login(&state, &req.cookies, now) {
+            Err(e) => {
+                log::info!("edge login callback refused: {}", e.label());
+                let page = pages::error_page("state", "/_wxedge/login?return=/", req.request_id);
+                return Reply::page(400, page);
+            }
+            Ok(to) => to,
+        };
+        out.push(self.codec.clear_login_cookie_header());
+        if code.is_empty() {
+            // The user refused authorization (snsapi_userinfo): no session, back to the page.
+            return Reply::redirect(to);
+        }
+        match self.redeem(&code).await {
+            Ok(identity) => {
+                let (_s, set) = self.codec.issue(&identity, now);
+                out.push(set);
+                Reply::redirect(to)
+            }
+            Err((label, req_id)) => {
+                log::warn!(
+                    "wechat code exchange failed on the edge login: errcode {label}{}",
+                    req_id.map(|r| format!(" (req_id {r})")).unwrap_or_default()
+                );
+                let retry = format!(
+                    "/_wxedge/login?return={}",
+                    utf8_percent_encode(&to, NON_ALPHANUMERIC)
+                );
+                login_failed_page(&label, &retry, req.request_id)
+            }
+        }
+    }
+
+    fn requires_session(&self, path: &str) -> bool {
+        self.require_session
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
     }
 
     /// The 401 body: where to log in (the edge's login URL and a ready authorize URL).
-    fn unauthorized_body(&self, session: &HttpSession, ctx: &mut RequestCtx) -> Bytes {
+    fn unauthorized_body(&self, req: &AuthRequest, now: u64, out: &mut SetCookies) -> Bytes {
         // Back to the page that made the call, when the browser said which (same site only).
-        let back = session
-            .req_header()
-            .headers
-            .get(header::REFERER)
-            .and_then(|r| r.to_str().ok())
+        let back = req
+            .referer
             .and_then(|r| r.split_once("://").map(|(_, rest)| rest))
             .and_then(|rest| rest.find('/').map(|i| rest[i..].to_string()))
             .and_then(|p| safe_return_path(&p))
             .unwrap_or_else(|| "/".into());
-        let authorize = self.authorize_for(session, ctx, &back, now_unix());
+        let authorize = self.authorize_for(req, &back, now, out);
         let login = format!(
             "/_wxedge/login?return={}",
             utf8_percent_encode(&back, NON_ALPHANUMERIC)
@@ -783,29 +795,21 @@ impl Auth {
 
     /// Every name a client must never be able to send upstream, in canonical spelling.
     pub fn protected_header_names(&self) -> Vec<String> {
-        let n = &self.names;
-        [
-            &n.openid,
-            &n.unionid,
-            &n.scope,
-            &n.snapshot,
-            &n.nickname,
-            &n.avatar,
-        ]
-        .iter()
-        .map(|h| canonical(h))
-        .collect()
+        self.names.all().iter().map(|h| canonical(h)).collect()
     }
 
-    pub async fn request_filter(
-        &self,
-        session: &mut HttpSession,
-        ctx: &mut RequestCtx,
-        proxied: bool,
-    ) -> Result<AuthAction> {
-        match &self.login {
-            Some(l) => l.request_filter(session, ctx, proxied).await,
-            None => Ok(AuthAction::Continue(ForwardedIdentity::default())),
+    /// The login's decision for a request: an answer of its own, or who the backend is told
+    /// is calling, with the `Set-Cookie` lines either answer carries.
+    pub async fn decide(&self, req: &AuthRequest<'_>, proxied: bool) -> AuthOutcome {
+        let mut out = SetCookies::default();
+        let action = match &self.login {
+            Some(l) => l.decide(req, proxied, &mut out).await,
+            None => AuthAction::Continue(ForwardedIdentity::default()),
+        };
+        AuthOutcome {
+            authenticated: matches!(&action, AuthAction::Continue(id) if id.authenticated),
+            action,
+            set_cookies: out.values,
         }
     }
 
@@ -826,24 +830,22 @@ impl Auth {
 
     /// Whether `path` is one the backend only gets with a session (`require_session`).
     pub fn requires_session(&self, path: &str) -> bool {
-        self.login.as_ref().is_some_and(|l| {
-            l.require_session
-                .iter()
-                .any(|p| path.starts_with(p.as_str()))
-        })
-    }
-
-    /// 401 for a `require_session` prefix without a session.
-    pub fn require_session_refusal(&self, session: &HttpSession, ctx: &RequestCtx) -> Option<u16> {
         self.login
             .as_ref()
-            .and_then(|l| l.require_session_refusal(session, ctx))
+            .is_some_and(|l| l.requires_session(path))
     }
+}
 
-    pub fn unauthorized_body(&self, session: &HttpSession, ctx: &mut RequestCtx) -> Bytes {
-        match &self.login {
-            Some(l) => l.unauthorized_body(session, ctx),
-            None => json_error("unauthorized", "a WeChat session is required"),
+/// `Set-Cookie` values collected while deciding.
+#[derive(Default)]
+struct SetCookies {
+    values: Vec<HeaderValue>,
+}
+
+impl SetCookies {
+    fn push(&mut self, value: String) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            self.values.push(v);
         }
     }
 }

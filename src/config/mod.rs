@@ -146,6 +146,21 @@ pub struct IdentityHeaderNames {
     pub avatar: String,
 }
 
+impl IdentityHeaderNames {
+    /// Every identity header, in one list: what the edge injects for a session and strips
+    /// from every client request (openid, unionid, scope, snapshot, nickname, avatar).
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.openid,
+            &self.unionid,
+            &self.scope,
+            &self.snapshot,
+            &self.nickname,
+            &self.avatar,
+        ]
+    }
+}
+
 impl Default for IdentityHeaderNames {
     fn default() -> Self {
         IdentityHeaderNames {

@@ -508,7 +508,7 @@ impl Front {
                     .with_label_values(&[f.kind])
                     .inc();
                 record.upstream = f.backend.map(|i| edge.upstreams.authority(i));
-                let body = crate::edge::json_error(f.kind, f.message);
+                let body = crate::answer::json_error(f.kind, f.message);
                 let sent = self
                     .write_answer(
                         stream,
@@ -555,7 +555,7 @@ impl Front {
             505 => "version_not_supported",
             _ => "bad_request",
         };
-        let body = crate::edge::json_error(kind, message);
+        let body = crate::answer::json_error(kind, message);
         let request_id = record.request_id.clone();
         let sent = self
             .write_answer(stream, conn, status, &body, &request_id, close, head)

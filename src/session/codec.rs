@@ -237,13 +237,15 @@ impl SessionCodec {
     /// The `Cookie` header value without our session and login cookies, for the backend;
     /// `None` when nothing else remains (then drop the header).
     pub fn strip_cookie(&self, cookie_header_value: &str) -> Option<String> {
+        // Pairs are kept byte for byte as the browser sent them; only their names are parsed.
         let kept: Vec<&str> = cookie_header_value
             .split(';')
             .map(str::trim)
             .filter(|pair| !pair.is_empty())
             .filter(|pair| {
-                let name = pair.split('=').next().unwrap_or("").trim();
-                name != self.cookie_name && name != self.login_cookie_name
+                cookie::Cookie::parse(*pair).map_or(true, |c| {
+                    c.name() != self.cookie_name && c.name() != self.login_cookie_name
+                })
             })
             .collect();
         if kept.is_empty() {
@@ -289,23 +291,19 @@ impl SessionCodec {
 pub(crate) fn cookie_values<'a, S: AsRef<[u8]>>(headers: &'a [S], name: &str) -> Vec<&'a str> {
     let mut out = Vec::new();
     for h in headers {
-        for pair in h.as_ref().split(|&b| b == b';') {
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                continue;
-            };
-            let (n, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
-            if n != name.as_bytes() || v.is_empty() || v.len() > MAX_COOKIE_VALUE {
+        let Ok(text) = std::str::from_utf8(h.as_ref()) else {
+            continue;
+        };
+        // The `cookie` crate splits and parses the pairs (borrowing, nothing decoded).
+        for c in Cookie::split_parse(text).flatten() {
+            let Some(v) = c.value_raw() else { continue };
+            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            if c.name() != name || v.is_empty() || v.len() > MAX_COOKIE_VALUE {
                 continue;
             }
-            let v = match v {
-                [b'"', inner @ .., b'"'] => inner,
-                v => v,
-            };
-            if let Ok(v) = std::str::from_utf8(v) {
-                out.push(v);
-                if out.len() == MAX_CANDIDATES {
-                    return out;
-                }
+            out.push(v);
+            if out.len() == MAX_CANDIDATES {
+                return out;
             }
         }
     }

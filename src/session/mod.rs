@@ -41,12 +41,11 @@ pub fn random_hex(n: usize) -> String {
     s
 }
 
-/// Compares two byte strings in time independent of where they differ.
+/// Compares two secrets in time independent of where they differ (`subtle`; the length is
+/// not secret).
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

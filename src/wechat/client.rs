@@ -337,7 +337,7 @@ impl WechatClient {
     /// Whether `appid`/`secret` are ours (constant-time on the secret), for the
     /// WeChat-compatible endpoint.
     pub fn credentials_match(&self, appid: &str, secret: &str) -> bool {
-        let s = ct_eq(secret.as_bytes(), self.cfg.secret.as_bytes());
+        let s = crate::session::ct_eq(secret.as_bytes(), self.cfg.secret.as_bytes());
         appid == self.cfg.appid && s
     }
 
@@ -555,9 +555,6 @@ fn map_reqwest(e: reqwest::Error, scrub: &[&str]) -> ExchangeError {
     }
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 #[cfg(test)]
 mod tests {
