@@ -15,7 +15,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::time::Duration;
 
 use crate::answer::json_error;
-use crate::auth::{Auth, AuthAction, AuthRequest};
+use crate::auth::{Auth, AuthAction, AuthRequest, Reply};
 use crate::config::Config;
 use crate::ops::access_log;
 use crate::ops::metrics::METRICS;
@@ -86,6 +86,7 @@ pub struct RequestCtx {
 }
 
 const JSON: &str = "application/json; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Edge {
     pub fn new(config: &Config, site: StaticSite, auth: Auth) -> Edge {
@@ -250,6 +251,7 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// Route, then let the route's owner answer; `Ok(false)` goes on to the backend.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // The front door parsed, validated and normalised this request and made its record.
         let record = ctx.record.get_or_insert_with(|| self.record_for(session));
@@ -260,198 +262,52 @@ impl ProxyHttp for Edge {
         }
         let path = session.req_header().uri.path().to_string();
         let route = self.router.route(&path);
-        match route {
-            Route::Health => {
-                ctx.class = RouteClass::Health;
-                let body = Bytes::from_static(b"{\"status\":\"ok\"}");
-                respond(session, ctx, 200, JSON, &[], body).await?;
-                return Ok(true);
-            }
-            Route::Ready => {
-                ctx.class = RouteClass::Health;
-                if !self.upstreams.is_empty()
-                    && self.upstreams.healthy_count() < self.upstreams.len()
-                {
-                    self.probe_backends().await;
-                }
-                let (ready, body) = self.readiness();
-                let status = if ready { 200 } else { 503 };
-                respond(
-                    session,
-                    ctx,
-                    status,
-                    JSON,
-                    &[],
-                    Bytes::from(body.to_string()),
-                )
-                .await?;
-                return Ok(true);
-            }
-            Route::Edge | Route::Proxy | Route::Static => {}
+        if let Route::Health | Route::Ready = route {
+            ctx.class = RouteClass::Health;
+            self.health(session, ctx, route).await?;
+            return Ok(true);
         }
         let proxied = route == Route::Proxy;
-
         // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox,
         // the 401 for `require_session` prefixes.
-        let outcome = {
-            let req = session.req_header();
-            let text =
-                |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
-            let auth_req = AuthRequest {
-                method: req.method.as_str(),
-                path: &path,
-                query: req.uri.query(),
-                cookies: req
-                    .headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .map(|v| v.as_bytes())
-                    .collect(),
-                host: text(header::HOST),
-                forwarded_proto: req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
-                accept: text(header::ACCEPT),
-                referer: text(header::REFERER),
-                request_id: &ctx.request_id,
-            };
-            self.auth.decide(&auth_req, proxied).await
-        };
+        let outcome = self
+            .auth
+            .decide(&auth_request(session, &path, &ctx.request_id), proxied)
+            .await;
         ctx.set_cookies.extend(outcome.set_cookies);
         ctx.authenticated = outcome.authenticated;
         match outcome.action {
             AuthAction::Answer(reply) => {
                 ctx.class = reply.class;
-                let mut headers = reply.headers;
-                if let Some(location) = reply.location {
-                    let loc = HeaderValue::from_str(&location).map_err(|_| {
-                        Error::explain(
-                            ErrorType::InternalError,
-                            "redirect target is not a header value",
-                        )
-                    })?;
-                    headers.push((header::LOCATION, loc));
-                }
-                respond(
-                    session,
-                    ctx,
-                    reply.status,
-                    reply.content_type,
-                    &headers,
-                    reply.body,
-                )
-                .await?;
+                write_reply(session, ctx, reply).await?;
                 return Ok(true);
             }
             AuthAction::Continue(identity) => ctx.identity = identity,
         }
-
-        if route == Route::Edge {
+        match route {
             // The edge's own namespace: an unknown name is a 404, never the SPA.
-            return reject(session, ctx, 404, "not_found", "no such /_wxedge/ endpoint").await;
-        }
-
-        if proxied {
-            ctx.class = RouteClass::Proxy;
-            if self.upstreams.is_empty() {
+            Route::Edge => {
+                reject(session, ctx, 404, "not_found", "no such /_wxedge/ endpoint").await
+            }
+            Route::Proxy => {
+                ctx.class = RouteClass::Proxy;
+                if !self.upstreams.is_empty() {
+                    return Ok(false);
+                }
                 METRICS
                     .backend_errors
                     .with_label_values(&["no_backend"])
                     .inc();
-                respond(
-                    session,
-                    ctx,
-                    502,
-                    JSON,
-                    &[],
-                    json_error("bad_gateway", "no backend is configured"),
-                )
-                .await?;
-                return Ok(true);
+                let body = json_error("bad_gateway", "no backend is configured");
+                respond(session, ctx, 502, JSON, &[], body).await?;
+                Ok(true)
             }
-            return Ok(false);
-        }
-
-        ctx.class = RouteClass::Static;
-        let method = session.req_header().method.clone();
-        if method != http::Method::GET && method != http::Method::HEAD {
-            let allow = [(header::ALLOW, HeaderValue::from_static("GET, HEAD"))];
-            respond(
-                session,
-                ctx,
-                405,
-                "text/plain; charset=utf-8",
-                &allow,
-                Bytes::from_static(b"405 Method Not Allowed\n"),
-            )
-            .await?;
-            return Ok(true);
-        }
-        let head = method == http::Method::HEAD;
-        let answer = {
-            let req = session.req_header();
-            let conditions = Conditions::from_headers(&req.headers);
-            self.site
-                .answer(req.uri.path(), req.uri.query(), &conditions, head)
-        };
-        match answer {
-            Answer::File(plan) => {
-                crate::ops::metrics::record_static_hit(plan.encoding.token());
-                let mut resp =
-                    ResponseHeader::build_no_case(plan.status, Some(plan.headers.len() + 4))?;
-                for (k, v) in plan.headers {
-                    resp.insert_header(k, v)?;
-                }
-                match (plan.status, plan.content_length) {
-                    (304, _) => {}
-                    (_, Some(len)) => resp.insert_header(header::CONTENT_LENGTH, len)?,
-                    (_, None) => resp.insert_header(header::CONTENT_LENGTH, 0)?,
-                }
-                resp.insert_header("x-request-id", &ctx.request_id)?;
-                if !ctx.set_cookies.is_empty() {
-                    // A response that sets a session must never be stored by a shared cache.
-                    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-                    for c in &ctx.set_cookies {
-                        resp.append_header(header::SET_COOKIE, c.clone())?;
-                    }
-                }
-                let done = plan.body.is_empty();
-                session.write_response_header(Box::new(resp), done).await?;
-                if !done {
-                    send_pieces(session, plan.body).await?;
-                }
-            }
-            Answer::Redirect(location) => {
-                let loc = [(
-                    header::LOCATION,
-                    HeaderValue::from_str(&location)
-                        .map_err(|_| Error::new(ErrorType::InternalError))?,
-                )];
-                respond(
-                    session,
-                    ctx,
-                    301,
-                    "text/plain; charset=utf-8",
-                    &loc,
-                    Bytes::from_static(b"301 Moved Permanently\n"),
-                )
-                .await?;
-            }
-            Answer::Error(status, why) => {
-                let body = format!(
-                    "{status} {}\n",
-                    if status == 404 { "Not Found" } else { why }
-                );
-                respond(
-                    session,
-                    ctx,
-                    status,
-                    "text/plain; charset=utf-8",
-                    &[],
-                    Bytes::from(body),
-                )
-                .await?;
+            Route::Static | Route::Health | Route::Ready => {
+                ctx.class = RouteClass::Static;
+                self.serve_static(session, ctx).await?;
+                Ok(true)
             }
         }
-        Ok(true)
     }
 
     async fn upstream_peer(
@@ -622,6 +478,83 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    /// `/_wxedge/healthz` and `/_wxedge/readyz`.
+    async fn health(&self, session: &mut Session, ctx: &RequestCtx, route: Route) -> Result<()> {
+        if route == Route::Health {
+            let body = Bytes::from_static(b"{\"status\":\"ok\"}");
+            return respond(session, ctx, 200, JSON, &[], body).await;
+        }
+        if !self.upstreams.is_empty() && self.upstreams.healthy_count() < self.upstreams.len() {
+            self.probe_backends().await;
+        }
+        let (ready, body) = self.readiness();
+        let status = if ready { 200 } else { 503 };
+        respond(
+            session,
+            ctx,
+            status,
+            JSON,
+            &[],
+            Bytes::from(body.to_string()),
+        )
+        .await
+    }
+
+    /// The dist's answer: a file (whole, 304, ranges), a directory redirect, or an error.
+    async fn serve_static(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+        let method = session.req_header().method.clone();
+        if method != http::Method::GET && method != http::Method::HEAD {
+            let allow = [(header::ALLOW, HeaderValue::from_static("GET, HEAD"))];
+            let body = Bytes::from_static(b"405 Method Not Allowed\n");
+            return respond(session, ctx, 405, TEXT, &allow, body).await;
+        }
+        let answer = {
+            let req = session.req_header();
+            let conditions = Conditions::from_headers(&req.headers);
+            let head = method == http::Method::HEAD;
+            self.site
+                .answer(req.uri.path(), req.uri.query(), &conditions, head)
+        };
+        match answer {
+            Answer::File(plan) => {
+                crate::ops::metrics::record_static_hit(plan.encoding.token());
+                let mut resp =
+                    ResponseHeader::build_no_case(plan.status, Some(plan.headers.len() + 4))?;
+                for (k, v) in plan.headers {
+                    resp.insert_header(k, v)?;
+                }
+                match (plan.status, plan.content_length) {
+                    (304, _) => {}
+                    (_, len) => resp.insert_header(header::CONTENT_LENGTH, len.unwrap_or(0))?,
+                }
+                resp.insert_header("x-request-id", &ctx.request_id)?;
+                if !ctx.set_cookies.is_empty() {
+                    // A response that sets a session must never be stored by a shared cache.
+                    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+                    for c in &ctx.set_cookies {
+                        resp.append_header(header::SET_COOKIE, c.clone())?;
+                    }
+                }
+                let done = plan.body.is_empty();
+                session.write_response_header(Box::new(resp), done).await?;
+                if !done {
+                    send_pieces(session, plan.body).await?;
+                }
+                Ok(())
+            }
+            Answer::Redirect(location) => {
+                let loc = [(header::LOCATION, header_value(&location)?)];
+                let body = Bytes::from_static(b"301 Moved Permanently\n");
+                respond(session, ctx, 301, TEXT, &loc, body).await
+            }
+            Answer::Error(status, why) => {
+                let why = if status == 404 { "Not Found" } else { why };
+                let body = Bytes::from(format!("{status} {why}\n"));
+                respond(session, ctx, status, TEXT, &[], body).await
+            }
+        }
+    }
+
     /// A record for a request that did not come through the front door.
     fn record_for(&self, session: &Session) -> RequestRecord {
         let req = session.req_header();
@@ -653,6 +586,50 @@ impl Edge {
             }
         })
     }
+}
+
+/// The parts of the request the login looks at.
+fn auth_request<'a>(session: &'a Session, path: &'a str, request_id: &'a str) -> AuthRequest<'a> {
+    let req = session.req_header();
+    let text = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    AuthRequest {
+        method: req.method.as_str(),
+        path,
+        query: req.uri.query(),
+        cookies: req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect(),
+        host: text(header::HOST),
+        forwarded_proto: req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        accept: text(header::ACCEPT),
+        referer: text(header::REFERER),
+        request_id,
+    }
+}
+
+/// Write the login's answer.
+async fn write_reply(session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
+    let mut headers = reply.headers;
+    if let Some(location) = reply.location {
+        headers.push((header::LOCATION, header_value(&location)?));
+    }
+    respond(
+        session,
+        ctx,
+        reply.status,
+        reply.content_type,
+        &headers,
+        reply.body,
+    )
+    .await
+}
+
+fn header_value(v: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(v)
+        .map_err(|_| Error::explain(ErrorType::InternalError, "not a header value"))
 }
 
 fn version_label(v: http::Version) -> &'static str {

@@ -54,10 +54,6 @@ impl Router {
             path.starts_with(p.as_str()) || (p.len() > 1 && p.strip_suffix('/') == Some(path))
         })
     }
-
-    pub fn prefixes(&self) -> &[String] {
-        &self.prefixes
-    }
 }
 
 #[cfg(test)]

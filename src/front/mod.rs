@@ -45,8 +45,6 @@ use crate::request::{self, Framing, Request, MAX_HEADERS};
 use crate::route::Route;
 use handover::HandedOver;
 
-pub use read::with_http_date;
-
 tokio::task_local! {
     /// The record of the request being handed to Pingora's path, for `Edge::new_ctx`.
     static HANDED_RECORD: RefCell<Option<RequestRecord>>;
@@ -166,6 +164,10 @@ impl Front {
         };
         loop {
             if conn.buf.is_empty() {
+                // The last request's head handle is gone: this takes its buffer back.
+                if conn.buf.capacity() < 2048 {
+                    conn.buf.reserve(4096);
+                }
                 let keepalive = self.edge.limits.keepalive;
                 match read::idle_read(&mut stream, &mut conn.buf, keepalive, &mut closing).await {
                     Ok(n) if n > 0 => {}

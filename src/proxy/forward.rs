@@ -25,8 +25,11 @@ const POOL_PER_THREAD: usize = 64;
 pub const COALESCE_MAX: usize = 8 * 1024;
 /// Idle longer than this, a pooled connection is checked before it is used.
 const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
-/// Largest response head accepted from a backend.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Largest response head accepted from a backend, and most header lines: pingora-core's
+/// (`v1::common::MAX_HEADER_SIZE`, `MAX_HEADERS`, private there) limits,
+/// so both paths take the same backend answers.
+const MAX_RESPONSE_HEAD: usize = 1_048_575;
+const MAX_RESPONSE_HEADERS: usize = 256;
 
 struct Idle {
     addr: SocketAddr,
@@ -243,7 +246,7 @@ async fn send_and_read_head(
             return Err((BAD_GATEWAY, buf.is_empty()));
         }
         loop {
-            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut hs = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
             let mut resp = httparse::Response::new(&mut hs);
             match resp.parse(&buf) {
                 Ok(httparse::Status::Complete(len)) => {
@@ -302,21 +305,25 @@ pub async fn within_send_timeout(
     }
 }
 
-/// Forward one request and relay the response to `client`. `scratch` is reused for the
-/// response head.
-pub async fn forward<W: AsyncWrite + Unpin>(
-    ups: &Upstreams,
-    req: &Outgoing<'_>,
-    client: &mut W,
-    scratch: &mut Vec<u8>,
-) -> Result<Relayed, Error> {
-    let (mut up, head_len) = exchange(ups, req).await.map_err(Error::Before)?;
+/// What the backend's response head says.
+struct ResponseHead {
+    status: u16,
+    framing: Framing,
+    /// The backend connection may be pooled after this response.
+    upstream_keeps: bool,
+    /// The client's connection ends after this response.
+    close_client: bool,
+}
 
-    // The response head: status, framing, what to pass on.
-    let mut hs = [httparse::EMPTY_HEADER; 64];
+/// Read the backend's response head and write the client's version of it into `out`:
+/// hop-by-hop headers (and those the backend's `Connection` names) dropped, the edge's
+/// request id and `connection: close` when the client's connection ends. `None`: the head
+/// cannot be framed one way (conflicting lengths), a 502.
+fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<ResponseHead> {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut hs);
-    let _ = resp.parse(&up.buf);
-    let status = resp.code.unwrap_or(502);
+    resp.parse(buf).ok()?;
+    let status = resp.code?;
     let mut upstream_keeps = resp.version == Some(1);
     let mut framing = None;
     let mut length: Option<u64> = None;
@@ -334,10 +341,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
                 Framing::UntilClose
             });
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (v, length) {
+            match (crate::request::content_length(h.value), length) {
                 (Some(v), None) => length = Some(v),
                 (Some(v), Some(l)) if v == l => {}
                 _ => bad_length = true,
@@ -351,10 +355,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
         }
     }
     if bad_length && framing.is_none() {
-        return Err(Error::Before(Failure {
-            backend: Some(up.backend),
-            ..BAD_GATEWAY
-        }));
+        return None;
     }
     let framing = if req.head_request || status == 204 || status == 304 {
         Framing::Empty
@@ -366,8 +367,8 @@ pub async fn forward<W: AsyncWrite + Unpin>(
     };
     let close_client = req.close_client || framing == Framing::UntilClose;
 
-    scratch.clear();
-    headers::push_status_line(scratch, status, resp.reason);
+    out.clear();
+    headers::push_status_line(out, status, resp.reason);
     let connection_values = || {
         resp.headers
             .iter()
@@ -384,23 +385,71 @@ pub async fn forward<W: AsyncWrite + Unpin>(
         {
             continue;
         }
-        push_header(scratch, h.name.as_bytes(), &[h.value]);
+        push_header(out, h.name.as_bytes(), &[h.value]);
     }
-    push_header(scratch, b"x-request-id", &[req.request_id.as_bytes()]);
+    push_header(out, b"x-request-id", &[req.request_id.as_bytes()]);
     if close_client {
-        scratch.extend_from_slice(b"connection: close\r\n");
+        out.extend_from_slice(b"connection: close\r\n");
     }
-    scratch.extend_from_slice(b"\r\n");
-    up.buf.advance(head_len);
+    out.extend_from_slice(b"\r\n");
+    Some(ResponseHead {
+        status,
+        framing,
+        upstream_keeps,
+        close_client,
+    })
+}
 
-    let backend = up.backend;
-    let broken = |body_bytes| {
-        Error::Midway(Broken {
-            status,
-            body_bytes,
-            backend,
-        })
+/// Forward one request and relay the response to `client`. `scratch` is reused for the
+/// response head.
+pub async fn forward<W: AsyncWrite + Unpin>(
+    ups: &Upstreams,
+    req: &Outgoing<'_>,
+    client: &mut W,
+    scratch: &mut Vec<u8>,
+) -> Result<Relayed, Error> {
+    let (mut up, head_len) = exchange(ups, req).await.map_err(Error::Before)?;
+    let Some(mut head) = response_head(&up.buf[..head_len], req, scratch) else {
+        return Err(Error::Before(Failure {
+            backend: Some(up.backend),
+            ..BAD_GATEWAY
+        }));
     };
+    up.buf.advance(head_len);
+    let sent = relay_body(ups, &mut up, &mut head, req, client, scratch).await?;
+    if client.flush().await.is_err() {
+        return Err(broken(&head, &up, sent));
+    }
+    if head.upstream_keeps && head.framing != Framing::UntilClose {
+        put_idle(up.addr, up.stream);
+    }
+    Ok(Relayed {
+        status: head.status,
+        body_bytes: sent,
+        backend: up.backend,
+        client_reusable: !head.close_client,
+    })
+}
+
+fn broken(head: &ResponseHead, up: &Answered, body_bytes: u64) -> Error {
+    Error::Midway(Broken {
+        status: head.status,
+        body_bytes,
+        backend: up.backend,
+    })
+}
+
+/// Relay the body as it arrives, the head (in `scratch`) going out with its first bytes;
+/// how many body bytes were sent.
+async fn relay_body<W: AsyncWrite + Unpin>(
+    ups: &Upstreams,
+    up: &mut Answered,
+    head: &mut ResponseHead,
+    req: &Outgoing<'_>,
+    client: &mut W,
+    scratch: &mut Vec<u8>,
+) -> Result<u64, Error> {
+    let framing = head.framing;
     let mut sent: u64 = 0;
     let mut chunks = Chunked::default();
     // Body bytes already read with the head go out in the same write as the head.
@@ -420,15 +469,14 @@ pub async fn forward<W: AsyncWrite + Unpin>(
             let n = match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut buf)).await
             {
                 Ok(Ok(n)) => n,
-                _ => return Err(broken(sent)),
+                _ => return Err(broken(head, up, sent)),
             };
             if n == 0 {
-                if framing == Framing::UntilClose {
-                    done = true;
-                    upstream_keeps = false;
-                } else {
-                    return Err(broken(sent));
+                if framing != Framing::UntilClose {
+                    return Err(broken(head, up, sent));
                 }
+                done = true;
+                head.upstream_keeps = false;
             }
             buf
         };
@@ -451,7 +499,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
                         if first {
                             let _ = write_client(req.send_timeout, client, scratch).await;
                         }
-                        return Err(broken(sent));
+                        return Err(broken(head, up, sent));
                     }
                 },
                 Framing::UntilClose | Framing::Empty => {}
@@ -461,7 +509,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
         }
         if take < available.len() {
             // The backend sent more than the response: do not trust the connection again.
-            upstream_keeps = false;
+            head.upstream_keeps = false;
         }
         let body = &available[..take];
         let io = if first {
@@ -481,23 +529,11 @@ pub async fn forward<W: AsyncWrite + Unpin>(
             write_client(req.send_timeout, client, body).await
         };
         if io.is_err() {
-            return Err(broken(sent));
+            return Err(broken(head, up, sent));
         }
         sent += body.len() as u64;
         if done {
-            break;
+            return Ok(sent);
         }
     }
-    if client.flush().await.is_err() {
-        return Err(broken(sent));
-    }
-    if upstream_keeps && framing != Framing::UntilClose {
-        put_idle(up.addr, up.stream);
-    }
-    Ok(Relayed {
-        status,
-        body_bytes: sent,
-        backend,
-        client_reusable: !close_client,
-    })
 }

@@ -77,8 +77,9 @@ fn valid_method(m: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
 }
 
-/// `Content-Length` is `1*DIGIT`, nothing else: no sign, no list, no inner space.
-fn content_length(v: &[u8]) -> Option<u64> {
+/// `Content-Length` is `1*DIGIT`, nothing else: no sign, no list, no inner space (for
+/// requests and for backend responses alike).
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;

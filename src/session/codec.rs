@@ -297,7 +297,10 @@ pub(crate) fn cookie_values<'a, S: AsRef<[u8]>>(headers: &'a [S], name: &str) ->
         // The `cookie` crate splits and parses the pairs (borrowing, nothing decoded).
         for c in Cookie::split_parse(text).flatten() {
             let Some(v) = c.value_raw() else { continue };
-            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
             if c.name() != name || v.is_empty() || v.len() > MAX_COOKIE_VALUE {
                 continue;
             }
