@@ -344,6 +344,26 @@ impl ProxyHttp for Edge {
         e
     }
 
+    /// A pooled backend connection that failed is retried once on a fresh one, whatever the
+    /// method: the same rule as the short path's (a backend that closed an idle keep-alive
+    /// connection never saw the request). Pingora's default retries idempotent methods only.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,

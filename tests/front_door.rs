@@ -151,7 +151,7 @@ impl Client {
         };
         let head = parse_response(&self.buf[..end], true).unwrap();
         let status = head.status;
-        let bodyless = head_request || status == 204 || status == 304;
+        let bodyless = head_request || status == 204 || status == 304 || status < 200;
         let chunked = head
             .header("transfer-encoding")
             .is_some_and(|v| v.contains("chunked"));
@@ -488,4 +488,84 @@ fn host_lines_rfc_9112_refuses_are_a_400_that_ends_the_connection_on_every_path(
     let mut c = Client::connect(edge.addr());
     let r = c.send(b"GET /api/ping HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n");
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}
+
+/// nginx's `client_header_timeout` and `client_body_timeout`: a head trickled in byte by byte
+/// is cut at the whole-head deadline (every read does not restart it), and a body that stops
+/// arriving is cut at the between-reads deadline; neither reaches the backend.
+#[test]
+fn trickled_heads_and_stalled_bodies_are_cut_at_their_deadlines() {
+    let backend = ScriptedBackend::answering("ok", false);
+    let edge = start_edge(&[
+        ("WXEDGE_BACKEND", &backend.url()),
+        ("WXEDGE_CLIENT_HEADER_TIMEOUT_MS", "1000"),
+        ("WXEDGE_CLIENT_BODY_TIMEOUT_MS", "700"),
+    ]);
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(edge.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let head = b"GET /index.html HTTP/1.1\r\nHost: h\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed_at = None;
+    for &b in head.iter() {
+        if s.write_all(&[b]).is_err() {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed_at = Some(started.elapsed());
+                break;
+            }
+            Ok(_) => panic!("the trickled head was answered"),
+            Err(_) => {} // nothing yet
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let closed_at = closed_at.expect("a head trickled over ~5 s must be cut");
+    assert!(
+        closed_at >= Duration::from_millis(900) && closed_at < Duration::from_millis(2500),
+        "cut after {closed_at:?}, the deadline is 1 s for the whole head"
+    );
+
+    let mut s = TcpStream::connect(edge.addr()).unwrap();
+    s.write_all(b"POST /api/x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let waited = started.elapsed();
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_millis(3000),
+        "a stalled body is cut after the body deadline, not {waited:?}"
+    );
+    assert!(
+        backend.requests.lock().unwrap().is_empty(),
+        "nothing reached the backend"
+    );
+}
+
+/// `Expect: 100-continue`: the client hears `100 Continue` before it sends the body, on the
+/// short path and on Pingora's; the backend never sees the expectation.
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let backend = ScriptedBackend::answering("ok", false);
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let mut c = Client::connect(edge.addr());
+    c.sock
+        .write_all(b"POST /api/upload HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    let interim = c.read(false);
+    assert_eq!(interim.status, 100);
+    c.sock.write_all(b"hello").unwrap();
+    let r = c.read(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let seen = backend.requests.lock().unwrap().clone();
+    let (head, body) = seen.last().unwrap();
+    assert_eq!(body, b"hello");
+    assert!(!head.to_ascii_lowercase().contains("expect"), "{head}");
+    // Still one connection, still usable.
+    assert_eq!(c.send(&get("/api/again")).text(), "ok");
 }
