@@ -394,8 +394,7 @@ impl ProxyHttp for Edge {
             .req_header()
             .headers
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
+            .and_then(|v| v.to_str().ok()?.parse().ok());
         upstream::apply(
             upstream,
             &Outbound {

@@ -476,7 +476,7 @@ impl Front {
                 forwarding: &edge.forwarding(conn.client_ip.as_deref()),
                 identity: &identity,
                 request_id: &record.request_id,
-                body_len: body.len(),
+                body_len: upstream::declared_length(req.method, body.len()),
                 upgrade: false,
             },
         );
@@ -661,8 +661,8 @@ fn rewritten(req: &Request<'_, '_>, body: &[u8]) -> BytesMut {
         (false, true) => b"connection: keep-alive\r\n",
         (false, false) => b"connection: close\r\n",
     });
-    if !body.is_empty() {
-        out.put_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    if let Some(len) = crate::proxy::upstream::declared_length(req.method, body.len()) {
+        out.put_slice(format!("content-length: {len}\r\n").as_bytes());
     }
     out.put_slice(b"\r\n");
     out.put_slice(body);

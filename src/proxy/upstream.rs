@@ -27,8 +27,9 @@ pub struct Outbound<'a> {
     pub forwarding: &'a Forwarding<'a>,
     pub identity: &'a ForwardedIdentity,
     pub request_id: &'a str,
-    /// Length of the whole (decoded) request body.
-    pub body_len: usize,
+    /// `Content-Length` of the whole (decoded) request body, when one is sent
+    /// ([`declared_length`]).
+    pub body_len: Option<usize>,
     /// A real upgrade (see [`crate::request::Request::upgrade`]): `Connection: upgrade` and
     /// the client's `Upgrade` go on.
     pub upgrade: bool,
@@ -39,6 +40,13 @@ fn is_framing(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-length")
         || name.eq_ignore_ascii_case("transfer-encoding")
         || name.eq_ignore_ascii_case("expect")
+}
+
+/// The `Content-Length` a request goes on with: its body's length when it has one, and 0 for
+/// an empty body of a method that defines one (RFC 9110 §8.6: a POST without a length would
+/// leave the backend to guess).
+pub fn declared_length(method: &str, body_len: usize) -> Option<usize> {
+    (body_len > 0 || matches!(method, "POST" | "PUT" | "PATCH")).then_some(body_len)
 }
 
 /// Call `emit(name, value pieces)` for every header line the backend gets, in order.
@@ -91,8 +99,8 @@ where
         emit("connection", &[b"upgrade"]);
         emit("upgrade", &[protocol]);
     }
-    if out.body_len > 0 {
-        emit("content-length", &[out.body_len.to_string().as_bytes()]);
+    if let Some(len) = out.body_len {
+        emit("content-length", &[len.to_string().as_bytes()]);
     }
 }
 
@@ -181,7 +189,7 @@ mod tests {
             forwarding: &f,
             identity,
             request_id: "rid",
-            body_len,
+            body_len: declared_length("POST", body_len).filter(|&n| n > 0),
             upgrade,
         };
         let client = sample_client();
@@ -255,6 +263,15 @@ mod tests {
     }
 
     #[test]
+    fn lengths_go_on_for_bodies_and_body_methods() {
+        assert_eq!(declared_length("POST", 0), Some(0));
+        assert_eq!(declared_length("PUT", 3), Some(3));
+        assert_eq!(declared_length("GET", 0), None);
+        assert_eq!(declared_length("GET", 2), Some(2));
+        assert_eq!(declared_length("DELETE", 0), None);
+    }
+
+    #[test]
     fn pingoras_request_gets_the_same_headers() {
         let mut req = RequestHeader::build("POST", b"/api/x?y=1", None).unwrap();
         for (k, v) in sample_client() {
@@ -273,7 +290,7 @@ mod tests {
             forwarding: &f,
             identity: &identity,
             request_id: "rid",
-            body_len: 5,
+            body_len: Some(5),
             upgrade: false,
         };
         apply(&mut req, &out).unwrap();

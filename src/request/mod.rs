@@ -114,7 +114,7 @@ pub fn parse<'b, 'h>(
         Err(httparse::Error::TooManyHeaders) => {
             return Err(refuse(431, "too many header lines"));
         }
-        Err(httparse::Error::Version) => {
+        Err(httparse::Error::Version) if names_a_version(buf) => {
             return Err(refuse(505, "only HTTP/1.0 and HTTP/1.1 are served here"));
         }
         Err(_) => return Err(refuse(400, "malformed request head")),
@@ -128,6 +128,24 @@ pub fn parse<'b, 'h>(
     };
     let headers: &'h [httparse::Header<'b>] = req.headers;
     validate(method, target, minor_version, headers).map(|r| Some((r, head_len)))
+}
+
+/// Whether the request line ends in a well-formed `HTTP/x[.y]` (then a version httparse
+/// refuses is a 505); anything else (`GET / / HTTP/1.1`) is a malformed line, a 400.
+fn names_a_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(_method), Some(_target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    match version.strip_prefix(b"HTTP/") {
+        Some([major]) => major.is_ascii_digit(),
+        Some([major, b'.', minor]) => major.is_ascii_digit() && minor.is_ascii_digit(),
+        _ => false,
+    }
 }
 
 fn too_large(buf: &[u8]) -> Refusal {
@@ -397,6 +415,9 @@ Content-Length: 007\r\n\r\nbody...";
             (b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 400),
             (b"get / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
             (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+            (b"GET / HTTP/3\r\nHost: t\r\n\r\n", 505),
+            (b"GET / / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            (b"GET / HTTP/1.1x\r\nHost: t\r\n\r\n", 400),
             (b"GET /a#b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
             (b"GET /api/../../x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
             (b"GET /api/..%2fx HTTP/1.1\r\nHost: t\r\n\r\n", 400),
