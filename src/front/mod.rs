@@ -320,7 +320,9 @@ impl Front {
             Err(None) => return Turn::Close, // The client went away mid-body.
         };
 
-        if self.edge.short_path {
+        // HTTP/1.0 keep-alive has its own rules (an explicit `Connection: keep-alive` in every
+        // answer): Pingora's path knows them.
+        if self.edge.short_path && req.minor_version == 1 {
             match route {
                 Route::Proxy if !req.upgrade => {
                     if let Some(turn) = self
@@ -341,10 +343,12 @@ impl Front {
                 _ => {}
             }
         }
+        // Only the backend can take an upgrade; anywhere else it is an ordinary request.
+        let upgrade = req.upgrade && route == Route::Proxy;
         Turn::HandOff(HandOff {
-            request: rewritten(req, &body),
+            request: rewritten(req, &body, upgrade),
             record,
-            upgrade: req.upgrade && route == Route::Proxy,
+            upgrade,
         })
     }
 
@@ -623,7 +627,7 @@ const LINGER_BYTES: usize = 1 << 20;
 /// front door decided. The client's framing, `Expect` and `Connection` lines are not copied
 /// (the front door has dealt with them: Pingora must not decide them again, differently),
 /// nor those the client's `Connection` names, nor `Upgrade` unless it is a real one.
-fn rewritten(req: &Request<'_, '_>, body: &[u8]) -> BytesMut {
+fn rewritten(req: &Request<'_, '_>, body: &[u8], upgrade: bool) -> BytesMut {
     let mut out = BytesMut::with_capacity(512 + body.len());
     out.put_slice(req.method.as_bytes());
     out.put_u8(b' ');
@@ -641,9 +645,9 @@ fn rewritten(req: &Request<'_, '_>, body: &[u8]) -> BytesMut {
     };
     for h in req.headers {
         let n = h.name;
-        let upgrade = n.eq_ignore_ascii_case("upgrade");
-        if (upgrade && !req.upgrade)
-            || (!upgrade && crate::proxy::headers::named_in_connection(n, connection_values()))
+        let upgrade_line = n.eq_ignore_ascii_case("upgrade");
+        if (upgrade_line && !upgrade)
+            || (!upgrade_line && crate::proxy::headers::named_in_connection(n, connection_values()))
             || n.eq_ignore_ascii_case("content-length")
             || n.eq_ignore_ascii_case("transfer-encoding")
             || n.eq_ignore_ascii_case("expect")
@@ -656,7 +660,7 @@ fn rewritten(req: &Request<'_, '_>, body: &[u8]) -> BytesMut {
         out.put_slice(h.value);
         out.put_slice(b"\r\n");
     }
-    out.put_slice(match (req.upgrade, req.keep_alive) {
+    out.put_slice(match (upgrade, req.keep_alive) {
         (true, _) => b"connection: upgrade\r\n",
         (false, true) => b"connection: keep-alive\r\n",
         (false, false) => b"connection: close\r\n",
@@ -679,7 +683,7 @@ mod tests {
 Expect: 100-continue\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n";
         let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (req, _) = request::parse(raw, &mut hs, 4096).unwrap().unwrap();
-        let out = rewritten(&req, b"hello");
+        let out = rewritten(&req, b"hello", false);
         assert_eq!(
             &out[..],
             &b"POST /api/y?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nconnection: keep-alive\r\ncontent-length: 5\r\n\r\nhello"[..]
