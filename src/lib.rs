@@ -18,5 +18,4 @@ pub(crate) mod route;
 pub mod server;
 pub mod session;
 pub mod static_files;
-pub(crate) mod validation;
 pub(crate) mod wechat;

@@ -8,6 +8,7 @@
 //! from [`Framing`].
 
 pub mod body;
+mod host;
 pub mod path;
 
 use std::borrow::Cow;
@@ -256,7 +257,7 @@ fn validate<'b, 'h>(
             _ => {}
         }
     }
-    if let Some(why) = crate::validation::host_problem(minor_version == 1, hosts, r.host) {
+    if let Some(why) = host::host_problem(minor_version == 1, hosts, r.host) {
         return Err(refuse(400, why));
     }
     r.framing = match (lengths, encodings) {

@@ -1,5 +1,4 @@
-//! Checks a request passes before the edge looks at what it asks for, the same on the front
-//! door's short path and on Pingora's path (which answers the refusals).
+//! The `Host` rule (RFC 9112 §3.2), part of the request parser's checks.
 
 /// Why a request's `Host` lines make it a 400, or `None` when they are fine.
 ///
