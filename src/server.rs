@@ -186,6 +186,16 @@ pub fn main(cli: Cli) -> i32 {
     opt.conf = None;
     let mut server = Server::new_with_opt_and_conf(opt, config.server.build());
     server.bootstrap();
+    // After bootstrap: with `-d` the process has daemonized, and the writer thread must live
+    // in the process that serves.
+    if config.settings.ops.access_log != "off" {
+        let path = &config.settings.ops.access_log_path;
+        let path = (!path.is_empty()).then(|| std::path::Path::new(path));
+        if let Err(e) = crate::ops::access_log::init(path) {
+            eprintln!("wxedge: ops.access_log_path: {e}");
+            return 2;
+        }
+    }
     crate::ops::lifecycle::watch(&server);
     if let Some(addr) = config.compat_listen {
         let Some((exchanger, appid, secret)) = auth.compat_parts() else {

@@ -200,6 +200,9 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_ACCESS_LOG", |s, _, v| {
         Ok(s.ops.access_log = v.trim().to_ascii_lowercase())
     }),
+    ("WXEDGE_ACCESS_LOG_PATH", |s, _, v| {
+        Ok(s.ops.access_log_path = v.trim().into())
+    }),
     ("WXEDGE_METRICS_LISTEN", |s, _, v| {
         Ok(s.ops.metrics_listen = v.trim().into())
     }),

@@ -179,6 +179,8 @@ impl Default for IdentityHeaderNames {
 pub struct OpsSettings {
     /// `combined`, `json` or `off`.
     pub access_log: String,
+    /// Where access-log lines go: a file appended to; empty = stdout.
+    pub access_log_path: String,
     /// Prometheus listener, empty = off.
     pub metrics_listen: String,
     /// Largest request head (request line and headers) accepted; more is 431.
@@ -259,6 +261,7 @@ impl Default for OpsSettings {
     fn default() -> Self {
         OpsSettings {
             access_log: "combined".into(),
+            access_log_path: String::new(),
             metrics_listen: String::new(),
             max_header_bytes: 32 * 1024,
             client_header_timeout_ms: 60_000,

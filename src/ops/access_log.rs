@@ -1,8 +1,25 @@
 //! The access log: nginx's `combined` format by default, JSON lines on request. It never
 //! holds cookies, OAuth codes, tokens or secrets: the query's `code` is redacted.
+//!
+//! Lines cost almost nothing on the request path, like nginx's `access_log ... buffer=64k
+//! flush=1s`: each thread formats its lines into its own buffer (no allocation per line),
+//! whole buffers go to one writer thread at 64 KiB or at least every second, and that thread
+//! alone writes them, in single `write_all`s, so lines are never torn or interleaved. A log
+//! that cannot keep up (a slow pipe, a full disk) never blocks a request: past
+//! [`QUEUED_BLOCKS`] blocks waiting, new blocks are dropped and counted
+//! (`wxedge_access_log_dropped_lines_total`). [`flush`] writes everything out before the
+//! process exits (drain after SIGTERM, graceful upgrade).
 
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::time::SystemTime;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use once_cell::sync::OnceCell;
+
+use super::metrics::METRICS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -37,90 +54,273 @@ pub struct Entry<'a> {
     pub class: &'a str,
 }
 
+/// A thread's buffer goes to the writer once it holds this much.
+const BLOCK_BYTES: usize = 64 * 1024;
+/// Blocks waiting for the writer before new ones are dropped (4 MiB).
+pub const QUEUED_BLOCKS: usize = 64;
+/// Lines never wait longer than this in a thread's buffer.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Lines formatted by one thread, not yet handed to the writer.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
+enum Job {
+    Block(Pending),
+    /// Everything sent before this is written: say so.
+    Sync(SyncSender<()>),
+}
+
+struct Log {
+    jobs: SyncSender<Job>,
+    /// Every thread's pending lines, so the flusher and [`flush`] can reach them.
+    threads: Mutex<Vec<Arc<Mutex<Pending>>>>,
+}
+
+static LOG: OnceCell<Log> = OnceCell::new();
+
+thread_local! {
+    static MINE: Arc<Mutex<Pending>> = {
+        let mine = Arc::new(Mutex::new(Pending::default()));
+        if let Some(log) = LOG.get() {
+            log.threads.lock().unwrap_or_else(|e| e.into_inner()).push(mine.clone());
+        }
+        mine
+    };
+    /// `[25/Nov/2026:02:00:00 +0000]`'s inside, formatted once per second per thread.
+    static CLF_TIME: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Where the lines go, set once at start-up; the writer starts with the first line, in the
+/// process that serves (Pingora's `-d` forks after start-up, and threads do not survive it).
+static DESTINATION: OnceCell<Option<std::path::PathBuf>> = OnceCell::new();
+
+/// Send lines to stdout (`None`) or append them to `path`, checking now that it can be opened.
+/// Without this, [`write`] writes each line straight to stdout (tests, `-t`).
+pub fn init(path: Option<&Path>) -> std::io::Result<()> {
+    if let Some(p) = path {
+        OpenOptions::new().create(true).append(true).open(p)?;
+    }
+    let _ = DESTINATION.set(path.map(Path::to_path_buf));
+    Ok(())
+}
+
+/// The writer and the flusher, started by the first line.
+fn running() -> Option<&'static Log> {
+    let destination = DESTINATION.get()?;
+    LOG.get_or_try_init(|| start(destination.as_deref()))
+        .map_err(|e| log::error!("access log: {e}; lines go straight to stdout"))
+        .ok()
+}
+
+fn start(path: Option<&Path>) -> std::io::Result<Log> {
+    let out: Box<dyn Write + Send> = match path {
+        Some(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+        None => Box::new(std::io::stdout()),
+    };
+    let (jobs, queue) = sync_channel(QUEUED_BLOCKS);
+    std::thread::Builder::new()
+        .name("wxedge-access-log".into())
+        .spawn(move || write_blocks(out, queue))?;
+    std::thread::Builder::new()
+        .name("wxedge-log-flush".into())
+        .spawn(|| loop {
+            std::thread::sleep(FLUSH_EVERY);
+            hand_over_all();
+        })?;
+    Ok(Log {
+        jobs,
+        threads: Mutex::new(Vec::new()),
+    })
+}
+
+fn write_blocks(mut out: Box<dyn Write + Send>, queue: Receiver<Job>) {
+    for job in queue {
+        match job {
+            Job::Block(p) => {
+                if out.write_all(&p.bytes).and_then(|()| out.flush()).is_err() {
+                    METRICS.access_log_dropped.inc_by(p.lines);
+                }
+            }
+            Job::Sync(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Give a block to the writer, or count its lines as dropped when the writer is behind.
+fn send(log: &Log, block: Pending) {
+    let lines = block.lines;
+    match log.jobs.try_send(Job::Block(block)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            METRICS.access_log_dropped.inc_by(lines)
+        }
+    }
+}
+
+fn hand_over_all() {
+    let Some(log) = LOG.get() else { return };
+    let threads: Vec<_> = log
+        .threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for t in threads {
+        let block = std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner()));
+        if block.lines > 0 {
+            send(log, block);
+        }
+    }
+}
+
+/// Write out every line logged so far, waiting up to `limit` for the writer.
+pub fn flush(limit: Duration) {
+    let Some(log) = LOG.get() else { return };
+    hand_over_all();
+    let (done, wait) = sync_channel(1);
+    if log.jobs.send(Job::Sync(done)).is_ok() {
+        let _ = wait.recv_timeout(limit);
+    }
+}
+
+/// Log one request.
+pub fn write(format: Format, e: &Entry) {
+    if format == Format::Off {
+        return;
+    }
+    let now = SystemTime::now();
+    let Some(log) = running() else {
+        let mut line = Vec::with_capacity(256);
+        format_into(&mut line, format, e, now);
+        let _ = std::io::stdout().lock().write_all(&line);
+        return;
+    };
+    MINE.with(|mine| {
+        let mut p = mine.lock().unwrap_or_else(|e| e.into_inner());
+        if p.bytes.capacity() == 0 {
+            p.bytes.reserve(BLOCK_BYTES + 1024);
+        }
+        format_into(&mut p.bytes, format, e, now);
+        p.lines += 1;
+        if p.bytes.len() >= BLOCK_BYTES {
+            let block = std::mem::take(&mut *p);
+            drop(p);
+            send(log, block);
+        }
+    });
+}
+
 /// Query parameters whose values must never reach a log.
 const SECRET_PARAMS: &[&str] = &["code", "access_token", "refresh_token", "secret", "token"];
 
-/// `/p?code=abc&state=x` → `/p?code=REDACTED&state=x`.
-pub fn redact(target: &str) -> String {
+/// `/p?code=abc&state=x` → `/p?code=REDACTED&state=x`, appended to `out` through `push`.
+fn push_redacted(out: &mut Vec<u8>, target: &str, push: fn(&mut Vec<u8>, &str)) {
     let Some((path, query)) = target.split_once('?') else {
-        return target.to_string();
+        return push(out, target);
     };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|kv| {
-            let key = kv.split('=').next().unwrap_or("");
-            if SECRET_PARAMS.iter().any(|s| key.eq_ignore_ascii_case(s)) {
-                format!("{key}=REDACTED")
-            } else {
-                kv.to_string()
-            }
-        })
-        .collect();
-    format!("{path}?{}", parts.join("&"))
-}
-
-/// `[25/Nov/2026:02:00:00 +0000]` (UTC: containers run in UTC, and UTC needs no tz database).
-fn clf_time(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // RFC 7231 gives "Wed, 25 Nov 2026 02:00:00 GMT"; rearrange it rather than redo calendars.
-    let http =
-        httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
-    let f: Vec<&str> = http.split(' ').collect();
-    match f.as_slice() {
-        [_, day, mon, year, time, _] => format!("{day}/{mon}/{year}:{time} +0000"),
-        _ => http,
-    }
-}
-
-fn escape_quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push_str(&format!("\\x{:02X}", c as u32)),
-            c => out.push(c),
+    push(out, path);
+    out.push(b'?');
+    for (i, kv) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        let key = kv.split('=').next().unwrap_or("");
+        if SECRET_PARAMS.iter().any(|s| key.eq_ignore_ascii_case(s)) {
+            push(out, key);
+            out.extend_from_slice(b"=REDACTED");
+        } else {
+            push(out, kv);
         }
     }
-    out
 }
 
-pub fn format_line(format: Format, e: &Entry, now: SystemTime) -> Option<String> {
-    let target = redact(e.target);
-    let referer = if e.referer.is_empty() {
-        "-".to_string()
-    } else {
-        redact(e.referer)
-    };
+/// A redacted copy (for tests and callers that need a `String`).
+pub fn redact(target: &str) -> String {
+    let mut out = Vec::with_capacity(target.len());
+    push_redacted(&mut out, target, |o, s| o.extend_from_slice(s.as_bytes()));
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// nginx's escaping inside the combined format's quotes: `"` and `\` escaped, control
+/// characters as `\xHH`.
+fn push_quoted(out: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push(b'\\');
+                out.push(b);
+            }
+            0..=0x1f | 0x7f => {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+            _ => out.push(b),
+        }
+    }
+}
+
+/// `25/Nov/2026:02:00:00 +0000` (UTC: containers run in UTC, and UTC needs no tz database).
+fn push_clf_time(out: &mut Vec<u8>, now: SystemTime) {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CLF_TIME.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            // RFC 9110 gives "Wed, 25 Nov 2026 02:00:00 GMT"; rearrange it rather than redo calendars.
+            let http = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            let f: Vec<&str> = http.split(' ').collect();
+            c.1 = match f.as_slice() {
+                [_, day, mon, year, time, _] => format!("{day}/{mon}/{year}:{time} +0000"),
+                _ => http.clone(),
+            };
+            c.0 = secs;
+        }
+        out.extend_from_slice(c.1.as_bytes());
+    });
+}
+
+/// Append one line (with its newline) in `format`.
+pub fn format_into(out: &mut Vec<u8>, format: Format, e: &Entry, now: SystemTime) {
     match format {
-        Format::Off => None,
-        Format::Combined => Some(format!(
-            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"",
-            e.client,
-            clf_time(now),
-            e.method,
-            escape_quoted(&target),
-            e.version,
-            e.status,
-            e.bytes,
-            escape_quoted(&referer),
-            escape_quoted(if e.user_agent.is_empty() {
-                "-"
+        Format::Off => {}
+        Format::Combined => {
+            out.extend_from_slice(e.client.as_bytes());
+            out.extend_from_slice(b" - - [");
+            push_clf_time(out, now);
+            out.extend_from_slice(b"] \"");
+            out.extend_from_slice(e.method.as_bytes());
+            out.push(b' ');
+            push_redacted(out, e.target, push_quoted);
+            out.push(b' ');
+            out.extend_from_slice(e.version.as_bytes());
+            let _ = write!(out, "\" {} {} \"", e.status, e.bytes);
+            if e.referer.is_empty() {
+                out.push(b'-');
             } else {
-                e.user_agent
-            }),
-        )),
-        Format::Json => Some(
-            serde_json::json!({
+                push_redacted(out, e.referer, push_quoted);
+            }
+            out.extend_from_slice(b"\" \"");
+            push_quoted(
+                out,
+                if e.user_agent.is_empty() {
+                    "-"
+                } else {
+                    e.user_agent
+                },
+            );
+            out.extend_from_slice(b"\"\n");
+        }
+        Format::Json => {
+            let line = serde_json::json!({
                 "time": httpdate::fmt_http_date(now),
                 "client": e.client,
                 "method": e.method,
-                "path": target,
+                "path": redact(e.target),
                 "status": e.status,
                 "bytes": e.bytes,
                 "duration_ms": (e.duration_ms * 1000.0).round() / 1000.0,
@@ -128,16 +328,10 @@ pub fn format_line(format: Format, e: &Entry, now: SystemTime) -> Option<String>
                 "request_id": e.request_id,
                 "route": e.class,
                 "user_agent": e.user_agent,
-            })
-            .to_string(),
-        ),
-    }
-}
-
-pub fn write(format: Format, e: &Entry) {
-    if let Some(line) = format_line(format, e, SystemTime::now()) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+            });
+            let _ = serde_json::to_writer(&mut *out, &line);
+            out.push(b'\n');
+        }
     }
 }
 
@@ -162,28 +356,43 @@ mod tests {
         }
     }
 
+    fn line(format: Format, e: &Entry, t: SystemTime) -> String {
+        let mut out = Vec::new();
+        format_into(&mut out, format, e, t);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn combined_format_and_redaction() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
-        let line = format_line(
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let l = line(
             Format::Combined,
             &entry("/p?code=SECRETCODE&state=STATE"),
             t,
-        )
-        .unwrap();
-        assert!(!line.contains("SECRETCODE"), "{line}");
-        assert!(line.starts_with("192.0.2.1 - - ["), "{line}");
-        assert!(
-            line.contains(
-                "\"GET /p?code=REDACTED&state=STATE HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\""
-            ),
-            "{line}"
         );
-        assert!(line.contains(" +0000]"), "{line}");
-        let json = format_line(Format::Json, &entry("/x?access_token=T"), t).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(!l.contains("SECRETCODE"), "{l}");
+        assert!(l.starts_with("192.0.2.1 - - ["), "{l}");
+        assert!(
+            l.ends_with(
+                "\"GET /p?code=REDACTED&state=STATE HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\"\n"
+            ),
+            "{l}"
+        );
+        assert!(l.contains(" +0000]"), "{l}");
+        assert_eq!(l.matches('\n').count(), 1);
+        let l = line(Format::Combined, &entry("/a\"b\x01"), t);
+        assert!(l.contains("/a\\\"b\\x01 HTTP/1.1"), "{l}");
+        let json = line(Format::Json, &entry("/x?access_token=T"), t);
+        let v: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
         assert_eq!(v["path"], "/x?access_token=REDACTED");
         assert_eq!(v["request_id"], "rid");
-        assert!(format_line(Format::Off, &entry("/"), t).is_none());
+        assert!(line(Format::Off, &entry("/"), t).is_empty());
+    }
+
+    #[test]
+    fn redaction_keeps_everything_else() {
+        assert_eq!(redact("/p"), "/p");
+        assert_eq!(redact("/p?a=1&Code=x&b"), "/p?a=1&Code=REDACTED&b");
+        assert_eq!(redact("/p?token=&x=1"), "/p?token=REDACTED&x=1");
     }
 }

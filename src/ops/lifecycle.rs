@@ -46,9 +46,14 @@ pub fn watch(server: &Server) {
                         };
                         if idle_for >= Duration::from_millis(200) {
                             log::info!("drained: no request in flight, exiting");
+                            super::access_log::flush(Duration::from_secs(5));
                             std::process::exit(0);
                         }
                     }
+                }
+                // Pingora exits on its own after this (the grace period ran out).
+                Ok(ExecutionPhase::ShutdownRuntimes) => {
+                    super::access_log::flush(Duration::from_secs(2))
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

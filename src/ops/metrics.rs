@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Backend failures by kind (connect, timeout, no_backend, …).
     pub backend_errors: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Access-log lines dropped because the log could not keep up (or could not be written).
+    pub access_log_dropped: IntCounter,
     /// Established client connections on the public listeners, counted when scraped.
     pub connections: IntGauge,
 }
@@ -105,6 +107,11 @@ impl Metrics {
                 "wxedge_backend_errors_total",
                 "Backend failures by kind",
                 &["kind"],
+            ),
+            access_log_dropped: counter(
+                &r,
+                "wxedge_access_log_dropped_lines_total",
+                "Access-log lines dropped because the log could not keep up",
             ),
             in_flight,
             connections,
