@@ -171,7 +171,13 @@ pub fn main(cli: Cli) -> i32 {
         }
     };
     release_startup_memory();
-    let summary = describe(&config, &site, &auth);
+    let (soft, hard) = crate::ops::limits::raise_open_files();
+    let max_connections =
+        crate::ops::limits::set_max_connections(config.settings.ops.max_connections, soft);
+    let mut summary = describe(&config, &site, &auth);
+    summary.push(format!(
+        "connections: at most {max_connections} (open files: soft limit {soft}, hard limit {hard})"
+    ));
     if opt.test {
         for line in &summary {
             println!("{line}");

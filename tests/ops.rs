@@ -279,3 +279,71 @@ fn every_request_is_one_whole_log_line_even_across_sigterm() {
         }
     }
 }
+
+/// `max_connections` (nginx's `worker_connections`): past it, a new client connection is
+/// closed at once and counted, the open ones keep working, and a place that frees up is
+/// taken again. The start-up log reports the limit and the open-file limits.
+#[test]
+fn connections_past_max_connections_are_closed_cleanly() {
+    use std::io::{Read, Write};
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let edge = start_edge(&[
+        ("WXEDGE_MAX_CONNECTIONS", "3"),
+        ("WXEDGE_METRICS_LISTEN", metrics.as_str()),
+        // One thread, so connections are not passed between threads while counted.
+        ("WXEDGE_THREADS", "1"),
+    ]);
+    assert!(
+        edge.stderr().contains("connections: at most 3 (open files: soft limit"),
+        "{}",
+        edge.stderr()
+    );
+    let ask = |s: &mut std::net::TcpStream| -> bool {
+        if s.write_all(b"GET /_wxedge/healthz HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+            return false;
+        }
+        // The whole answer (head and body may come in separate segments).
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"{\"status\":\"ok\"}") {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return false,
+            }
+        }
+        got.starts_with(b"HTTP/1.1 200")
+    };
+    // wait_healthy's own connection is closed; give the edge a moment to count it out.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut open: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(edge.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            assert!(ask(&mut s));
+            s
+        })
+        .collect();
+    let mut extra = std::net::TcpStream::connect(edge.addr()).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(!ask(&mut extra), "the fourth connection is closed");
+    assert!(open.iter_mut().all(ask), "the three open ones keep working");
+    drop(open.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = std::net::TcpStream::connect(edge.addr()).unwrap();
+    again.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(ask(&mut again), "a freed place is taken again");
+    let text = raw(
+        metrics.parse().unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .text();
+    assert!(
+        text.contains("wxedge_connections_refused_total 1"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

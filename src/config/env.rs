@@ -221,6 +221,9 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_KEEPALIVE_TIMEOUT_SECONDS", |s, n, v| {
         Ok(s.ops.keepalive_timeout_seconds = number(n, v)?)
     }),
+    ("WXEDGE_MAX_CONNECTIONS", |s, n, v| {
+        Ok(s.ops.max_connections = number(n, v)?)
+    }),
     ("WXEDGE_SHORT_PATH", |s, n, v| {
         Ok(s.ops.short_path = boolean(n, v)?)
     }),

@@ -193,6 +193,9 @@ pub struct OpsSettings {
     pub send_timeout_ms: u64,
     /// Idle keep-alive connections close after this (nginx's `keepalive_timeout`).
     pub keepalive_timeout_seconds: u64,
+    /// Most client connections at once (nginx's `worker_connections`); 0 = from the open-file
+    /// limit (half of it, less a reserve: a proxied request holds two descriptors).
+    pub max_connections: usize,
     /// Answer the common requests (whole dist files, plain API calls) on the front door's
     /// short path; `false` sends every request through Pingora's answer path (same parser,
     /// router and upstream builder; used to test both paths with one suite).
@@ -268,6 +271,7 @@ impl Default for OpsSettings {
             client_body_timeout_ms: 60_000,
             send_timeout_ms: 60_000,
             keepalive_timeout_seconds: 60,
+            max_connections: 0,
             short_path: true,
         }
     }

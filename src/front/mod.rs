@@ -85,19 +85,20 @@ impl Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
         hops: u8,
-    ) -> Option<Stream> {
+        slot: crate::ops::limits::ConnectionSlot,
+    ) -> Option<(Stream, crate::ops::limits::ConnectionSlot)> {
         match self.balance_threads {
             Some(threads) if hops < MAX_HOPS && threads::should_pass_on(threads) => {
                 let (front, shutdown) = (self.clone(), shutdown.clone());
                 pingora_runtime::current_handle().spawn(async move {
-                    if let Some(stream) = front.place(stream, &shutdown, hops + 1) {
+                    if let Some((stream, _slot)) = front.place(stream, &shutdown, hops + 1, slot) {
                         let _held = threads::Held::here();
                         front.serve(stream, &shutdown).await;
                     }
                 });
                 None
             }
-            _ => Some(stream),
+            _ => Some((stream, slot)),
         }
     }
 }
@@ -128,7 +129,11 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if let Some(stream) = self.place(stream, shutdown, 0) {
+        // Past `max_connections`, close at once (nginx: "worker_connections are not enough").
+        let Some(slot) = crate::ops::limits::ConnectionSlot::take() else {
+            return None;
+        };
+        if let Some((stream, _slot)) = self.place(stream, shutdown, 0, slot) {
             let _held = threads::Held::here();
             self.serve(stream, shutdown).await;
         }

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Backend failures by kind (connect, timeout, no_backend, …).
     pub backend_errors: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Client connections closed at once because `max_connections` were open.
+    pub connections_refused: IntCounter,
     /// Access-log lines dropped because the log could not keep up (or could not be written).
     pub access_log_dropped: IntCounter,
     /// Established client connections on the public listeners, counted when scraped.
@@ -107,6 +109,11 @@ impl Metrics {
                 "wxedge_backend_errors_total",
                 "Backend failures by kind",
                 &["kind"],
+            ),
+            connections_refused: counter(
+                &r,
+                "wxedge_connections_refused_total",
+                "Client connections closed at once because max_connections were open",
             ),
             access_log_dropped: counter(
                 &r,
