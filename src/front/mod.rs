@@ -174,7 +174,14 @@ impl Front {
                     conn.buf.reserve(4096);
                 }
                 let keepalive = self.edge.limits.keepalive;
-                match read::idle_read(&mut stream, &mut conn.buf, keepalive, &mut closing).await {
+                let idle = read::idle_read(
+                    &mut stream,
+                    &mut conn.buf,
+                    &mut conn.out,
+                    keepalive,
+                    &mut closing,
+                );
+                match idle.await {
                     Ok(n) if n > 0 => {}
                     _ => return,
                 }
@@ -192,7 +199,9 @@ impl Front {
                     linger(stream).await;
                     return;
                 }
-                Turn::HandOff(h) => match self.hand_off(stream, h, shutdown).await {
+                // Boxed: Pingora's request future is large, and an idle connection should
+                // not carry its space (only connections being handed over do).
+                Turn::HandOff(h) => match Box::pin(self.hand_off(stream, h, shutdown)).await {
                     Some(back) => stream = back,
                     None => return,
                 },

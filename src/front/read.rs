@@ -9,7 +9,14 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
+/// How long an idle connection keeps its buffers before it gives them back.
+const KEEP_BUFFERS_FOR: Duration = Duration::from_secs(1);
+
 /// Wait up to `idle` for the next request to begin (`Ok(0)`: gone, quiet or shutting down).
+///
+/// A connection idle for more than [`KEEP_BUFFERS_FOR`] gives its read and write buffers
+/// back and waits for one byte on the stack, as nginx frees an idle keep-alive connection's
+/// buffers: WeChat's browser keeps many connections open and quiet.
 ///
 /// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
 /// SIGTERM), idle connections close at once, as Pingora's own do, so clients move on instead
@@ -17,6 +24,7 @@ use tokio::io::AsyncReadExt;
 pub async fn idle_read(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    out: &mut Vec<u8>,
     idle: Duration,
     shutdown: &mut ShutdownWatch,
 ) -> std::io::Result<usize> {
@@ -34,8 +42,28 @@ pub async fn idle_read(
             return read;
         }
     }
+    let first_wait = idle.min(KEEP_BUFFERS_FOR);
     tokio::select! {
-        read = tokio::time::timeout(idle, stream.read_buf(buf)) => read.unwrap_or(Ok(0)),
+        read = tokio::time::timeout(first_wait, stream.read_buf(buf)) => match read {
+            Ok(read) => return read,
+            Err(_) if first_wait == idle => return Ok(0),
+            Err(_) => {}
+        },
+        _ = shutdown.changed() => return Ok(0),
+    }
+    *buf = BytesMut::new();
+    *out = Vec::new();
+    let mut first = [0u8; 1];
+    tokio::select! {
+        read = tokio::time::timeout(idle - first_wait, stream.read(&mut first)) => match read {
+            Ok(Ok(1)) => {
+                buf.reserve(4096);
+                buf.extend_from_slice(&first);
+                Ok(1)
+            }
+            Ok(other) => other,
+            Err(_) => Ok(0),
+        },
         _ = shutdown.changed() => Ok(0),
     }
 }
