@@ -294,12 +294,15 @@ fn connections_past_max_connections_are_closed_cleanly() {
         ("WXEDGE_THREADS", "1"),
     ]);
     assert!(
-        edge.stderr().contains("connections: at most 3 (open files: soft limit"),
+        edge.stderr()
+            .contains("connections: at most 3 (open files: soft limit"),
         "{}",
         edge.stderr()
     );
     let ask = |s: &mut std::net::TcpStream| -> bool {
-        if s.write_all(b"GET /_wxedge/healthz HTTP/1.1\r\nHost: t\r\n\r\n").is_err() {
+        if s.write_all(b"GET /_wxedge/healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .is_err()
+        {
             return false;
         }
         // The whole answer (head and body may come in separate segments).
@@ -324,13 +327,17 @@ fn connections_past_max_connections_are_closed_cleanly() {
         })
         .collect();
     let mut extra = std::net::TcpStream::connect(edge.addr()).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     assert!(!ask(&mut extra), "the fourth connection is closed");
     assert!(open.iter_mut().all(ask), "the three open ones keep working");
     drop(open.pop());
     std::thread::sleep(Duration::from_millis(200));
     let mut again = std::net::TcpStream::connect(edge.addr()).unwrap();
-    again.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     assert!(ask(&mut again), "a freed place is taken again");
     let text = raw(
         metrics.parse().unwrap(),
