@@ -140,7 +140,9 @@ def main():
 
     out = []
     w = out.append
-    w(f"# wxedge vs nginx{' (smoke run: informational only)' if smoke else ''}")
+    production = env("BENCH_PROFILE") == "production"
+    w(f"# wxedge vs nginx{', production profile (access logs on)' if production else ''}"
+      f"{' (smoke run: informational only)' if smoke else ''}")
     w("")
     w("## Machine and run")
     w("")
@@ -154,7 +156,9 @@ def main():
       f"`wrk -t{env('BENCH_WRK_THREADS_USED')} -c{env('BENCH_CONNS')} --latency`, servers alternating (A B, then B A), "
       f"{env('BENCH_ELAPSED')} s of measuring")
     w(f"- nginx: 2 workers (bench/nginx-site.conf.in); wxedge: WXEDGE_THREADS={env('BENCH_WX_THREADS')}; "
-      "access log off on both; same dist copy with `gzip -9` twins of .js/.css/.html; same backend (nginx, 1 worker, `return 200`)")
+      + ("access log on for both (nginx: `access_log` to a file, combined, one write per request; wxedge: "
+         "its default combined log on stdout redirected to a file); " if production else "access log off on both; ")
+      + "same dist copy with `gzip -9` twins of .js/.css/.html; same backend (nginx, 1 worker, `return 200`)")
     w(f"- {env('BENCH_NOTE_SHARED')}")
     if oauth:
         w(f"- OAuth callback (wxedge only, measured first): a second wxedge with the same settings plus "
@@ -263,6 +267,10 @@ def main():
       "own answer), every encoded body after decoding. nginx has no brotli module: for `Accept-Encoding: br` "
       "it sends the identity file, wxedge sends br, so that row compares different amounts of work and bytes.")
     w("")
+    if production:
+        production_targets(w, cases, stats, smoke)
+        print("\n".join(out))
+        return
     w("## Targets of issue 5" + (" (smoke run: not judged)" if smoke else ""))
     w("")
     w("| target | cases | result | verdict |")
@@ -331,6 +339,34 @@ def main():
     else:
         w("| callback: N loads sharing one code = 1 WeChat call | — | not measured; asserted by tests/oauth.rs | — |")
     print("\n".join(out))
+
+
+def production_targets(w, cases, stats, smoke):
+    """Issue 11's targets, judged in the production profile (access logs on for both)."""
+    w("## Targets of issue 11 (production profile)" + (" (smoke run: not judged)" if smoke else ""))
+    w("")
+    w("| target | cases | result | verdict |")
+    w("|---|---|---|---|")
+
+    def verdict(ok):
+        return "—" if smoke else ("met" if ok else "missed")
+
+    def cpu_target(label, names, most):
+        names = [c for c in cases if c in names]
+        if not names:
+            return
+        ratios = {c: stats[c]["wxedge"]["cpu"] / stats[c]["nginx"]["cpu"] for c in names}
+        got = ", ".join(f"{c} {ratios[c]:.2f}× ({stats[c]['wxedge']['cpu']:.1f} vs {stats[c]['nginx']['cpu']:.1f} µs)"
+                        for c in names)
+        w(f"| CPU per request ≤ {most}× nginx's: {label} | {', '.join(names)} | {got} | "
+          f"{verdict(all(r <= most for r in ratios.values()))} |")
+
+    cpu_target("small static files", SMALL_STATIC - {"304 revalidation"}, 0.8)
+    cpu_target("304, gzip asset, proxy", {"304 revalidation", "JS asset gzip"} | PROXY, 1.0)
+    slower = [c for c in cases if stats[c]["ratio"] < 1.0]
+    w("| req/s ≥ nginx's in every case | all | "
+      + (", ".join(f"{c} {stats[c]['ratio']:.2f}×" for c in slower) if slower else "no case slower")
+      + f" | {verdict(not slower)} |")
 
 
 if __name__ == "__main__":

@@ -580,28 +580,26 @@ impl Edge {
         let request_id = request_id::accept(req.headers.get("x-request-id").map(|v| v.as_bytes()))
             .unwrap_or_else(request_id::generate);
         RequestRecord::start(self.access_log, request_id, || {
-            let text = |name: header::HeaderName| {
+            let field = |name: header::HeaderName| {
                 req.headers
                     .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string()
+                    .map_or_else(Bytes::new, |v| Bytes::copy_from_slice(v.as_bytes()))
             };
             LogFields {
                 client: session
                     .client_addr()
                     .and_then(|a| a.as_inet())
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_else(|| "-".into()),
-                method: req.method.as_str().to_string(),
-                target: req
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
+                    .map_or_else(|| "-".into(), |a| a.ip().to_string().into()),
+                method: Bytes::copy_from_slice(req.method.as_str().as_bytes()),
+                target: Bytes::copy_from_slice(
+                    req.uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .as_bytes(),
+                ),
                 version: version_label(req.version),
-                referer: text(header::REFERER),
-                user_agent: text(header::USER_AGENT),
+                referer: field(header::REFERER),
+                user_agent: field(header::USER_AGENT),
             }
         })
     }

@@ -26,7 +26,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
@@ -151,7 +151,7 @@ struct Conn {
     buf: BytesMut,
     out: Vec<u8>,
     /// The client's address as the access log and `X-Forwarded-For` show it.
-    client_ip: Option<String>,
+    client_ip: Option<Arc<str>>,
 }
 
 impl Front {
@@ -160,7 +160,7 @@ impl Front {
         let client_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
-            .and_then(|a| a.as_inet().map(|a| a.ip().to_string()));
+            .and_then(|a| a.as_inet().map(|a| Arc::from(a.ip().to_string())));
         let mut closing = shutdown.clone();
         let mut conn = Conn {
             buf: BytesMut::with_capacity(4096),
@@ -245,7 +245,7 @@ impl Front {
             match request::parse(&data, &mut hs, limits.max_header_bytes) {
                 Ok(Some((req, head_len))) => {
                     conn.buf.extend_from_slice(&data[head_len..]);
-                    return self.serve_request(stream, conn, &req).await;
+                    return self.serve_request(stream, conn, &req, &data).await;
                 }
                 Ok(None) => {
                     conn.buf = data
@@ -279,14 +279,36 @@ impl Front {
         }
     }
 
-    fn record(&self, req: Option<&Request>, conn: &Conn, request_id: String) -> RequestRecord {
-        RequestRecord::start(self.edge.access_log, request_id, || LogFields {
-            client: conn.client_ip.clone().unwrap_or_else(|| "-".into()),
-            method: req.map_or("-", |r| r.method).to_string(),
-            target: req.map_or("-", |r| r.target).to_string(),
-            version: req.map_or("HTTP/1.1", |r| r.version_label()),
-            referer: req.and_then(|r| r.referer).unwrap_or("").to_string(),
-            user_agent: req.and_then(|r| r.user_agent).unwrap_or("").to_string(),
+    /// The request's record; `head` holds the bytes `req` was parsed from.
+    fn record(
+        &self,
+        req: Option<(&Request, &Bytes)>,
+        conn: &Conn,
+        request_id: String,
+    ) -> RequestRecord {
+        RequestRecord::start(self.edge.access_log, request_id, || {
+            let client = conn.client_ip.clone().unwrap_or_else(|| Arc::from("-"));
+            let Some((r, head)) = req else {
+                let dash = Bytes::from_static(b"-");
+                return LogFields {
+                    client,
+                    method: dash.clone(),
+                    target: dash,
+                    version: "HTTP/1.1",
+                    referer: Bytes::new(),
+                    user_agent: Bytes::new(),
+                };
+            };
+            let field =
+                |v: Option<&str>| v.map_or_else(Bytes::new, |v| head.slice_ref(v.as_bytes()));
+            LogFields {
+                client,
+                method: field(Some(r.method)),
+                target: field(Some(r.target)),
+                version: r.version_label(),
+                referer: field(r.referer),
+                user_agent: field(r.user_agent),
+            }
         })
     }
 
@@ -295,10 +317,11 @@ impl Front {
         stream: &mut Stream,
         conn: &mut Conn,
         req: &Request<'_, '_>,
+        head: &Bytes,
     ) -> Turn {
         let route = self.edge.router.route(&req.path);
         let request_id = request_id::accept(req.request_id).unwrap_or_else(request_id::generate);
-        let mut record = self.record(Some(req), conn, request_id);
+        let mut record = self.record(Some((req, head)), conn, request_id);
         let keep_alive = req.keep_alive && !lifecycle::draining();
 
         if req.upgrade && req.framing != Framing::Empty {

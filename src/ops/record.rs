@@ -3,21 +3,31 @@
 //! request out of the in-flight gauge (which graceful shutdown waits on), records its metrics
 //! and writes its access-log line, so no path can forget any of them.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use super::access_log::{self, Entry, Format};
 use super::metrics::{self, METRICS};
 use super::RouteClass;
 
-/// Owned copies of what the access log prints, made only when it is on.
+/// What the access log prints, made only when it is on. The request's fields are handles on
+/// the bytes of its head (`Bytes::slice_ref`: a reference count, no copy), the client's
+/// address is shared by the connection's requests.
 #[derive(Debug, Clone)]
 pub struct LogFields {
-    pub client: String,
-    pub method: String,
-    pub target: String,
+    pub client: Arc<str>,
+    pub method: Bytes,
+    pub target: Bytes,
     pub version: &'static str,
-    pub referer: String,
-    pub user_agent: String,
+    pub referer: Bytes,
+    pub user_agent: Bytes,
+}
+
+/// A head field as text (httparse checked it is visible ASCII or obs-text).
+fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
 }
 
 #[derive(Debug)]
@@ -30,7 +40,7 @@ pub struct RequestRecord {
     pub body_bytes: u64,
     /// The backend that answered, as configured.
     pub upstream: Option<&'static str>,
-    log: Option<(Format, Box<LogFields>)>,
+    log: Option<(Format, LogFields)>,
 }
 
 impl RequestRecord {
@@ -48,7 +58,7 @@ impl RequestRecord {
             status: 0,
             body_bytes: 0,
             upstream: None,
-            log: (format != Format::Off).then(|| (format, Box::new(fields()))),
+            log: (format != Format::Off).then(|| (format, fields())),
         }
     }
 
@@ -73,13 +83,13 @@ impl Drop for RequestRecord {
             *format,
             &Entry {
                 client: &l.client,
-                method: &l.method,
-                target: &l.target,
+                method: &text(&l.method),
+                target: &text(&l.target),
                 version: l.version,
                 status: self.status,
                 bytes: self.body_bytes as usize,
-                referer: &l.referer,
-                user_agent: &l.user_agent,
+                referer: &text(&l.referer),
+                user_agent: &text(&l.user_agent),
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream: self.upstream.unwrap_or("-"),
                 request_id: &self.request_id,
