@@ -129,6 +129,7 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        crate::ops::memory::start_trimmer();
         // Past `max_connections`, close at once (nginx: "worker_connections are not enough").
         let Some(slot) = crate::ops::limits::ConnectionSlot::take() else {
             return None;
@@ -186,7 +187,9 @@ impl Front {
                     _ => return,
                 }
             }
-            match self.next_request(&mut stream, &mut conn).await {
+            // Boxed: an idle connection's task then holds only the loop's own state, not the
+            // space the deepest request (a proxied call) needs.
+            match Box::pin(self.next_request(&mut stream, &mut conn)).await {
                 // Draining decides per answer (`connection: close`); one that did not announce
                 // it is followed by the client's next request, which is answered, not cut off.
                 Turn::Next => threads::share_the_cpu(),

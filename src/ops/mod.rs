@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod lifecycle;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod record;
 pub mod request_id;
