@@ -25,6 +25,7 @@ use crate::proxy::forward::{BAD_GATEWAY as DOWN, GATEWAY_TIMEOUT as TIMEOUT};
 use crate::proxy::headers::Forwarding;
 use crate::proxy::upstream::{self, ForwardedIdentity, Outbound};
 use crate::proxy::Upstreams;
+use crate::request::client::{ClientAddr, RealIp};
 use crate::route::{Route, Router};
 use crate::static_files::{Answer, Conditions, Piece, StaticSite};
 
@@ -44,6 +45,10 @@ pub struct EdgeState {
     pub upstreams: Upstreams,
     pub auth: Auth,
     pub router: Router,
+    /// Trusted proxies and the header that names the client behind them.
+    pub real_ip: RealIp,
+    /// Listeners whose connections start with a PROXY protocol header.
+    pub proxy_protocol: Vec<std::net::SocketAddr>,
     pub host_override: Option<String>,
     pub drop_underscore_headers: bool,
     pub max_body_bytes: u64,
@@ -97,6 +102,8 @@ impl Edge {
             protected_headers: auth.protected_header_names(),
             auth,
             router: Router::new(&s.proxy.prefixes),
+            real_ip: RealIp::new(&config.trusted_proxies, &s.real_ip.header),
+            proxy_protocol: config.listen_proxy_protocol.clone(),
             host_override: (!s.proxy.host.is_empty()).then(|| s.proxy.host.clone()),
             drop_underscore_headers: s.proxy.drop_underscore_headers,
             max_body_bytes: s.proxy.max_body_bytes,
@@ -114,10 +121,10 @@ impl Edge {
 }
 
 impl EdgeState {
-    /// The forwarding policy for a request from `client_ip`.
-    pub fn forwarding<'a>(&'a self, client_ip: Option<&'a str>) -> Forwarding<'a> {
+    /// The forwarding policy for a request from `client`.
+    pub fn forwarding<'a>(&'a self, client: Option<&'a ClientAddr>) -> Forwarding<'a> {
         Forwarding {
-            client_ip,
+            client,
             proto: "http",
             host_override: self.host_override.as_deref(),
             drop_underscore_headers: self.drop_underscore_headers,
@@ -385,10 +392,6 @@ impl ProxyHttp for Edge {
         upstream: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
         // The front door wrote this request's framing: one Content-Length for a whole body.
         let body_len = session
             .req_header()
@@ -398,7 +401,7 @@ impl ProxyHttp for Edge {
         upstream::apply(
             upstream,
             &Outbound {
-                forwarding: &self.forwarding(client_ip.as_deref()),
+                forwarding: &self.forwarding(ctx.record.as_ref().map(|r| &r.client)),
                 identity: &ctx.identity,
                 request_id: &ctx.request_id,
                 body_len,
@@ -579,17 +582,21 @@ impl Edge {
         let req = session.req_header();
         let request_id = request_id::accept(req.headers.get("x-request-id").map(|v| v.as_bytes()))
             .unwrap_or_else(request_id::generate);
-        RequestRecord::start(self.access_log, request_id, || {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or_else(ClientAddr::unknown, |a| self.real_ip.hop(a.ip()));
+        let client = self.real_ip.client(
+            &peer,
+            req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+        );
+        RequestRecord::start(self.access_log, request_id, client, || {
             let field = |name: header::HeaderName| {
                 req.headers
                     .get(name)
                     .map_or_else(Bytes::new, |v| Bytes::copy_from_slice(v.as_bytes()))
             };
             LogFields {
-                client: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map_or_else(|| "-".into(), |a| a.ip().to_string().into()),
                 method: Bytes::copy_from_slice(req.method.as_str().as_bytes()),
                 target: Bytes::copy_from_slice(
                     req.uri

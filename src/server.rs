@@ -236,7 +236,7 @@ pub fn main(cli: Cli) -> i32 {
     // The front door answers the common requests itself and hands the rest to Pingora's proxy.
     let front = crate::front::Front::new(edge, &server.configuration);
     let mut public = pingora::services::listening::Service::new("wxedge".to_string(), front);
-    for addr in &config.listen {
+    for addr in config.listen.iter().chain(&config.listen_proxy_protocol) {
         // No buffers under the front door, which reads into its own buffer and writes whole
         // answers: one copy less per request, and no 64 KiB + 1.4 KiB per idle connection.
         use pingora::listeners::{L4BufferSettings, ListenerConfig};

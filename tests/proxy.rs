@@ -48,7 +48,9 @@ X-Request-ID: req-abc-1\r\nContent-Type: application/json\r\nContent-Length: 17\
         Some("h5.example.com"),
         "Host passes through like proxy_set_header Host $host"
     );
-    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    // No trusted proxy is configured: the client's own X-Forwarded-For is not believed, nor
+    // passed on (the real-address test below covers trusted load balancers).
+    assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(s.header("x-real-ip"), Some("127.0.0.1"));
     assert_eq!(s.header("x-forwarded-proto"), Some("http"));
     assert_eq!(s.header("x-forwarded-host"), Some("h5.example.com"));
@@ -263,4 +265,121 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     assert_eq!(echoed, b"ping-frame-bytes");
     let seen = backend.seen();
     assert_eq!(seen[0].header("upgrade"), Some("websocket"));
+}
+
+/// Real client addresses (nginx's `set_real_ip_from`, `real_ip_header`, PROXY protocol): a
+/// trusted load balancer's `X-Forwarded-For` is walked right to left to the first untrusted
+/// address, which the backend gets as `X-Real-IP` and the access log shows; the chain goes on
+/// extended. A PROXY protocol listener takes the client from the header (v1 and v2), refuses
+/// connections without one, and believes no forwarding header from the client it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_client_addresses_behind_trusted_proxies_and_proxy_protocol() {
+    let backend = Backend::start("b1").await;
+    let url = backend.url();
+    let pp_port = free_port();
+    let pp_listen = format!("127.0.0.1:{pp_port}");
+    let edge = blocking(move || {
+        start_edge(&[
+            ("WXEDGE_BACKEND", &url),
+            ("WXEDGE_REAL_IP_TRUSTED", "127.0.0.1, 10.0.0.0/8"),
+            ("WXEDGE_LISTEN_PROXY_PROTOCOL", &pp_listen),
+        ])
+    })
+    .await
+    .unwrap();
+    let addr = edge.addr();
+    let send = |to: std::net::SocketAddr, bytes: Vec<u8>| blocking(move || raw(to, &bytes));
+    let get = |xff: &str| {
+        format!(
+            "GET /api/who HTTP/1.1\r\nHost: h5\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+
+    // Behind a trusted load balancer (loopback here): the client forged the leftmost entry.
+    let r = send(addr, get("6.6.6.6, 198.51.100.7, 10.1.2.3"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let s = backend.seen().last().unwrap().clone();
+    assert_eq!(s.header("x-real-ip"), Some("198.51.100.7"));
+    assert_eq!(
+        s.header("x-forwarded-for"),
+        Some("6.6.6.6, 198.51.100.7, 10.1.2.3, 127.0.0.1")
+    );
+
+    // PROXY protocol v1 from the trusted balancer: the header's source is the client, and
+    // that client's own X-Forwarded-For is not believed.
+    let pp = std::net::SocketAddr::from(([127, 0, 0, 1], pp_port));
+    let mut v1 = b"PROXY TCP4 198.51.100.9 10.0.0.1 55555 443\r\n".to_vec();
+    v1.extend_from_slice(&get("6.6.6.6"));
+    let r = send(pp, v1).await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = backend.seen().last().unwrap().clone();
+    assert_eq!(s.header("x-real-ip"), Some("198.51.100.9"));
+    assert_eq!(s.header("x-forwarded-for"), Some("198.51.100.9"));
+
+    // v2 (binary), IPv6 source.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x21, 0x00, 36]);
+    let src: std::net::Ipv6Addr = "2001:db8::42".parse().unwrap();
+    let dst: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+    v2.extend_from_slice(&src.octets());
+    v2.extend_from_slice(&dst.octets());
+    v2.extend_from_slice(&55555u16.to_be_bytes());
+    v2.extend_from_slice(&443u16.to_be_bytes());
+    v2.extend_from_slice(&get("6.6.6.6"));
+    let r = send(pp, v2).await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        backend.seen().last().unwrap().header("x-real-ip"),
+        Some("2001:db8::42")
+    );
+
+    // No header on a PROXY listener: closed without an answer, nothing reaches the backend.
+    let before = backend.seen().len();
+    let r = send(pp, get("198.51.100.7")).await.unwrap();
+    assert!(r.is_err(), "answered without a PROXY header");
+    assert_eq!(backend.seen().len(), before);
+
+    // The access log shows the real client (lines are written at least once a second).
+    let shows = |log: &str| {
+        log.lines()
+            .any(|l| l.starts_with("198.51.100.9 - - [") && l.contains("GET /api/who"))
+    };
+    let started = std::time::Instant::now();
+    while !shows(&edge.stdout()) && started.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(shows(&edge.stdout()), "{}", edge.stdout());
+}
+
+/// A PROXY protocol listener only takes connections from trusted load balancers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
+    let backend = Backend::start("b1").await;
+    let url = backend.url();
+    let pp_port = free_port();
+    let pp_listen = format!("127.0.0.1:{pp_port}");
+    let _edge = blocking(move || {
+        start_edge(&[
+            ("WXEDGE_BACKEND", &url),
+            ("WXEDGE_REAL_IP_TRUSTED", "10.0.0.0/8"),
+            ("WXEDGE_LISTEN_PROXY_PROTOCOL", &pp_listen),
+        ])
+    })
+    .await
+    .unwrap();
+    let pp = std::net::SocketAddr::from(([127, 0, 0, 1], pp_port));
+    let r = blocking(move || {
+        raw(
+            pp,
+            b"PROXY TCP4 198.51.100.9 10.0.0.1 55555 443\r\nGET /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(r.is_err(), "answered a PROXY header from an untrusted peer");
+    assert!(backend.seen().is_empty());
 }

@@ -82,6 +82,15 @@ type Setter = fn(&mut Settings, &str, &str) -> Result<(), ConfigError>;
 #[allow(clippy::unit_arg)]
 pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_LISTEN", |s, _, v| Ok(s.listen = list(v))),
+    ("WXEDGE_LISTEN_PROXY_PROTOCOL", |s, _, v| {
+        Ok(s.listen_proxy_protocol = list(v))
+    }),
+    ("WXEDGE_REAL_IP_TRUSTED", |s, _, v| {
+        Ok(s.real_ip.trusted = list(v))
+    }),
+    ("WXEDGE_REAL_IP_HEADER", |s, _, v| {
+        Ok(s.real_ip.header = v.trim().into())
+    }),
     ("WXEDGE_DIST", |s, _, v| Ok(s.dist = v.trim().into())),
     ("WX_MP_VERIFY", |s, _, v| Ok(s.mp_verify = list(v))),
     ("WXEDGE_SPA_FALLBACK", |s, n, v| {

@@ -34,6 +34,11 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 pub struct Settings {
     /// Public listeners, `host:port`.
     pub listen: Vec<String>,
+    /// Public listeners whose connections start with a PROXY protocol header (v1 or v2), from
+    /// a load balancer listed in `real_ip.trusted`.
+    pub listen_proxy_protocol: Vec<String>,
+    /// Who may tell the edge the client's address.
+    pub real_ip: RealIpSettings,
     /// The H5 build folder.
     pub dist: PathBuf,
     /// Tokens whose `/MP_verify_<token>.txt` is always served, whatever `dist/` holds.
@@ -43,6 +48,26 @@ pub struct Settings {
     pub wechat: WechatSettings,
     pub session: SessionSettings,
     pub ops: OpsSettings,
+}
+
+/// nginx's `set_real_ip_from` / `real_ip_header` / `real_ip_recursive on`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealIpSettings {
+    /// Addresses or CIDRs of load balancers and proxies whose forwarding headers (and PROXY
+    /// protocol headers) are believed.
+    pub trusted: Vec<String>,
+    /// `X-Forwarded-For` (walked right to left past trusted hops) or `X-Real-IP`.
+    pub header: String,
+}
+
+impl Default for RealIpSettings {
+    fn default() -> Self {
+        RealIpSettings {
+            trusted: vec![],
+            header: "X-Forwarded-For".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +231,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: vec!["127.0.0.1:8080".into()],
+            listen_proxy_protocol: vec![],
+            real_ip: RealIpSettings::default(),
             dist: PathBuf::from("dist"),
             mp_verify: vec![],
             static_files: StaticSettings::default(),
@@ -291,6 +318,9 @@ pub struct Config {
     pub server: ServerConfOwned,
     pub settings: Settings,
     pub listen: Vec<SocketAddr>,
+    pub listen_proxy_protocol: Vec<SocketAddr>,
+    /// `real_ip.trusted`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub backends: Vec<BackendAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub compat_listen: Option<SocketAddr>,
@@ -447,6 +477,37 @@ fn validate(
         .iter()
         .map(|l| parse_listen(l, "listen"))
         .collect::<Result<Vec<_>, _>>()?;
+    let listen_proxy_protocol = settings
+        .listen_proxy_protocol
+        .iter()
+        .map(|l| parse_listen(l, "listen_proxy_protocol"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let trusted_proxies = settings
+        .real_ip
+        .trusted
+        .iter()
+        .map(|t| {
+            t.parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError(format!(
+                        "real_ip.trusted: `{t}` is not an address or CIDR (10.0.0.0/8, 192.0.2.7)"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let header = settings.real_ip.header.to_ascii_lowercase();
+    if header != "x-forwarded-for" && header != "x-real-ip" {
+        return err("real_ip.header: X-Forwarded-For or X-Real-IP");
+    }
+    if !listen_proxy_protocol.is_empty() && trusted_proxies.is_empty() {
+        return err("listen_proxy_protocol: real_ip.trusted must list the load balancers that send the PROXY headers");
+    }
+    if let Some(both) = listen_proxy_protocol.iter().find(|a| listen.contains(a)) {
+        return err(format!(
+            "listen_proxy_protocol: {both} is also in listen: a listener either takes PROXY headers or not"
+        ));
+    }
     if !settings.dist.is_dir() {
         return err(format!(
             "dist: {} is not a directory",
@@ -580,6 +641,8 @@ fn validate(
         server,
         settings,
         listen,
+        listen_proxy_protocol,
+        trusted_proxies,
         backends,
         metrics_listen,
         compat_listen,

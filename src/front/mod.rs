@@ -17,6 +17,7 @@
 //! is, never what it is. `ops.short_path: false` sends every request through Pingora's path.
 
 mod handover;
+mod proxy_protocol;
 mod read;
 mod threads;
 mod write;
@@ -41,6 +42,7 @@ use crate::ops::{lifecycle, request_id, RouteClass};
 use crate::proxy::forward::{self, Outgoing, COALESCE_MAX};
 use crate::proxy::upstream::{self, Outbound};
 use crate::request::body::Body;
+use crate::request::client::ClientAddr;
 use crate::request::{self, Framing, Request, MAX_HEADERS};
 use crate::route::Route;
 use handover::HandedOver;
@@ -111,8 +113,8 @@ enum Turn {
     /// Refused: close, but read what the client is still sending for a moment first, so the
     /// refusal reaches it instead of a reset (nginx's `lingering_close`).
     Refused,
-    /// Pingora's path answers it.
-    HandOff(HandOff),
+    /// Pingora's path answers it (boxed: a turn is mostly `Next`).
+    HandOff(Box<HandOff>),
 }
 
 /// A request for Pingora's path: its rewritten bytes and its record.
@@ -131,9 +133,7 @@ impl ServerApp for Front {
     ) -> Option<Stream> {
         crate::ops::memory::start_trimmer();
         // Past `max_connections`, close at once (nginx: "worker_connections are not enough").
-        let Some(slot) = crate::ops::limits::ConnectionSlot::take() else {
-            return None;
-        };
+        let slot = crate::ops::limits::ConnectionSlot::take()?;
         if let Some((stream, _slot)) = self.place(stream, shutdown, 0, slot) {
             let _held = threads::Held::here();
             self.serve(stream, shutdown).await;
@@ -151,23 +151,38 @@ struct Conn {
     /// Bytes read and not yet used: the next request's start, a body, pipelined requests.
     buf: BytesMut,
     out: Vec<u8>,
-    /// The client's address as the access log and `X-Forwarded-For` show it.
-    client_ip: Option<Arc<str>>,
+    /// Who is at the other end (the TCP peer, or the PROXY header's source).
+    peer: ClientAddr,
 }
 
 impl Front {
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let mut stream = threads::rehome(stream);
-        let client_ip = stream
-            .get_socket_digest()
+        let digest = stream.get_socket_digest();
+        let peer = digest
+            .as_ref()
             .and_then(|d| d.peer_addr().cloned())
-            .and_then(|a| a.as_inet().map(|a| Arc::from(a.ip().to_string())));
+            .and_then(|a| a.as_inet().map(|a| self.edge.real_ip.hop(a.ip())))
+            .unwrap_or_else(ClientAddr::unknown);
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr().cloned())
+            .and_then(|a| a.as_inet().copied());
         let mut closing = shutdown.clone();
         let mut conn = Conn {
             buf: BytesMut::with_capacity(4096),
             out: Vec::with_capacity(1024),
-            client_ip,
+            peer,
         };
+        if local.is_some_and(|l| proxy_protocol::expected(&self.edge.proxy_protocol, l)) {
+            match self.proxy_protocol(&mut stream, &mut conn).await {
+                Ok(()) => {}
+                Err(why) => {
+                    log::warn!("closing a connection from {}: {why}", conn.peer.hop);
+                    return;
+                }
+            }
+        }
         loop {
             if conn.buf.is_empty() {
                 // The last request's head handle is gone: this takes its buffer back.
@@ -204,12 +219,29 @@ impl Front {
                 }
                 // Boxed: Pingora's request future is large, and an idle connection should
                 // not carry its space (only connections being handed over do).
-                Turn::HandOff(h) => match Box::pin(self.hand_off(stream, h, shutdown)).await {
+                Turn::HandOff(h) => match Box::pin(self.hand_off(stream, *h, shutdown)).await {
                     Some(back) => stream = back,
                     None => return,
                 },
             }
         }
+    }
+
+    /// A PROXY-protocol listener: only a trusted load balancer may connect, and the client
+    /// its header names becomes the connection's peer.
+    async fn proxy_protocol(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+    ) -> Result<(), &'static str> {
+        if !conn.peer.hop_trusted {
+            return Err("a PROXY protocol listener, and the peer is not in real_ip.trusted");
+        }
+        let deadline = tokio::time::Instant::now() + self.edge.limits.header_timeout;
+        if let Some(source) = proxy_protocol::read_header(stream, &mut conn.buf, deadline).await? {
+            conn.peer = self.edge.real_ip.hop(source);
+        }
+        Ok(())
     }
 
     /// Pingora's path answers one request, then gives the connection back (or closes it).
@@ -289,12 +321,17 @@ impl Front {
         conn: &Conn,
         request_id: String,
     ) -> RequestRecord {
-        RequestRecord::start(self.edge.access_log, request_id, || {
-            let client = conn.client_ip.clone().unwrap_or_else(|| Arc::from("-"));
+        let client = match req {
+            Some((r, _)) => self
+                .edge
+                .real_ip
+                .client(&conn.peer, r.headers.iter().map(|h| (h.name, h.value))),
+            None => conn.peer.clone(),
+        };
+        RequestRecord::start(self.edge.access_log, request_id, client, || {
             let Some((r, head)) = req else {
                 let dash = Bytes::from_static(b"-");
                 return LogFields {
-                    client,
                     method: dash.clone(),
                     target: dash,
                     version: "HTTP/1.1",
@@ -305,7 +342,6 @@ impl Front {
             let field =
                 |v: Option<&str>| v.map_or_else(Bytes::new, |v| head.slice_ref(v.as_bytes()));
             LogFields {
-                client,
                 method: field(Some(r.method)),
                 target: field(Some(r.target)),
                 version: r.version_label(),
@@ -385,11 +421,11 @@ impl Front {
         }
         // Only the backend can take an upgrade; anywhere else it is an ordinary request.
         let upgrade = req.upgrade && route == Route::Proxy;
-        Turn::HandOff(HandOff {
+        Turn::HandOff(Box::new(HandOff {
             request: rewritten(req, &body, upgrade),
             record,
             upgrade,
-        })
+        }))
     }
 
     /// The whole body, decoded; `Err(Some(..))` is an answer to refuse it with (the
@@ -517,7 +553,7 @@ impl Front {
             &target,
             req.headers.iter().map(|h| (h.name, h.value)),
             &Outbound {
-                forwarding: &edge.forwarding(conn.client_ip.as_deref()),
+                forwarding: &edge.forwarding(Some(&record.client)),
                 identity: &identity,
                 request_id: &record.request_id,
                 body_len: upstream::declared_length(req.method, body.len()),

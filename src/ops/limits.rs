@@ -34,7 +34,8 @@ pub fn raise_open_files() -> (u64, u64) {
             }
         }
     }
-    (lim.rlim_cur as u64, lim.rlim_max as u64)
+    // `rlim_t` is u64 on Linux.
+    (lim.rlim_cur, lim.rlim_max)
 }
 
 /// The connection limit: `configured`, or (0) what the open-file limit allows.

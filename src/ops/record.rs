@@ -3,7 +3,6 @@
 //! request out of the in-flight gauge (which graceful shutdown waits on), records its metrics
 //! and writes its access-log line, so no path can forget any of them.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,13 +10,12 @@ use bytes::Bytes;
 use super::access_log::{self, Entry, Format};
 use super::metrics::{self, METRICS};
 use super::RouteClass;
+use crate::request::client::ClientAddr;
 
-/// What the access log prints, made only when it is on. The request's fields are handles on
-/// the bytes of its head (`Bytes::slice_ref`: a reference count, no copy), the client's
-/// address is shared by the connection's requests.
+/// What the access log prints of the request, made only when it is on: handles on the bytes of
+/// its head (`Bytes::slice_ref`: a reference count, no copy).
 #[derive(Debug, Clone)]
 pub struct LogFields {
-    pub client: Arc<str>,
     pub method: Bytes,
     pub target: Bytes,
     pub version: &'static str,
@@ -34,6 +32,8 @@ fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
 pub struct RequestRecord {
     started: Instant,
     pub request_id: String,
+    /// Who sent it (the real client behind trusted proxies).
+    pub client: ClientAddr,
     pub class: RouteClass,
     /// The status sent; 0 while none (or when the answer could not be sent).
     pub status: u16,
@@ -48,12 +48,14 @@ impl RequestRecord {
     pub fn start(
         format: Format,
         request_id: String,
+        client: ClientAddr,
         fields: impl FnOnce() -> LogFields,
     ) -> RequestRecord {
         METRICS.in_flight.inc();
         RequestRecord {
             started: Instant::now(),
             request_id,
+            client,
             class: RouteClass::Static,
             status: 0,
             body_bytes: 0,
@@ -82,7 +84,7 @@ impl Drop for RequestRecord {
         access_log::write(
             *format,
             &Entry {
-                client: &l.client,
+                client: &self.client.client,
                 method: &text(&l.method),
                 target: &text(&l.target),
                 version: l.version,
@@ -106,7 +108,9 @@ mod tests {
     #[test]
     fn in_flight_is_released_on_drop_whatever_happened() {
         let before = METRICS.in_flight.get();
-        let r = RequestRecord::start(Format::Off, "rid".into(), || unreachable!("log is off"));
+        let r = RequestRecord::start(Format::Off, "rid".into(), ClientAddr::unknown(), || {
+            unreachable!("log is off")
+        });
         assert_eq!(METRICS.in_flight.get(), before + 1);
         drop(r);
         assert_eq!(METRICS.in_flight.get(), before);

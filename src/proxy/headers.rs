@@ -1,6 +1,8 @@
 //! The request as the backend sees it: forwarding headers like nginx's usual
 //! `proxy_set_header` lines, and no client-supplied copy of a header the edge vouches for.
 
+use crate::request::client::ClientAddr;
+
 /// `x_wx_openid`, `X-WX-OpenID` and `x-wx-openid` are the same name to many backends
 /// (CGI-style frameworks turn `-` into `_`), so compare in one spelling.
 pub fn canonical(name: &str) -> String {
@@ -8,7 +10,8 @@ pub fn canonical(name: &str) -> String {
 }
 
 pub struct Forwarding<'a> {
-    pub client_ip: Option<&'a str>,
+    /// Who sent the request (`None`: not known, e.g. not a TCP peer).
+    pub client: Option<&'a ClientAddr>,
     pub proto: &'a str,
     /// Upstream `Host` override; None passes the client's through.
     pub host_override: Option<&'a str>,
@@ -84,26 +87,28 @@ pub fn is_set_by_edge(name: &str, f: &Forwarding) -> bool {
     let n = |s: &str| name.eq_ignore_ascii_case(s);
     n("x-forwarded-proto")
         || n("x-forwarded-host")
-        || (f.client_ip.is_some() && (n("x-forwarded-for") || n("x-real-ip")))
+        || (f.client.is_some() && (n("x-forwarded-for") || n("x-real-ip")))
         || (f.host_override.is_some() && n("host"))
 }
 
 /// The forwarding headers, like nginx's usual `proxy_set_header` lines: each as its name and
 /// the pieces of its value. `prev_xff` and `client_host` are the client's own values.
+/// `X-Forwarded-For` is extended only when a trusted proxy delivered the request; from anyone
+/// else the chain starts at the edge's peer (a client's own chain is not passed on).
 pub fn forwarding_headers<'a>(
     f: &Forwarding<'a>,
     prev_xff: Option<&'a [u8]>,
     client_host: Option<&'a [u8]>,
     mut emit: impl FnMut(&'static str, &[&[u8]]),
 ) {
-    if let Some(ip) = f.client_ip {
+    if let Some(c) = f.client {
         match prev_xff {
-            Some(prev) if !prev.trim_ascii().is_empty() => {
-                emit("x-forwarded-for", &[prev, b", ", ip.as_bytes()])
+            Some(prev) if c.hop_trusted && !prev.trim_ascii().is_empty() => {
+                emit("x-forwarded-for", &[prev, b", ", c.hop.as_bytes()])
             }
-            _ => emit("x-forwarded-for", &[ip.as_bytes()]),
+            _ => emit("x-forwarded-for", &[c.hop.as_bytes()]),
         }
-        emit("x-real-ip", &[ip.as_bytes()]);
+        emit("x-real-ip", &[c.client.as_bytes()]);
     }
     emit("x-forwarded-proto", &[f.proto.as_bytes()]);
     if let Some(host) = client_host {

@@ -156,6 +156,16 @@ pub fn apply(req: &mut RequestHeader, out: &Outbound) -> pingora::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::client::ClientAddr;
+
+    /// A request delivered by a trusted load balancer at 192.0.2.7.
+    fn trusted_lb() -> ClientAddr {
+        ClientAddr {
+            client: "198.51.100.1".into(),
+            hop: "192.0.2.7".into(),
+            hop_trusted: true,
+        }
+    }
 
     fn sample_client() -> Vec<(&'static str, &'static [u8])> {
         vec![
@@ -179,7 +189,7 @@ mod tests {
     fn built(identity: &ForwardedIdentity, body_len: usize, upgrade: bool) -> String {
         let protected = vec![headers::canonical("X-WX-OpenID")];
         let f = Forwarding {
-            client_ip: Some("192.0.2.7"),
+            client: Some(&trusted_lb()),
             proto: "http",
             host_override: None,
             drop_underscore_headers: true,
@@ -219,7 +229,7 @@ mod tests {
             "Host: h5.example.com",
             "Accept: */*",
             "x-forwarded-for: 10.0.0.1, 192.0.2.7",
-            "x-real-ip: 192.0.2.7",
+            "x-real-ip: 198.51.100.1",
             "x-forwarded-proto: http",
             "x-forwarded-host: h5.example.com",
             "X-WX-OpenID: o-1",
@@ -279,7 +289,7 @@ mod tests {
         }
         let protected = vec![headers::canonical("X-WX-OpenID")];
         let f = Forwarding {
-            client_ip: Some("192.0.2.7"),
+            client: Some(&trusted_lb()),
             proto: "http",
             host_override: None,
             drop_underscore_headers: true,

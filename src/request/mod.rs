@@ -8,6 +8,7 @@
 //! from [`Framing`].
 
 pub mod body;
+pub mod client;
 mod host;
 pub mod path;
 

@@ -218,6 +218,9 @@ fn brotli(data: &[u8]) -> Vec<u8> {
 }
 
 /// Read the dist tree. Symlinks are followed only when they stay inside the root.
+///
+/// The life of a load: walk the dist, smallest files first take the memory budget, each file is
+/// read and classified with its variants, then the MP_verify files are listed and completed.
 pub fn load(
     root: &Path,
     opts: &StaticSettings,
@@ -226,10 +229,43 @@ pub fn load(
     let root = root
         .canonicalize()
         .map_err(|e| LoadError(format!("dist {}: {e}", root.display())))?;
-    let mut tree = Tree::default();
-    tree.dirs.insert("/".into());
-    let mut raw: Vec<(String, PathBuf, std::fs::Metadata)> = Vec::new();
-    for entry in walkdir::WalkDir::new(&root).follow_links(true).min_depth(1) {
+    let (dirs, mut found) = walk(&root);
+    // Small files first, so a memory budget that runs out leaves only the big ones on disk.
+    found.sort_by_key(|f| f.meta.len());
+    // Precompressed twins shipped by the build (`a.js.br`, `a.js.gz`) are found by name.
+    let by_name: HashMap<&str, &DistFile> = found.iter().map(|f| (f.clean.as_str(), f)).collect();
+    let mut budget = Budget::new(opts);
+    let mut tree = Tree {
+        dirs,
+        ..Tree::default()
+    };
+    for f in &found {
+        let file = load_file(f, &by_name, opts, &mut budget)?;
+        if matches!(file.identity().body, Body::Disk(_)) {
+            tree.disk_files += 1;
+        }
+        tree.files.insert(f.clean.clone(), file);
+    }
+    tree.memory_bytes = budget.used();
+    add_mp_verify(&mut tree, mp_verify_tokens);
+    Ok(tree)
+}
+
+/// A regular file of the dist, found by the walk and not read yet.
+struct DistFile {
+    /// Clean URL path, `/assets/a.js`.
+    clean: String,
+    /// Canonical path, inside the root.
+    real: PathBuf,
+    meta: std::fs::Metadata,
+}
+
+/// Walks the dist, following symlinks, into its directories (`/` included) and its regular
+/// files. Unreadable entries are skipped with a warning instead of failing the start-up.
+fn walk(root: &Path) -> (HashSet<String>, Vec<DistFile>) {
+    let mut dirs = HashSet::from(["/".to_string()]);
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(true).min_depth(1) {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -237,190 +273,262 @@ pub fn load(
                 continue;
             }
         };
-        let real = match entry.path().canonicalize() {
-            Ok(p) if p.starts_with(&root) => p,
-            _ => {
-                log::warn!(
-                    "dist: skipping {} (points outside the dist root)",
-                    entry.path().display()
-                );
-                continue;
-            }
-        };
-        let rel = match entry
-            .path()
-            .strip_prefix(&root)
-            .ok()
-            .and_then(|r| r.to_str())
-        {
-            Some(r) => r.replace(std::path::MAIN_SEPARATOR, "/"),
-            None => {
-                log::warn!(
-                    "dist: skipping {} (name is not UTF-8)",
-                    entry.path().display()
-                );
-                continue;
-            }
-        };
-        // Hidden names are never served; do not spend memory on them.
-        if rel
-            .split('/')
-            .any(|s| s.starts_with('.') && s != ".well-known")
-        {
+        let Some((clean, real)) = servable_path(root, &entry) else {
             continue;
-        }
-        let clean = format!("/{rel}");
+        };
         if entry.file_type().is_dir() {
-            tree.dirs.insert(clean);
+            dirs.insert(clean);
         } else if let Ok(meta) = std::fs::metadata(&real) {
             if meta.is_file() {
-                raw.push((clean, real, meta));
+                files.push(DistFile { clean, real, meta });
             }
         }
     }
-    // Small files first, so a memory budget that runs out leaves only the big ones on disk.
-    raw.sort_by_key(|(_, _, m)| m.len());
-    let names: HashSet<String> = raw.iter().map(|(c, _, _)| c.clone()).collect();
-    let mut twins: HashMap<String, (Encoding, PathBuf, std::fs::Metadata)> = HashMap::new();
-    for (clean, real, meta) in &raw {
-        for (ext, enc) in [(".gz", Encoding::Gzip), (".br", Encoding::Brotli)] {
-            if let Some(base) = clean.strip_suffix(ext) {
-                if names.contains(base) {
-                    twins.insert(format!("{base}{ext}"), (enc, real.clone(), meta.clone()));
-                }
-            }
+    (dirs, files)
+}
+
+/// The clean URL path and the canonical path of an entry, or None when it must not be served:
+/// it resolves outside the root (a symlink escaping it), its name is not UTF-8, or it is hidden
+/// (hidden names are never served, so no memory is spent on them).
+fn servable_path(root: &Path, entry: &walkdir::DirEntry) -> Option<(String, PathBuf)> {
+    let real = match entry.path().canonicalize() {
+        Ok(p) if p.starts_with(root) => p,
+        _ => {
+            log::warn!(
+                "dist: skipping {} (points outside the dist root)",
+                entry.path().display()
+            );
+            return None;
+        }
+    };
+    let rel = match entry
+        .path()
+        .strip_prefix(root)
+        .ok()
+        .and_then(|r| r.to_str())
+    {
+        Some(r) => r.replace(std::path::MAIN_SEPARATOR, "/"),
+        None => {
+            log::warn!(
+                "dist: skipping {} (name is not UTF-8)",
+                entry.path().display()
+            );
+            return None;
+        }
+    };
+    if rel
+        .split('/')
+        .any(|s| s.starts_with('.') && s != ".well-known")
+    {
+        return None;
+    }
+    Some((format!("/{rel}"), real))
+}
+
+/// The memory budget for bodies (`memory_max_bytes`, files up to `memory_max_file_bytes`): what
+/// does not fit is served from disk, so a large dist cannot exhaust memory at start-up.
+struct Budget {
+    max: u64,
+    max_file: u64,
+    left: u64,
+}
+
+impl Budget {
+    fn new(opts: &StaticSettings) -> Self {
+        Budget {
+            max: opts.memory_max_bytes,
+            max_file: opts.memory_max_file_bytes,
+            left: opts.memory_max_bytes,
         }
     }
-    let mut budget = opts.memory_max_bytes;
-    for (clean, real, meta) in &raw {
-        let (essence, content_type) = content_type_for(clean);
-        let modified = truncate_to_seconds(meta.modified().unwrap_or(UNIX_EPOCH));
-        let in_memory = meta.len() <= opts.memory_max_file_bytes && meta.len() <= budget;
-        let mut variants = Vec::new();
-        let data = if in_memory {
-            let data =
-                Bytes::from(std::fs::read(real).map_err(|e| {
-                    LoadError(format!("dist: cannot read {}: {e}", real.display()))
-                })?);
-            budget -= data.len() as u64;
-            let hash = xxhash_rust::xxh3::xxh3_64(&data);
-            variants.push(Variant {
-                encoding: Encoding::Identity,
-                len: data.len() as u64,
-                body: Body::Memory(data.clone()),
-                etag: etag(hash, ""),
-            });
-            Some(data)
-        } else {
-            let mtime = modified
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            tree.disk_files += 1;
-            variants.push(Variant {
-                encoding: Encoding::Identity,
-                len: meta.len(),
-                body: Body::Disk(real.clone()),
-                etag: etag(mtime.rotate_left(32) ^ meta.len(), "-d"),
-            });
-            None
+
+    /// Whether a file of `len` bytes on disk may be read into memory.
+    fn admits(&self, len: u64) -> bool {
+        len <= self.max_file && len <= self.left
+    }
+
+    /// Accounts bytes read after [`Budget::admits`] said yes.
+    fn take(&mut self, len: u64) {
+        self.left -= len;
+    }
+
+    /// Takes `len` bytes if they are left; a variant that does not fit is simply not offered.
+    fn try_take(&mut self, len: u64) -> bool {
+        let fits = len <= self.left;
+        if fits {
+            self.left -= len;
+        }
+        fits
+    }
+
+    /// Bytes held in memory, for the start-up log.
+    fn used(&self) -> u64 {
+        self.max - self.left
+    }
+}
+
+/// One dist file made servable: its type and cache policy, its validators, its identity body (in
+/// memory or on disk) and its compressed variants, headers prebuilt.
+fn load_file(
+    f: &DistFile,
+    by_name: &HashMap<&str, &DistFile>,
+    opts: &StaticSettings,
+    budget: &mut Budget,
+) -> Result<StaticFile, LoadError> {
+    let (essence, content_type) = content_type_for(&f.clean);
+    let modified = truncate_to_seconds(f.meta.modified().unwrap_or(UNIX_EPOCH));
+    let (identity, data) = identity_variant(f, modified, budget)?;
+    let mut variants = vec![identity];
+    // Precompressed twins shipped by the build win; otherwise compress text once, here.
+    for (ext, enc) in [(".br", Encoding::Brotli), (".gz", Encoding::Gzip)] {
+        let variant = match by_name.get(format!("{}{ext}", f.clean).as_str()) {
+            Some(twin) => shipped_variant(enc, twin, budget),
+            None => data
+                .as_ref()
+                .and_then(|d| compressed_variant(enc, d, &essence, opts, budget)),
         };
-        // Precompressed twins shipped by the build win; otherwise compress text once, here.
-        for (ext, enc) in [(".br", Encoding::Brotli), (".gz", Encoding::Gzip)] {
-            let twin = twins.get(&format!("{clean}{ext}"));
-            let bytes = match (twin, &data) {
-                (Some((_, path, m)), _)
-                    if m.len() <= opts.memory_max_file_bytes && m.len() <= budget =>
-                {
-                    std::fs::read(path).ok().map(Bytes::from)
-                }
-                (Some((_, path, m)), _) => {
-                    variants.push(Variant {
-                        encoding: enc,
-                        len: m.len(),
-                        body: Body::Disk(path.clone()),
-                        etag: etag(m.len() ^ 0x5eed, &format!("-{}d", enc.token())),
-                    });
-                    continue;
-                }
-                (None, Some(d))
-                    if is_compressible(&essence) && d.len() as u64 >= opts.compress_min_bytes =>
-                {
-                    let c = if enc == Encoding::Gzip {
-                        gzip(d)
-                    } else {
-                        brotli(d)
-                    };
-                    // Not worth a variant when it saves less than a tenth.
-                    (c.len() * 10 < d.len() * 9).then(|| Bytes::from(c))
-                }
-                _ => None,
-            };
-            if let Some(b) = bytes {
-                if b.len() as u64 <= budget {
-                    budget -= b.len() as u64;
-                    let hash = xxhash_rust::xxh3::xxh3_64(&b);
-                    variants.push(Variant {
-                        encoding: enc,
-                        len: b.len() as u64,
-                        etag: etag(hash, &format!("-{}", enc.token())),
-                        body: Body::Memory(b),
-                    });
-                }
-            }
-        }
-        variants[1..].sort_by_key(|v| v.len);
-        let cache_control = cache_control_for(clean, &essence, &opts.cache_control);
-        let last_modified =
-            HeaderValue::from_str(&httpdate::fmt_http_date(modified)).expect("dates are ASCII");
-        tree.files.insert(
-            clean.clone(),
-            StaticFile {
-                content_type,
-                cache_control,
-                modified,
-                last_modified,
-                variants,
-                prebuilt: vec![],
-            }
-            .finish(),
-        );
+        variants.extend(variant);
     }
-    tree.memory_bytes = opts.memory_max_bytes - budget;
+    variants[1..].sort_by_key(|v| v.len);
+    Ok(StaticFile {
+        content_type,
+        cache_control: cache_control_for(&f.clean, &essence, &opts.cache_control),
+        modified,
+        last_modified: http_date(modified),
+        variants,
+        prebuilt: vec![],
+    }
+    .finish())
+}
+
+/// The file's own bytes: read into memory when the budget admits them (they are returned too, to
+/// compress), else left on disk. A file that cannot be read fails the load.
+fn identity_variant(
+    f: &DistFile,
+    modified: SystemTime,
+    budget: &mut Budget,
+) -> Result<(Variant, Option<Bytes>), LoadError> {
+    if !budget.admits(f.meta.len()) {
+        return Ok((disk_identity(f, modified), None));
+    }
+    let data = Bytes::from(
+        std::fs::read(&f.real)
+            .map_err(|e| LoadError(format!("dist: cannot read {}: {e}", f.real.display())))?,
+    );
+    budget.take(data.len() as u64);
+    Ok((memory_variant(Encoding::Identity, data.clone()), Some(data)))
+}
+
+/// A body held in memory gets a strong ETag from a hash of its bytes, so it changes exactly when
+/// the content does; the suffix keeps each encoding's ETag distinct.
+fn memory_variant(encoding: Encoding, body: Bytes) -> Variant {
+    let suffix = match encoding {
+        Encoding::Identity => String::new(),
+        enc => format!("-{}", enc.token()),
+    };
+    Variant {
+        encoding,
+        len: body.len() as u64,
+        etag: etag(xxhash_rust::xxh3::xxh3_64(&body), &suffix),
+        body: Body::Memory(body),
+    }
+}
+
+/// A file too large for the memory budget is not read at start-up: its ETag comes from its
+/// modification time and size instead of its bytes.
+fn disk_identity(f: &DistFile, modified: SystemTime) -> Variant {
+    let mtime = modified
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Variant {
+        encoding: Encoding::Identity,
+        len: f.meta.len(),
+        body: Body::Disk(f.real.clone()),
+        etag: etag(mtime.rotate_left(32) ^ f.meta.len(), "-d"),
+    }
+}
+
+/// A precompressed twin shipped by the build (`a.js.br`): in memory when the budget admits it
+/// (and it can be read), else served from disk.
+fn shipped_variant(enc: Encoding, twin: &DistFile, budget: &mut Budget) -> Option<Variant> {
+    if !budget.admits(twin.meta.len()) {
+        return Some(Variant {
+            encoding: enc,
+            len: twin.meta.len(),
+            body: Body::Disk(twin.real.clone()),
+            etag: etag(twin.meta.len() ^ 0x5eed, &format!("-{}d", enc.token())),
+        });
+    }
+    let bytes = Bytes::from(std::fs::read(&twin.real).ok()?);
+    budget
+        .try_take(bytes.len() as u64)
+        .then(|| memory_variant(enc, bytes))
+}
+
+/// Text compressed once here rather than per request: only compressible types of at least
+/// `compress_min_bytes`, and only when it saves a tenth or more.
+fn compressed_variant(
+    enc: Encoding,
+    data: &Bytes,
+    essence: &str,
+    opts: &StaticSettings,
+    budget: &mut Budget,
+) -> Option<Variant> {
+    if !is_compressible(essence) || (data.len() as u64) < opts.compress_min_bytes {
+        return None;
+    }
+    let c = if enc == Encoding::Gzip {
+        gzip(data)
+    } else {
+        brotli(data)
+    };
+    // Not worth a variant when it saves less than a tenth.
+    if c.len() * 10 >= data.len() * 9 {
+        return None;
+    }
+    budget
+        .try_take(c.len() as u64)
+        .then(|| memory_variant(enc, Bytes::from(c)))
+}
+
+/// MP_verify files prove domain ownership to WeChat: the dist's are listed, and each configured
+/// token is served even when the build dropped its file (the dist's own file wins).
+fn add_mp_verify(tree: &mut Tree, tokens: &[String]) {
     for (path, _) in tree.files.iter().filter(|(p, _)| is_mp_verify_path(p)) {
         tree.mp_verify.push((path.clone(), "dist"));
     }
-    // Tokens from the configuration: present whatever the build dropped.
-    for token in mp_verify_tokens {
+    for token in tokens {
         let path = format!("/MP_verify_{token}.txt");
         if tree.files.contains_key(&path) {
             continue;
         }
-        let body = Bytes::from(token.clone());
-        let hash = xxhash_rust::xxh3::xxh3_64(&body);
-        let started = truncate_to_seconds(SystemTime::now());
-        tree.files.insert(
-            path.clone(),
-            StaticFile {
-                content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
-                cache_control: HeaderValue::from_static("no-cache"),
-                modified: started,
-                last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(started))
-                    .expect("ASCII"),
-                variants: vec![Variant {
-                    encoding: Encoding::Identity,
-                    len: body.len() as u64,
-                    body: Body::Memory(body),
-                    etag: etag(hash, ""),
-                }],
-                prebuilt: vec![],
-            }
-            .finish(),
-        );
+        tree.files.insert(path.clone(), mp_verify_file(token));
         tree.mp_verify.push((path, "config"));
     }
     tree.mp_verify.sort();
-    Ok(tree)
+}
+
+/// The file for a configured MP_verify token: the token as plain text, dated from start-up.
+fn mp_verify_file(token: &str) -> StaticFile {
+    let started = truncate_to_seconds(SystemTime::now());
+    StaticFile {
+        content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
+        cache_control: HeaderValue::from_static("no-cache"),
+        modified: started,
+        last_modified: http_date(started),
+        variants: vec![memory_variant(
+            Encoding::Identity,
+            Bytes::from(token.to_string()),
+        )],
+        prebuilt: vec![],
+    }
+    .finish()
+}
+
+/// `Last-Modified` value, formatted once here instead of per request.
+fn http_date(t: SystemTime) -> HeaderValue {
+    HeaderValue::from_str(&httpdate::fmt_http_date(t)).expect("dates are ASCII")
 }
 
 fn is_mp_verify_path(p: &str) -> bool {

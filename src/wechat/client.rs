@@ -43,6 +43,7 @@ pub struct WechatClientConfig {
 
 impl WechatClientConfig {
     /// Defaults: connect timeout 2 s, total timeout 5 s.
+    #[cfg(test)]
     pub fn new(
         api_base: impl Into<String>,
         appid: impl Into<String>,
@@ -104,6 +105,7 @@ impl TokenAnswer {
     }
 
     /// The answer as WeChat would give it (for the WeChat-compatible endpoint).
+    #[cfg(test)]
     pub fn to_wechat_json(&self) -> String {
         let mut m = serde_json::Map::new();
         m.insert("access_token".into(), self.access_token.clone().into());
@@ -180,6 +182,7 @@ impl ExchangeError {
 
     /// A transient failure: the same request may work later (busy, rate limited, timeout,
     /// connection trouble, 5xx/429). The code itself may or may not have been consumed.
+    #[cfg(test)]
     pub fn is_retryable_later(&self) -> bool {
         match self {
             ExchangeError::WeChat { errcode, .. } => matches!(errcode, -1 | 45009 | 45011),
@@ -204,6 +207,7 @@ impl ExchangeError {
 
     /// WeChat-shaped JSON for the WeChat-compatible endpoint: WeChat errors as they were,
     /// anything else as `-1 system error`.
+    #[cfg(test)]
     pub fn to_wechat_json(&self) -> String {
         let (code, msg) = match self {
             ExchangeError::WeChat {
@@ -317,25 +321,15 @@ impl WechatClient {
     }
 
     /// Backoff before the single retry after `errcode -1` (default 200 ms).
+    #[cfg(test)]
     pub fn with_retry_backoff(mut self, backoff: Duration) -> Self {
         self.retry_backoff = backoff;
         self
     }
 
-    pub fn appid(&self) -> &str {
-        &self.cfg.appid
-    }
-
-    pub fn api_base(&self) -> &str {
-        &self.api_base
-    }
-
-    pub fn config(&self) -> &WechatClientConfig {
-        &self.cfg
-    }
-
     /// Whether `appid`/`secret` are ours (constant-time on the secret), for the
     /// WeChat-compatible endpoint.
+    #[cfg(test)]
     pub fn credentials_match(&self, appid: &str, secret: &str) -> bool {
         let s = crate::session::ct_eq(secret.as_bytes(), self.cfg.secret.as_bytes());
         appid == self.cfg.appid && s
@@ -554,7 +548,6 @@ fn map_reqwest(e: reqwest::Error, scrub: &[&str]) -> ExchangeError {
         ExchangeError::Connect(format!("transport error: {msg}"))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

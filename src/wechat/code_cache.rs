@@ -28,6 +28,7 @@ pub struct Exchanged {
 
 impl Exchanged {
     /// unionid from the token answer, else from the user info.
+    #[cfg(test)]
     pub fn unionid(&self) -> Option<&str> {
         self.token
             .unionid
@@ -79,10 +80,12 @@ impl MemoryCodeCache {
     }
 
     /// Live entries (expired ones not yet removed are counted).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap().map.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -169,16 +172,6 @@ pub enum Obtained {
     Cached,
 }
 
-impl Obtained {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Obtained::Fresh => "fresh",
-            Obtained::Joined => "joined",
-            Obtained::Cached => "cached",
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct RedeemResult {
     pub outcome: Arc<ExchangeOutcome>,
@@ -232,11 +225,8 @@ impl CodeExchanger {
         }
     }
 
-    pub fn client(&self) -> &Arc<WechatClient> {
-        &self.client
-    }
-
     /// Codes with a WeChat call in flight right now (a gauge).
+    #[cfg(test)]
     pub fn inflight_len(&self) -> usize {
         self.inflight.lock().unwrap().len()
     }
@@ -296,6 +286,7 @@ impl CodeExchanger {
 
     /// For the WeChat-compatible endpoint: the outcome the edge already has (or is getting right
     /// now) for `code`, without ever calling WeChat itself.
+    #[cfg(test)]
     pub async fn cached(&self, code: &str) -> Option<Arc<ExchangeOutcome>> {
         validate_code(code).ok()?;
         if let Some(v) = self.cache.get(code).await {

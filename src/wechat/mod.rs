@@ -10,12 +10,6 @@ pub mod sandbox;
 #[cfg(test)]
 pub(crate) mod testserver;
 
-pub use client::{
-    authorize_url, validate_code, ExchangeError, TokenAnswer, UserInfo, WechatClient,
-    WechatClientConfig,
-};
-pub use code_cache::{
-    CodeCache, CodeExchanger, ExchangeOutcome, Exchanged, ExchangerConfig, MemoryCodeCache,
-    Obtained, RedeemResult,
-};
-pub use sandbox::{Sandbox, SandboxConfig, SandboxResponse, SandboxUser};
+pub use client::{authorize_url, ExchangeError, WechatClient, WechatClientConfig};
+pub use code_cache::{CodeExchanger, ExchangerConfig, MemoryCodeCache, Obtained};
+pub use sandbox::{Sandbox, SandboxConfig};

@@ -156,11 +156,13 @@ impl SandboxResponse {
     }
 
     /// The body as text (lossy), for tests and logs.
+    #[cfg(test)]
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// A header's value, by case-insensitive name.
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -228,33 +230,30 @@ impl Sandbox {
         }
     }
 
-    pub fn appid(&self) -> &str {
-        &self.cfg.appid
-    }
-
-    pub fn secret(&self) -> &str {
-        &self.cfg.secret
-    }
-
+    #[cfg(test)]
     pub fn users(&self) -> &[SandboxUser] {
         &self.cfg.users
     }
 
+    #[cfg(test)]
     pub fn user(&self, key: &str) -> Option<&SandboxUser> {
         self.cfg.users.iter().find(|u| u.key == key)
     }
 
     /// How many `/sns/oauth2/access_token` requests were answered (any outcome).
+    #[cfg(test)]
     pub fn access_token_calls(&self) -> u64 {
         self.access_token_calls.load(Ordering::Relaxed)
     }
 
     /// Codes currently held (for tests of the memory bound).
+    #[cfg(test)]
     pub fn codes_held(&self) -> usize {
         self.state.lock().unwrap().codes.len()
     }
 
     /// Issues a code for user `key` directly (what picking the user on the page does).
+    #[cfg(test)]
     pub fn issue_code(&self, key: &str, userinfo_scope: bool, now: u64) -> Option<String> {
         self.issue_code_with(key, userinfo_scope, None, now)
     }
