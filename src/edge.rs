@@ -136,10 +136,14 @@ impl EdgeState {
     fn readiness(&self) -> (bool, serde_json::Value) {
         let dist = self.site.has_index();
         let backends = self.upstreams.is_empty() || self.upstreams.healthy_count() > 0;
+        let (compressed, to_compress) = self.site.tree.compression_progress();
         let body = serde_json::json!({
             "ready": dist && backends,
             "dist_loaded": dist,
             "files": self.site.tree.files.len(),
+            // Not waited for: files are served as they are until their variants are made.
+            "compressed_files": compressed,
+            "files_to_compress": to_compress,
             "backends_total": self.upstreams.len(),
             "backends_healthy": self.upstreams.healthy_count(),
         });

@@ -56,7 +56,7 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
             "dist: {} ({} files, {} KiB in memory, {} on disk, index.html {})",
             config.settings.dist.display(),
             t.files.len(),
-            t.memory_bytes / 1024,
+            t.memory_bytes.load(std::sync::atomic::Ordering::Relaxed) / 1024,
             t.disk_files,
             if site.has_index() {
                 "present"
@@ -65,6 +65,12 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
             }
         ),
     ];
+    let (_, to_compress) = t.compression_progress();
+    if to_compress > 0 {
+        lines.push(format!(
+            "dist: {to_compress} text files get gzip and br variants in the background (served as they are meanwhile)"
+        ));
+    }
     if t.mp_verify.is_empty() {
         lines.push(
             "mp_verify: none (set WX_MP_VERIFY=token to serve /MP_verify_<token>.txt)".into(),
@@ -135,6 +141,36 @@ fn release_startup_memory() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::malloc_trim(0);
+    }
+}
+
+/// Makes the dist's compressed variants after start-up, at the lowest CPU priority (a
+/// Pingora background service: it runs in the serving process, after any `-d` fork).
+struct Compressor(Edge);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Compressor {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        let edge = self.0.clone();
+        let started = std::time::Instant::now();
+        let work = tokio::task::spawn_blocking(move || {
+            // SAFETY: setpriority on this thread (tid) only, with constant arguments.
+            #[cfg(target_os = "linux")]
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            }
+            edge.site.tree.compress_pending();
+            edge.site.tree.compression_progress().1
+        });
+        if let Ok(files) = work.await {
+            if files > 0 {
+                log::info!(
+                    "dist: compressed variants of {files} files ready after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
     }
 }
 
@@ -233,6 +269,10 @@ pub fn main(cli: Cli) -> i32 {
         server.add_service(metrics);
     }
     let edge = Edge::new(&config, site, auth);
+    server.add_service(pingora::services::background::background_service(
+        "compress",
+        Compressor(edge.clone()),
+    ));
     // The front door answers the common requests itself and hands the rest to Pingora's proxy.
     let front = crate::front::Front::new(edge, &server.configuration);
     let mut public = pingora::services::listening::Service::new("wxedge".to_string(), front);

@@ -401,3 +401,66 @@ fn malformed_requests_get_errors_and_never_take_the_edge_down() {
     assert_eq!(status, 200, "the edge survived");
     assert!(!edge.stderr().contains("panicked"), "{}", edge.stderr());
 }
+
+/// A big dist starts at once: the listener answers long before its text files are compressed
+/// (in the background, at low priority); until a file's variants are made it is served as it
+/// is, already with `Vary: Accept-Encoding`, and readiness counts the progress.
+#[test]
+fn a_big_dist_answers_at_once_and_is_compressed_in_the_background() {
+    let dist = temp_dir("big-dist");
+    std::fs::copy(fixture_dist().join("index.html"), dist.join("index.html")).unwrap();
+    std::fs::create_dir_all(dist.join("assets")).unwrap();
+    const FILES: usize = 12;
+    // 512 KiB of JavaScript-like text per file: compressible, but work for brotli at level 10
+    // (compressing them all before listening took seconds).
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    for i in 0..FILES {
+        let mut js = String::with_capacity(1 << 19);
+        while js.len() < 1 << 19 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            js.push_str(&format!(
+                "function f{:x}(a){{return a+{};}}\n",
+                seed >> 40,
+                seed % 997
+            ));
+        }
+        std::fs::write(dist.join(format!("assets/chunk-{i:02}.js")), js).unwrap();
+    }
+    let dist_setting = dist.to_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let edge = spawn_edge(&[("WXEDGE_DIST", &dist_setting)], &[]);
+    wait_healthy(&edge);
+    let ready_after = started.elapsed();
+    assert!(
+        ready_after < std::time::Duration::from_secs(3),
+        "{FILES} × 512 KiB of JS: the listener answered only after {ready_after:?}"
+    );
+    let r = raw(
+        edge.addr(),
+        b"GET /_wxedge/readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["ready"], true, "{v}");
+    assert!(
+        v["files_to_compress"].as_u64().unwrap() >= FILES as u64,
+        "{v}"
+    );
+    // Whatever the progress, an answer is whole and says it varies by encoding.
+    let last = format!("/assets/chunk-{:02}.js", FILES - 1);
+    let r = get(&edge, &last, &[("Accept-Encoding", "br")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    let size = std::fs::metadata(dist.join(&last[1..])).unwrap().len() as usize;
+    if r.header("content-encoding").is_none() {
+        assert_eq!(r.body.len(), size);
+    }
+    wait_compressed(&edge);
+    let r = get(&edge, &last, &[("Accept-Encoding", "br")]);
+    assert_eq!(r.header("content-encoding"), Some("br"));
+    assert!(r.body.len() < size / 2);
+    let r = get(&edge, &last, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+}

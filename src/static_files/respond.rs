@@ -169,14 +169,14 @@ pub fn accepted(accept_encoding: Option<&str>, enc: Encoding) -> bool {
 
 /// The smallest acceptable variant (compressed ones are sorted by size after identity).
 pub fn choose<'a>(file: &'a StaticFile, accept_encoding: Option<&str>) -> &'a Variant {
-    &file.variants[choose_index(file, accept_encoding)]
+    &file.variants()[choose_index(file, accept_encoding)]
 }
 
 fn choose_index(file: &StaticFile, accept_encoding: Option<&str>) -> usize {
     if accept_encoding.is_none() {
         return 0;
     }
-    file.variants[1..]
+    file.variants()[1..]
         .iter()
         .position(|v| accepted(accept_encoding, v.encoding))
         .map_or(0, |i| i + 1)
@@ -306,8 +306,8 @@ fn serialize(headers: &[(HeaderName, HeaderValue)]) -> Vec<u8> {
 
 /// Serialize, once per variant, the header lines [`plan`] would produce for a whole 200 and a
 /// 304, so [`quick`] answers with the same headers without building them per request.
-pub fn prebuild(file: &StaticFile) -> Vec<Prebuilt> {
-    file.variants
+pub fn prebuild(file: &StaticFile, variants: &[Variant]) -> Vec<Prebuilt> {
+    variants
         .iter()
         .map(|variant| {
             let not_modified = serialize(&validator_headers(file, variant));
@@ -337,8 +337,8 @@ pub fn quick<'a>(file: &'a StaticFile, c: &Conditions, head: bool) -> Option<Qui
         return None;
     }
     let index = choose_index(file, c.accept_encoding);
-    let variant = &file.variants[index];
-    let prebuilt = file.prebuilt.get(index)?;
+    let variant = &file.variants()[index];
+    let prebuilt = file.prebuilt().get(index)?;
     let not_modified = match c.if_none_match {
         Some(inm) => etag_list_matches(inm, &variant.etag, false),
         None => c
@@ -504,15 +504,13 @@ mod tests {
             });
         }
         let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        StaticFile {
-            content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
-            cache_control: HeaderValue::from_static("no-cache"),
+        StaticFile::new(
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+            HeaderValue::from_static("no-cache"),
             modified,
-            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified)).unwrap(),
             variants,
-            prebuilt: vec![],
-        }
-        .finish()
+            false,
+        )
     }
 
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {

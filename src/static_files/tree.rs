@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -46,30 +48,79 @@ pub struct Variant {
     pub etag: HeaderValue,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StaticFile {
     pub content_type: HeaderValue,
     pub cache_control: HeaderValue,
     /// Truncated to whole seconds, as HTTP dates are.
     pub modified: SystemTime,
     pub last_modified: HeaderValue,
-    /// Identity first; then compressed variants, smallest first.
-    pub variants: Vec<Variant>,
-    /// Serialized header lines per variant (same order), made by [`StaticFile::finish`].
-    pub prebuilt: Vec<super::respond::Prebuilt>,
+    /// Whether the file has (or will have, once compressed) encoded variants: answers carry
+    /// `Vary: Accept-Encoding` from the start, so they do not change when the variants arrive.
+    pub vary: bool,
+    /// What the file is served with from the start: identity first, then the twins the build
+    /// shipped, smallest first; and their serialized header lines, same order.
+    loaded: Encoded,
+    /// The same plus the variants compressed in the background, once they are made.
+    compressed: OnceLock<Encoded>,
+}
+
+/// A file's variants with their prebuilt header lines.
+#[derive(Debug, Default)]
+struct Encoded {
+    variants: Vec<Variant>,
+    prebuilt: Vec<super::respond::Prebuilt>,
 }
 
 impl StaticFile {
-    /// Serialize the common answers' headers once, now that the file is complete.
-    pub fn finish(mut self) -> Self {
-        self.prebuilt = super::respond::prebuild(&self);
-        self
+    /// Identity first; then encoded variants, smallest first.
+    pub fn variants(&self) -> &[Variant] {
+        &self.current().variants
+    }
+    /// Serialized header lines per variant (same order as [`Self::variants`]).
+    pub fn prebuilt(&self) -> &[super::respond::Prebuilt] {
+        &self.current().prebuilt
+    }
+    fn current(&self) -> &Encoded {
+        self.compressed.get().unwrap_or(&self.loaded)
     }
     pub fn identity(&self) -> &Variant {
-        &self.variants[0]
+        &self.variants()[0]
     }
     pub fn has_encodings(&self) -> bool {
-        self.variants.len() > 1
+        self.vary
+    }
+
+    /// A file served with these variants (identity first), headers prebuilt.
+    pub fn new(
+        content_type: HeaderValue,
+        cache_control: HeaderValue,
+        modified: SystemTime,
+        mut variants: Vec<Variant>,
+        vary: bool,
+    ) -> StaticFile {
+        variants[1..].sort_by_key(|v| v.len);
+        let mut file = StaticFile {
+            content_type,
+            cache_control,
+            modified,
+            last_modified: http_date(modified),
+            vary: vary || variants.len() > 1,
+            loaded: Encoded::default(),
+            compressed: OnceLock::new(),
+        };
+        let prebuilt = super::respond::prebuild(&file, &variants);
+        file.loaded = Encoded { variants, prebuilt };
+        file
+    }
+
+    /// Add variants made after loading; the first call wins.
+    fn add_compressed(&self, made: Vec<Variant>) {
+        let mut variants = self.loaded.variants.clone();
+        variants.extend(made);
+        variants[1..].sort_by_key(|v| v.len);
+        let prebuilt = super::respond::prebuild(self, &variants);
+        let _ = self.compressed.set(Encoded { variants, prebuilt });
     }
 }
 
@@ -78,10 +129,72 @@ impl StaticFile {
 pub struct Tree {
     pub files: HashMap<String, StaticFile>,
     pub dirs: HashSet<String>,
-    pub memory_bytes: u64,
+    /// Bytes of bodies in memory (identity, shipped twins, and what compression adds).
+    pub memory_bytes: AtomicU64,
+    /// The memory budget compression may still take from.
+    pub memory_max_bytes: u64,
     pub disk_files: usize,
     /// MP_verify paths and where each comes from, for `-t` and the start-up log.
     pub mp_verify: Vec<(String, &'static str)>,
+    /// Text files to compress after start-up (see [`Tree::compress_pending`]).
+    pending: Vec<Pending>,
+    /// How many of `pending` are done.
+    pub compressed_files: AtomicUsize,
+}
+
+/// A file whose gzip and br variants are still to be made.
+#[derive(Debug)]
+struct Pending {
+    clean: String,
+    data: Bytes,
+    gzip: bool,
+    brotli: bool,
+}
+
+impl Tree {
+    /// Files waiting for their compressed variants, and how many there are in all.
+    pub fn compression_progress(&self) -> (usize, usize) {
+        (
+            self.compressed_files.load(Ordering::Relaxed),
+            self.pending.len(),
+        )
+    }
+
+    /// Make the gzip and br variants that load left for later, one file at a time (so the
+    /// extra memory is one file's compressed copies), each taken from the memory budget. Until
+    /// a file's variants are ready it is served as it is (identity, or a shipped twin).
+    pub fn compress_pending(&self) {
+        for p in &self.pending {
+            let made: Vec<Variant> = [(p.brotli, Encoding::Brotli), (p.gzip, Encoding::Gzip)]
+                .into_iter()
+                .filter(|(want, _)| *want)
+                .filter_map(|(_, enc)| {
+                    let c = if enc == Encoding::Gzip {
+                        gzip(&p.data)
+                    } else {
+                        brotli(&p.data)
+                    };
+                    // Not worth a variant when it saves less than a tenth.
+                    if c.len() * 10 >= p.data.len() * 9 {
+                        return None;
+                    }
+                    let len = c.len() as u64;
+                    let taken = self.memory_bytes.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |used| (used + len <= self.memory_max_bytes).then_some(used + len),
+                    );
+                    taken.is_ok().then(|| memory_variant(enc, Bytes::from(c)))
+                })
+                .collect();
+            if let Some(file) = self.files.get(&p.clean) {
+                if !made.is_empty() {
+                    file.add_compressed(made);
+                }
+            }
+            self.compressed_files.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -240,13 +353,15 @@ pub fn load(
         ..Tree::default()
     };
     for f in &found {
-        let file = load_file(f, &by_name, opts, &mut budget)?;
+        let (file, pending) = load_file(f, &by_name, opts, &mut budget)?;
         if matches!(file.identity().body, Body::Disk(_)) {
             tree.disk_files += 1;
         }
         tree.files.insert(f.clean.clone(), file);
+        tree.pending.extend(pending);
     }
-    tree.memory_bytes = budget.used();
+    tree.memory_bytes = AtomicU64::new(budget.used());
+    tree.memory_max_bytes = opts.memory_max_bytes;
     add_mp_verify(&mut tree, mp_verify_tokens);
     Ok(tree)
 }
@@ -368,37 +483,47 @@ impl Budget {
 }
 
 /// One dist file made servable: its type and cache policy, its validators, its identity body (in
-/// memory or on disk) and its compressed variants, headers prebuilt.
+/// memory or on disk) and the twins the build shipped, headers prebuilt; and, for text worth
+/// compressing, what is left for [`Tree::compress_pending`] (nothing is compressed here, so the
+/// listener opens at once whatever the dist's size).
 fn load_file(
     f: &DistFile,
     by_name: &HashMap<&str, &DistFile>,
     opts: &StaticSettings,
     budget: &mut Budget,
-) -> Result<StaticFile, LoadError> {
+) -> Result<(StaticFile, Option<Pending>), LoadError> {
     let (essence, content_type) = content_type_for(&f.clean);
     let modified = truncate_to_seconds(f.meta.modified().unwrap_or(UNIX_EPOCH));
     let (identity, data) = identity_variant(f, modified, budget)?;
     let mut variants = vec![identity];
-    // Precompressed twins shipped by the build win; otherwise compress text once, here.
+    let mut missing = Vec::new();
+    // Precompressed twins shipped by the build win; the rest is compressed later.
     for (ext, enc) in [(".br", Encoding::Brotli), (".gz", Encoding::Gzip)] {
-        let variant = match by_name.get(format!("{}{ext}", f.clean).as_str()) {
-            Some(twin) => shipped_variant(enc, twin, budget),
-            None => data
-                .as_ref()
-                .and_then(|d| compressed_variant(enc, d, &essence, opts, budget)),
-        };
-        variants.extend(variant);
+        match by_name.get(format!("{}{ext}", f.clean).as_str()) {
+            Some(twin) => variants.extend(shipped_variant(enc, twin, budget)),
+            None => missing.push(enc),
+        }
     }
-    variants[1..].sort_by_key(|v| v.len);
-    Ok(StaticFile {
+    let worth = data
+        .as_ref()
+        .filter(|d| is_compressible(&essence) && d.len() as u64 >= opts.compress_min_bytes);
+    let pending = match worth {
+        Some(d) if !missing.is_empty() => Some(Pending {
+            clean: f.clean.clone(),
+            data: d.clone(),
+            gzip: missing.contains(&Encoding::Gzip),
+            brotli: missing.contains(&Encoding::Brotli),
+        }),
+        _ => None,
+    };
+    let file = StaticFile::new(
         content_type,
-        cache_control: cache_control_for(&f.clean, &essence, &opts.cache_control),
+        cache_control_for(&f.clean, &essence, &opts.cache_control),
         modified,
-        last_modified: http_date(modified),
         variants,
-        prebuilt: vec![],
-    }
-    .finish())
+        pending.is_some(),
+    );
+    Ok((file, pending))
 }
 
 /// The file's own bytes: read into memory when the budget admits them (they are returned too, to
@@ -466,32 +591,6 @@ fn shipped_variant(enc: Encoding, twin: &DistFile, budget: &mut Budget) -> Optio
         .then(|| memory_variant(enc, bytes))
 }
 
-/// Text compressed once here rather than per request: only compressible types of at least
-/// `compress_min_bytes`, and only when it saves a tenth or more.
-fn compressed_variant(
-    enc: Encoding,
-    data: &Bytes,
-    essence: &str,
-    opts: &StaticSettings,
-    budget: &mut Budget,
-) -> Option<Variant> {
-    if !is_compressible(essence) || (data.len() as u64) < opts.compress_min_bytes {
-        return None;
-    }
-    let c = if enc == Encoding::Gzip {
-        gzip(data)
-    } else {
-        brotli(data)
-    };
-    // Not worth a variant when it saves less than a tenth.
-    if c.len() * 10 >= data.len() * 9 {
-        return None;
-    }
-    budget
-        .try_take(c.len() as u64)
-        .then(|| memory_variant(enc, Bytes::from(c)))
-}
-
 /// MP_verify files prove domain ownership to WeChat: the dist's are listed, and each configured
 /// token is served even when the build dropped its file (the dist's own file wins).
 fn add_mp_verify(tree: &mut Tree, tokens: &[String]) {
@@ -511,19 +610,16 @@ fn add_mp_verify(tree: &mut Tree, tokens: &[String]) {
 
 /// The file for a configured MP_verify token: the token as plain text, dated from start-up.
 fn mp_verify_file(token: &str) -> StaticFile {
-    let started = truncate_to_seconds(SystemTime::now());
-    StaticFile {
-        content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
-        cache_control: HeaderValue::from_static("no-cache"),
-        modified: started,
-        last_modified: http_date(started),
-        variants: vec![memory_variant(
+    StaticFile::new(
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("no-cache"),
+        truncate_to_seconds(SystemTime::now()),
+        vec![memory_variant(
             Encoding::Identity,
             Bytes::from(token.to_string()),
         )],
-        prebuilt: vec![],
-    }
-    .finish()
+        false,
+    )
 }
 
 /// `Last-Modified` value, formatted once here instead of per request.

@@ -148,6 +148,16 @@ pub fn start_edge(env: &[(&str, &str)]) -> EdgeProc {
 }
 
 pub fn start_edge_args(env: &[(&str, &str)], args: &[&str]) -> EdgeProc {
+    let edge = spawn_edge(env, args);
+    wait_healthy(&edge);
+    // The suites compare encoded answers: start them once every variant exists (the
+    // background compression itself is tested in tests/static_files.rs).
+    wait_compressed(&edge);
+    edge
+}
+
+/// Start the edge on a fresh port without waiting for anything.
+pub fn spawn_edge(env: &[(&str, &str)], args: &[&str]) -> EdgeProc {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut all: Vec<(&str, &str)> = vec![("WXEDGE_LISTEN", listen.as_str())];
@@ -165,8 +175,29 @@ pub fn start_edge_args(env: &[(&str, &str)], args: &[&str]) -> EdgeProc {
         stdout,
         stderr,
     };
-    wait_healthy(&edge);
     edge
+}
+
+/// Wait until the edge's background compression of the dist is done (`/_wxedge/readyz`
+/// counts it), for tests that look at encoded answers.
+pub fn wait_compressed(edge: &EdgeProc) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(120) {
+        if let Ok(r) = raw(
+            edge.addr(),
+            b"GET /_wxedge/readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        ) {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            if v["compressed_files"].is_u64() && v["compressed_files"] == v["files_to_compress"] {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "the dist's compression did not finish; stderr:\n{}",
+        edge.stderr()
+    );
 }
 
 pub fn wait_healthy(edge: &EdgeProc) {
