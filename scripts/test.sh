@@ -8,6 +8,10 @@ cargo test --locked
 # (ops.short_path off): every static, proxy, login and front-door assertion covers both paths.
 WXEDGE_TEST_SHORT_PATH=false cargo test --locked \
   --test static_files --test proxy --test oauth --test front_door --test ops
+# The fuzz targets: build, replay the committed seeds and regressions, fuzz each briefly.
+if [ -f fuzz/smoke.sh ] && [ "${WXEDGE_SKIP_FUZZ:-0}" != 1 ]; then
+  bash fuzz/smoke.sh
+fi
 if [ -f scripts/container-test.sh ] && [ "${WXEDGE_SKIP_CONTAINER:-0}" != 1 ]; then
   bash scripts/container-test.sh
 fi

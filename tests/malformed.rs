@@ -252,6 +252,8 @@ fn static_with(lines: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 // Why wxedge deliberately answers otherwise than nginx (the `differs` notes).
+const NGINX_LONG_EXTENSIONS: &str = "nginx skips chunk extensions of any length; wxedge \
+    bounds them (4 KiB per size line), since no body limit counts them";
 const NGINX_TRY_FILES: &str = "nginx's try_files gives index.html to every unknown path; wxedge \
      falls back only for navigations, so a request accepting only JSON gets 404";
 const NGINX_RAW_TARGET: &str = "nginx routes on the normalised path but forwards the raw target \
@@ -535,6 +537,16 @@ fn cases() -> Vec<Case> {
             chunked("5\r\nhello\r\n0\r\nX-WX-OpenID: evil\r\nX-T: 1\r\n\r\n"),
             vec![with_body("/api/x", "hello")],
         ),
+        // Found reading the decoder (Node's CVE-2024-22019): extensions are not body bytes, so
+        // only a limit of their own stops an endless one.
+        refused(
+            "chunk extension longer than 4 KiB",
+            chunked(&format!("1;{}\r\nx\r\n0\r\n\r\n", "a".repeat(5000))),
+            400,
+        )
+        .nginx(&[200], false)
+        .nginx_upstream(Upstream::Any)
+        .differs(NGINX_LONG_EXTENSIONS),
         proxied(
             "chunked bare LF line ends",
             chunked("5\nhello\r\n0\n\n"),
@@ -767,6 +779,16 @@ fn cases() -> Vec<Case> {
         encoded("encoded backslash", "/api/x%5Cy"),
         encoded("dot-dot-semicolon segment", "/api/..;/admin"),
         encoded("dot-semicolon segment", "/api/.;x/y"),
+        // Found by fuzzing (fuzz/regressions/path_normalise): `%3B` is a `;` to a backend that
+        // decodes before it strips parameters.
+        encoded(
+            "dot-dot-encoded-semicolon segment",
+            "/api/public/..%3B/private",
+        ),
+        encoded(
+            "dot-dot-encoded-semicolon segment, lowercase",
+            "/api/public/..%3b/private",
+        ),
         encoded("backslash", "/api\\..\\admin"),
         refused("encoded NUL", get("/api/x%00y", ""), 400),
         refused("dot-dot above the root", get("/../etc/passwd", ""), 400),

@@ -48,12 +48,17 @@ pub struct Malformed(pub &'static str);
 const MAX_SIZE_DIGITS: u8 = 15;
 /// Trailer section limit (nginx has none of its own; its header buffers bound it).
 pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+/// Chunk extensions on one size line: nobody needs them long, and they are not body bytes,
+/// so no body limit would stop an endless one (Node's CVE-2024-22019).
+pub const MAX_EXTENSION_BYTES: usize = 4 * 1024;
 
 /// Feed the body as it arrives.
 #[derive(Debug, Clone)]
 pub struct Chunked {
     state: State,
     trailer_bytes: usize,
+    /// Extension bytes on the current size line.
+    extension_bytes: usize,
 }
 
 impl Default for Chunked {
@@ -61,6 +66,7 @@ impl Default for Chunked {
         Chunked {
             state: State::Size { size: 0, digits: 0 },
             trailer_bytes: 0,
+            extension_bytes: 0,
         }
     }
 }
@@ -121,7 +127,7 @@ impl Chunked {
                         b' ' | b'\t' => State::SizeSpace { size },
                         b';' => State::Extension { size },
                         b'\r' => State::SizeLf { size },
-                        b'\n' => Self::after_size_line(size),
+                        b'\n' => self.after_size_line(size),
                         _ => return Err(Malformed("chunk size is not hexadecimal")),
                     },
                 },
@@ -129,16 +135,22 @@ impl Chunked {
                     b' ' | b'\t' => State::SizeSpace { size },
                     b';' => State::Extension { size },
                     b'\r' => State::SizeLf { size },
-                    b'\n' => Self::after_size_line(size),
+                    b'\n' => self.after_size_line(size),
                     _ => return Err(Malformed("garbage after the chunk size")),
                 },
                 State::Extension { size } => match b {
                     b'\r' => State::SizeLf { size },
-                    b'\n' => Self::after_size_line(size),
-                    b if is_field_byte(b) => State::Extension { size },
+                    b'\n' => self.after_size_line(size),
+                    b if is_field_byte(b) => {
+                        self.extension_bytes += 1;
+                        if self.extension_bytes > MAX_EXTENSION_BYTES {
+                            return Err(Malformed("chunk extension too long"));
+                        }
+                        State::Extension { size }
+                    }
                     _ => return Err(Malformed("control character in a chunk extension")),
                 },
-                State::SizeLf { size } if b == b'\n' => Self::after_size_line(size),
+                State::SizeLf { size } if b == b'\n' => self.after_size_line(size),
                 State::DataCr if b == b'\r' => State::DataLf,
                 State::DataCr | State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
                 State::TrailerStart => match b {
@@ -172,7 +184,12 @@ impl Chunked {
         Ok(None)
     }
 
-    fn after_size_line(size: u64) -> State {
+    fn after_size_line(&mut self, size: u64) -> State {
+        self.extension_bytes = 0;
+        Self::next_after_size_line(size)
+    }
+
+    fn next_after_size_line(size: u64) -> State {
         if size == 0 {
             State::TrailerStart
         } else {
@@ -253,6 +270,15 @@ mod tests {
         ] {
             assert!(end_of(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+        let mut long = b"1;".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_EXTENSION_BYTES + 1));
+        assert_eq!(end_of(&long), Err(Malformed("chunk extension too long")));
+        let mut fine = b"1;".to_vec();
+        fine.extend(std::iter::repeat_n(b'a', 100));
+        fine.extend_from_slice(b"\r\nx\r\n2;");
+        fine.extend(std::iter::repeat_n(b'b', MAX_EXTENSION_BYTES - 10));
+        fine.extend_from_slice(b"\r\nyz\r\n0\r\n\r\n");
+        assert_eq!(end_of(&fine), Ok(Some(fine.len())), "the limit is per line");
         let mut big = b"0\r\nX: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', MAX_TRAILER_BYTES));
         assert!(end_of(&big).is_err());

@@ -89,10 +89,14 @@ fn normalise_slow(bytes: &[u8]) -> Result<String, BadPath> {
     let mut segments: Vec<&str> = Vec::new();
     let mut ends_in_dir = trailing_slash;
     for seg in decoded.split('/') {
-        // `..;x` and `.;x` are dot segments to servlet containers: never let them through.
-        let before_params = seg.split(';').next().unwrap_or("");
-        if seg.contains(';') && (before_params == "." || before_params == "..") {
-            return Err(BadPath("dot segment with parameters in the path"));
+        // `..;x` and `.;x` are dot segments to servlet containers: never let them through,
+        // neither with `;` nor with `%3B` (which a backend may decode before it strips
+        // parameters).
+        let params_at = [seg.find(';'), seg.find("%3B")].into_iter().flatten().min();
+        if let Some(at) = params_at {
+            if matches!(&seg[..at], "." | "..") {
+                return Err(BadPath("dot segment with parameters in the path"));
+            }
         }
         match seg {
             "" => {}
@@ -175,6 +179,11 @@ mod tests {
             "/api/..;/admin",
             "/api/.;x/y",
             "/api/%2e%2e;/admin",
+            // Found by fuzzing: an encoded `;` is a `;` to a backend that decodes first.
+            "/.%3b",
+            "/a/..%3b/b",
+            "/a/..%3B/b",
+            "/a/.%2E%3bx/b",
             "/a b",
             "/a\"b",
             "/a<b",
