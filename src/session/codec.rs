@@ -115,17 +115,10 @@ impl SessionCodec {
     }
 
     /// Overrides the login nonce cookie's name (default `wxedge_login`).
+    #[cfg(test)]
     pub fn with_login_cookie_name(mut self, name: impl Into<String>) -> Self {
         self.login_cookie_name = name.into();
         self
-    }
-
-    pub fn cookie_name(&self) -> &str {
-        &self.cookie_name
-    }
-
-    pub fn login_cookie_name(&self) -> &str {
-        &self.login_cookie_name
     }
 
     pub fn lifetime(&self) -> Duration {

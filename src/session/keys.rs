@@ -62,17 +62,9 @@ impl SessionKeys {
     }
 
     /// Whether these keys came from [`SessionKeys::random`].
+    #[cfg(test)]
     pub fn is_random(&self) -> bool {
         self.random
-    }
-
-    /// Number of keys (1 + keys kept only for opening old cookies).
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 
     pub(crate) fn sealing(&self) -> &Key {
@@ -86,6 +78,7 @@ impl SessionKeys {
 
 /// Splits a configured key list (env var or key file) into secrets: one per line or
 /// comma-separated, blank entries and `#` comment lines ignored. The first is the sealing key.
+#[cfg(test)]
 pub fn split_secrets(text: &str) -> Vec<String> {
     text.lines()
         .map(str::trim)

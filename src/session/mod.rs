@@ -14,8 +14,8 @@ mod keys;
 mod login;
 mod return_path;
 
-pub use codec::{Identity, Session, SessionCodec, DEFAULT_COOKIE_NAME, DEFAULT_LOGIN_COOKIE_NAME};
-pub use keys::{split_secrets, SessionKeys, MIN_SECRET_LEN};
+pub use codec::{Identity, Session, SessionCodec, DEFAULT_COOKIE_NAME};
+pub use keys::SessionKeys;
 pub use login::{looks_like_login_state, LoginError, LOGIN_TTL_SECS};
 pub use return_path::safe_return_path;
 

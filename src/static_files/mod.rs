@@ -6,7 +6,7 @@ pub mod respond;
 pub mod tree;
 
 use crate::config::StaticSettings;
-pub use path::{normalize, CleanPath, PathRefusal};
+pub use path::PathRefusal;
 pub use respond::{Conditions, Piece, Plan, Quick};
 pub use tree::{Encoding, LoadError, Tree};
 

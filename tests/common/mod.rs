@@ -168,14 +168,13 @@ pub fn spawn_edge(env: &[(&str, &str)], args: &[&str]) -> EdgeProc {
     let stderr = Arc::new(Mutex::new(String::new()));
     pump(child.stdout.take().unwrap(), stdout.clone());
     pump(child.stderr.take().unwrap(), stderr.clone());
-    let edge = EdgeProc {
+    EdgeProc {
         port,
         child,
         dir,
         stdout,
         stderr,
-    };
-    edge
+    }
 }
 
 /// Wait until the edge's background compression of the dist is done (`/_wxedge/readyz`
