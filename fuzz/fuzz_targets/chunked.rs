@@ -50,11 +50,19 @@ fuzz_target!(|input: &[u8]| {
     }
     let split = u16::from_le_bytes([input[0], input[1]]) as usize;
     let data = &input[2..];
-    let split = if data.is_empty() { 0 } else { split % (data.len() + 1) };
+    let split = if data.is_empty() {
+        0
+    } else {
+        split % (data.len() + 1)
+    };
 
     let (r, out) = whole(data);
     // Without an output buffer: the same verdict (the relay path only looks for the end).
-    assert_eq!(Chunked::default().feed(data, None), r, "verdict depends on out");
+    assert_eq!(
+        Chunked::default().feed(data, None),
+        r,
+        "verdict depends on out"
+    );
     let consumed = match r {
         Ok(Some(n)) => {
             assert!(n >= 3 && n <= data.len(), "end {n} of {}", data.len());
@@ -62,7 +70,11 @@ fuzz_target!(|input: &[u8]| {
         }
         _ => data.len(),
     };
-    assert!(out.len() <= consumed, "decoded {} from {consumed} bytes", out.len());
+    assert!(
+        out.len() <= consumed,
+        "decoded {} from {consumed} bytes",
+        out.len()
+    );
 
     // Split once anywhere, and byte by byte: the same end and the same bytes.
     assert_eq!(pieces(data, &[split]), (r, out.clone()), "split at {split}");
@@ -73,7 +85,11 @@ fuzz_target!(|input: &[u8]| {
 
     // Whatever follows the end is not read.
     if let Ok(Some(n)) = r {
-        assert_eq!(whole(&data[..n]), (Ok(Some(n)), out.clone()), "the message alone");
+        assert_eq!(
+            whole(&data[..n]),
+            (Ok(Some(n)), out.clone()),
+            "the message alone"
+        );
         // Differential: the decoded bytes as one chunk decode to the same bytes.
         let again = encode_one_chunk(&out);
         assert_eq!(whole(&again), (Ok(Some(again.len())), out), "re-encoded");

@@ -45,8 +45,15 @@ fn resolve(path: &[u8]) -> Vec<&[u8]> {
     segs
 }
 
+fn skip_known() -> bool {
+    static SKIP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SKIP.get_or_init(|| std::env::var_os("WXEDGE_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
+}
+
 fn segments(path: &[u8]) -> Vec<&[u8]> {
-    path.split(|&b| b == b'/').filter(|s| !s.is_empty()).collect()
+    path.split(|&b| b == b'/')
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -60,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let out: &str = &out;
     assert!(out.starts_with('/'), "{raw:?} -> {out:?}");
-    assert_eq!(normalise(out).as_deref(), Ok(out), "not idempotent: {raw:?}");
+    assert_eq!(
+        normalise(out).as_deref(),
+        Ok(out),
+        "not idempotent: {raw:?}"
+    );
     assert!(!out.contains("//"), "{raw:?} -> {out:?}");
     assert!(
         out.split('/').all(|s| s != "." && s != ".."),
@@ -88,7 +99,9 @@ fuzz_target!(|data: &[u8]| {
     );
     // Servlet containers read `..;x` / `.;x` as a dot segment; normalise refuses those when
     // sent raw, so an escaped `;` must not bring one back after decoding either.
-    for s in &dec_segs {
+    // (WXEDGE_FUZZ_SKIP_KNOWN=1 turns this check off, to look for other findings while this
+    // one is open: see regressions/path_normalise/.)
+    for s in dec_segs.iter().filter(|_| !skip_known()) {
         let before_params = s.split(|&b| b == b';').next().unwrap_or(b"");
         assert!(
             !(s.contains(&b';') && (before_params == b"." || before_params == b"..")),

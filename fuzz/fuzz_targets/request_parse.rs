@@ -20,7 +20,7 @@ fn raw_header_lines(head: &[u8]) -> Vec<&[u8]> {
     lines.take_while(|l| !l.is_empty()).collect()
 }
 
-fn name_is(line: &[u8], name: &str) -> Option<&[u8]> {
+fn name_is<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
     line[..colon]
         .trim_ascii()
@@ -41,7 +41,10 @@ fuzz_target!(|buf: &[u8]| {
     let (req, n) = match parsed {
         Ok(Some(ok)) => ok,
         Ok(None) => {
-            assert!(buf.len() < MAX_HEAD, "incomplete but already over the limit");
+            assert!(
+                buf.len() < MAX_HEAD,
+                "incomplete but already over the limit"
+            );
             return;
         }
         Err(refusal) => {
@@ -52,7 +55,11 @@ fuzz_target!(|buf: &[u8]| {
             return;
         }
     };
-    assert!(n <= buf.len(), "head length {n} past the buffer {}", buf.len());
+    assert!(
+        n <= buf.len(),
+        "head length {n} past the buffer {}",
+        buf.len()
+    );
     assert!(n <= MAX_HEAD);
 
     // The path: routed and forwarded as is, so it must be in normal form.
@@ -94,14 +101,22 @@ fuzz_target!(|buf: &[u8]| {
     assert_eq!(count("transfer-encoding"), encodings.len(), "{lines:?}");
     match req.framing {
         Framing::Length(len) => {
-            assert_eq!(lengths.len(), 1, "Length without exactly one Content-Length");
+            assert_eq!(
+                lengths.len(),
+                1,
+                "Length without exactly one Content-Length"
+            );
             assert!(encodings.is_empty(), "Length with Transfer-Encoding");
             assert_eq!(plain_digits(lengths[0]), Some(len), "{:?}", lengths[0]);
             assert!(len > 0);
         }
         Framing::Chunked => {
             assert_eq!(encodings.len(), 1, "Chunked without exactly one TE line");
-            assert!(encodings[0].eq_ignore_ascii_case(b"chunked"), "{:?}", encodings[0]);
+            assert!(
+                encodings[0].eq_ignore_ascii_case(b"chunked"),
+                "{:?}",
+                encodings[0]
+            );
             assert!(lengths.is_empty(), "Chunked with Content-Length");
             assert_eq!(req.minor_version, 1, "chunked on HTTP/1.0");
         }

@@ -24,8 +24,9 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let keys = SessionKeys::from_secrets(&["fuzz-fixed-secret-0123456789abcdef-0123456789".into()])
-            .expect("key");
+        let keys =
+            SessionKeys::from_secrets(&["fuzz-fixed-secret-0123456789abcdef-0123456789".into()])
+                .expect("key");
         let codec = SessionCodec::new(keys, DEFAULT_COOKIE_NAME, Duration::from_secs(86400), true);
         let identity = Identity {
             openid: "oFuzz000000000000000000000001".into(),

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use wxedge::config::StaticSettings;
-use wxedge::static_files::{Answer, Conditions, Piece, StaticSite};
 use wxedge::static_files::tree::{Body, Encoding};
+use wxedge::static_files::{Answer, Conditions, Piece, StaticSite};
 
 /// (URL path, size). `text.txt` gets gzip and br variants; `disk.bin` is served from disk.
 const FILES: [(&str, usize); 6] = [
@@ -39,7 +39,8 @@ fn content(name: &str, len: usize) -> Vec<u8> {
 fn site() -> &'static StaticSite {
     static SITE: OnceLock<StaticSite> = OnceLock::new();
     SITE.get_or_init(|| {
-        let dir: PathBuf = std::env::temp_dir().join(format!("wxedge-fuzz-static-{}", std::process::id()));
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("wxedge-fuzz-static-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (path, len) in FILES {
             std::fs::write(dir.join(&path[1..]), content(path, len)).unwrap();
@@ -50,6 +51,8 @@ fn site() -> &'static StaticSite {
             ..StaticSettings::default()
         };
         let site = StaticSite::load(&dir, &opts, &[]).expect("load the fuzz dist");
+        // The edge makes compressed variants in the background; here, before fuzzing.
+        site.tree.compress_pending();
         for (path, _) in FILES {
             assert!(site.tree.files.contains_key(path), "{path} not loaded");
         }
@@ -66,10 +69,16 @@ fn header<'p>(plan: &'p wxedge::static_files::Plan, name: &str) -> Option<&'p st
 
 /// `bytes S-E/T` → (S, E, T).
 fn content_range(v: &str) -> (u64, u64, u64) {
-    let rest = v.strip_prefix("bytes ").unwrap_or_else(|| panic!("Content-Range {v:?}"));
+    let rest = v
+        .strip_prefix("bytes ")
+        .unwrap_or_else(|| panic!("Content-Range {v:?}"));
     let (range, total) = rest.split_once('/').expect("Content-Range total");
     let (s, e) = range.split_once('-').expect("Content-Range range");
-    (s.parse().unwrap(), e.parse().unwrap(), total.parse().unwrap())
+    (
+        s.parse().unwrap(),
+        e.parse().unwrap(),
+        total.parse().unwrap(),
+    )
 }
 
 fn digits(s: &str) -> Option<u64> {
@@ -99,7 +108,12 @@ fn check_piece(piece: &Piece, body: &Body, data: &[u8], start: u64, len: u64) {
                 assert_eq!(&b[..], &data[start as usize..(start + len) as usize]);
             }
         }
-        (Piece::File { start: s, len: l, .. }, Body::Disk(_)) => {
+        (
+            Piece::File {
+                start: s, len: l, ..
+            },
+            Body::Disk(_),
+        ) => {
             assert_eq!((*s, *l), (start, len));
         }
         (p, _) => panic!("piece {p:?} does not match the variant's body"),
@@ -113,7 +127,8 @@ fuzz_target!(|input: &[u8]| {
     };
     let (path, size) = FILES[*which as usize % FILES.len()];
     let head = flags & 1 == 1;
-    let accept_encoding = [None, Some("gzip"), Some("br"), Some("gzip, br")][(flags >> 1) as usize & 3];
+    let accept_encoding =
+        [None, Some("gzip"), Some("br"), Some("gzip, br")][(flags >> 1) as usize & 3];
     let text = String::from_utf8_lossy(rest);
     let (range, fuzzed_if_range) = match text.split_once('\n') {
         Some((r, i)) => (r, Some(i)),
@@ -129,7 +144,7 @@ fuzz_target!(|input: &[u8]| {
     };
     // The variant chosen does not depend on Range: find its validator for If-Range.
     let etag_of = |enc: Encoding| {
-        file.variants
+        file.variants()
             .iter()
             .find(|v| v.encoding == enc)
             .unwrap()
@@ -164,7 +179,11 @@ fuzz_target!(|input: &[u8]| {
         other => panic!("{path}: {other:?}"),
     };
     assert_eq!(plan.encoding, chosen, "Range changed the encoding");
-    let variant = file.variants.iter().find(|v| v.encoding == plan.encoding).unwrap();
+    let variant = file
+        .variants()
+        .iter()
+        .find(|v| v.encoding == plan.encoding)
+        .unwrap();
     let total = variant.len;
     let data: Vec<u8> = match &variant.body {
         Body::Memory(b) => b.to_vec(),
