@@ -202,9 +202,9 @@ impl Front {
                     _ => return,
                 }
             }
-            // Boxed: an idle connection's task then holds only the loop's own state, not the
-            // space the deepest request (a proxied call) needs.
-            match Box::pin(self.next_request(&mut stream, &mut conn)).await {
+            // Not boxed: an allocation of the request's future per request cost more CPU than
+            // the memory it saves an idle connection (bench/RESULTS.md).
+            match self.next_request(&mut stream, &mut conn).await {
                 // Draining decides per answer (`connection: close`); one that did not announce
                 // it is followed by the client's next request, which is answered, not cut off.
                 Turn::Next => threads::share_the_cpu(),
