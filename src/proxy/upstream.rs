@@ -167,6 +167,17 @@ mod tests {
         }
     }
 
+    /// The policy the tests forward with: underscores dropped, `X-WX-OpenID` protected.
+    fn forwarding<'a>(lb: &'a ClientAddr, protected: &'a [String]) -> Forwarding<'a> {
+        Forwarding {
+            client: Some(lb),
+            proto: "http",
+            host_override: None,
+            drop_underscore_headers: true,
+            protected,
+        }
+    }
+
     fn sample_client() -> Vec<(&'static str, &'static [u8])> {
         vec![
             ("Host", b"h5.example.com"),
@@ -187,14 +198,8 @@ mod tests {
     }
 
     fn built(identity: &ForwardedIdentity, body_len: usize, upgrade: bool) -> String {
-        let protected = vec![headers::canonical("X-WX-OpenID")];
-        let f = Forwarding {
-            client: Some(&trusted_lb()),
-            proto: "http",
-            host_override: None,
-            drop_underscore_headers: true,
-            protected: &protected,
-        };
+        let (lb, protected) = (trusted_lb(), vec![headers::canonical("X-WX-OpenID")]);
+        let f = forwarding(&lb, &protected);
         let out = Outbound {
             forwarding: &f,
             identity,
@@ -287,14 +292,8 @@ mod tests {
         for (k, v) in sample_client() {
             req.append_header(k.to_string(), v).unwrap();
         }
-        let protected = vec![headers::canonical("X-WX-OpenID")];
-        let f = Forwarding {
-            client: Some(&trusted_lb()),
-            proto: "http",
-            host_override: None,
-            drop_underscore_headers: true,
-            protected: &protected,
-        };
+        let (lb, protected) = (trusted_lb(), vec![headers::canonical("X-WX-OpenID")]);
+        let f = forwarding(&lb, &protected);
         let identity = ForwardedIdentity::default();
         let out = Outbound {
             forwarding: &f,
