@@ -14,7 +14,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use std::time::Duration;
 
-use crate::answer::json_error;
+use crate::answer::{json_error, refusal_kind};
 use crate::auth::{Auth, AuthAction, AuthRequest, Reply};
 use crate::config::Config;
 use crate::ops::access_log;
@@ -49,7 +49,15 @@ pub struct EdgeState {
     pub real_ip: RealIp,
     /// Listeners whose connections start with a PROXY protocol header.
     pub proxy_protocol: Vec<std::net::SocketAddr>,
+    /// The HTTPS listeners and what they accept with; `None` without HTTPS.
+    pub https: Option<HttpsEdge>,
+    /// Plain-HTTP listeners that send clients to HTTPS.
+    pub redirect_listen: Vec<std::net::SocketAddr>,
+    /// Where `/.well-known/acme-challenge/` files are read from (at request time).
+    pub acme_webroot: std::path::PathBuf,
     pub host_override: Option<String>,
+    /// The host of `wechat.public_url`, for redirects of requests that name none.
+    pub public_host: Option<String>,
     pub drop_underscore_headers: bool,
     pub max_body_bytes: u64,
     pub limits: ClientLimits,
@@ -58,6 +66,17 @@ pub struct EdgeState {
     pub protected_headers: Vec<String>,
     /// Answer the common requests on the front door's short path (`ops.short_path`).
     pub short_path: bool,
+}
+
+/// The HTTPS side of the edge.
+pub struct HttpsEdge {
+    pub acceptor: Arc<pingora::listeners::tls::Acceptor>,
+    /// Every HTTPS listener (with or without PROXY headers).
+    pub listeners: Vec<std::net::SocketAddr>,
+    /// `Strict-Transport-Security` for answers over TLS.
+    pub hsts: Option<HeaderValue>,
+    /// The port redirects send clients to (none in the URL when 443).
+    pub port: u16,
 }
 
 /// What a client connection may take, like nginx's `client_*` and `send_timeout` settings.
@@ -88,6 +107,10 @@ pub struct RequestCtx {
     pub set_cookies: Vec<HeaderValue>,
     /// A valid session came with the request (or was just issued).
     pub authenticated: bool,
+    /// `Strict-Transport-Security` for this answer (it goes over TLS and HSTS is on).
+    hsts: Option<HeaderValue>,
+    /// Bytes of a request body read so far (bodies the front door did not read: HTTP/2).
+    body_seen: u64,
 }
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -103,8 +126,42 @@ impl Edge {
             auth,
             router: Router::new(&s.proxy.prefixes),
             real_ip: RealIp::new(&config.trusted_proxies, &s.real_ip.header),
-            proxy_protocol: config.listen_proxy_protocol.clone(),
+            proxy_protocol: config
+                .listen_proxy_protocol
+                .iter()
+                .chain(config.https.iter().flat_map(|h| &h.listen_proxy_protocol))
+                .copied()
+                .collect(),
+            https: config.https.as_ref().map(|h| HttpsEdge {
+                acceptor: h.tls.acceptor.clone(),
+                listeners: h
+                    .listen
+                    .iter()
+                    .chain(&h.listen_proxy_protocol)
+                    .copied()
+                    .collect(),
+                hsts: (!s.tls.hsts.is_empty())
+                    .then(|| HeaderValue::from_str(&s.tls.hsts).ok())
+                    .flatten(),
+                port: h
+                    .listen
+                    .first()
+                    .or(h.listen_proxy_protocol.first())
+                    .map_or(443, |a| a.port()),
+            }),
+            redirect_listen: config.redirect_listen.clone(),
+            acme_webroot: if s.tls.acme_webroot.is_empty() {
+                s.dist.clone()
+            } else {
+                s.tls.acme_webroot.clone().into()
+            },
             host_override: (!s.proxy.host.is_empty()).then(|| s.proxy.host.clone()),
+            public_host: s
+                .wechat
+                .public_url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_string)),
             drop_underscore_headers: s.proxy.drop_underscore_headers,
             max_body_bytes: s.proxy.max_body_bytes,
             limits: ClientLimits {
@@ -121,11 +178,11 @@ impl Edge {
 }
 
 impl EdgeState {
-    /// The forwarding policy for a request from `client`.
-    pub fn forwarding<'a>(&'a self, client: Option<&'a ClientAddr>) -> Forwarding<'a> {
+    /// The forwarding policy for a request from `client`, over TLS or not.
+    pub fn forwarding<'a>(&'a self, client: Option<&'a ClientAddr>, https: bool) -> Forwarding<'a> {
         Forwarding {
             client,
-            proto: "http",
+            proto: if https { "https" } else { "http" },
             host_override: self.host_override.as_deref(),
             drop_underscore_headers: self.drop_underscore_headers,
             protected: &self.protected_headers,
@@ -190,12 +247,20 @@ pub async fn respond(
     for c in &ctx.set_cookies {
         resp.append_header(header::SET_COOKIE, c.clone())?;
     }
+    add_hsts(&mut resp, ctx)?;
     let head = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head || body.is_empty())
         .await?;
     if !head && !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+fn add_hsts(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if let Some(v) = &ctx.hsts {
+        resp.insert_header(header::STRICT_TRANSPORT_SECURITY, v.clone())?;
     }
     Ok(())
 }
@@ -264,26 +329,48 @@ impl ProxyHttp for Edge {
 
     /// Route, then let the route's owner answer; `Ok(false)` goes on to the backend.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // The front door parsed, validated and normalised this request and made its record.
-        let record = ctx.record.get_or_insert_with(|| self.record_for(session));
+        // The front door parsed, validated and normalised HTTP/1 requests and made their
+        // records; HTTP/2 requests (read by Pingora's h2 server) get the same checks here.
+        let refused = match ctx.record {
+            Some(_) => None,
+            None => {
+                ctx.record = Some(self.record_for(session));
+                crate::request::h2::check(session.req_header_mut(), self.max_body_bytes).err()
+            }
+        };
+        let record = ctx.record.as_ref().expect("made above");
         ctx.request_id = record.request_id.clone();
+        if record.https {
+            ctx.hsts = self.https.as_ref().and_then(|h| h.hsts.clone());
+        }
+        if let Some(r) = refused {
+            return reject(session, ctx, r.status, refusal_kind(r.status), r.message).await;
+        }
         if crate::ops::lifecycle::draining() {
             // Clients should open their next connection to the process taking over.
             session.set_keepalive(None);
         }
         let path = session.req_header().uri.path().to_string();
         let route = self.router.route(&path);
-        if let Route::Health | Route::Ready = route {
-            ctx.class = RouteClass::Health;
-            self.health(session, ctx, route).await?;
-            return Ok(true);
+        match route {
+            Route::Health | Route::Ready => {
+                ctx.class = RouteClass::Health;
+                self.health(session, ctx, route).await?;
+                return Ok(true);
+            }
+            Route::AcmeChallenge => {
+                ctx.class = RouteClass::Static;
+                self.acme_challenge(session, ctx, &path).await?;
+                return Ok(true);
+            }
+            _ => {}
         }
         let proxied = route == Route::Proxy;
         // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox,
         // the 401 for `require_session` prefixes.
         let outcome = self
             .auth
-            .decide(&auth_request(session, &path, &ctx.request_id), proxied)
+            .decide(&auth_request(session, record, &path), proxied)
             .await;
         ctx.set_cookies.extend(outcome.set_cookies);
         ctx.authenticated = outcome.authenticated;
@@ -297,7 +384,7 @@ impl ProxyHttp for Edge {
         }
         match route {
             // The edge's own namespace: an unknown name is a 404, never the SPA.
-            Route::Edge => {
+            Route::Edge | Route::AcmeChallenge => {
                 reject(session, ctx, 404, "not_found", "no such /_wxedge/ endpoint").await
             }
             Route::Proxy => {
@@ -396,22 +483,48 @@ impl ProxyHttp for Edge {
         upstream: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The front door wrote this request's framing: one Content-Length for a whole body.
+        // The front door wrote an HTTP/1 request's framing: one Content-Length for a whole
+        // body. An HTTP/2 request declares its length, or streams a body of unknown length
+        // (chunked to the backend), or has none.
         let body_len = session
             .req_header()
             .headers
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| {
+                let method = session.req_header().method.as_str();
+                upstream::declared_length(method, 0).filter(|_| session.is_body_empty())
+            });
+        let record = ctx.record.as_ref();
         upstream::apply(
             upstream,
             &Outbound {
-                forwarding: &self.forwarding(ctx.record.as_ref().map(|r| &r.client)),
+                forwarding: &self
+                    .forwarding(record.map(|r| &r.client), record.is_some_and(|r| r.https)),
                 identity: &ctx.identity,
                 request_id: &ctx.request_id,
                 body_len,
+                streamed_body: body_len.is_none() && !session.is_body_empty(),
                 upgrade: session.is_upgrade_req(),
             },
         )
+    }
+
+    /// HTTP/2 bodies stream through here; the front door bounded HTTP/1 bodies already.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > self.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -444,6 +557,7 @@ impl ProxyHttp for Edge {
                 }
             }
             resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+            add_hsts(resp, ctx)?;
         }
         Ok(())
     }
@@ -554,6 +668,7 @@ impl Edge {
                     (_, len) => resp.insert_header(header::CONTENT_LENGTH, len.unwrap_or(0))?,
                 }
                 resp.insert_header("x-request-id", &ctx.request_id)?;
+                add_hsts(&mut resp, ctx)?;
                 if !ctx.set_cookies.is_empty() {
                     // A response that sets a session must never be stored by a shared cache.
                     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -594,7 +709,7 @@ impl Edge {
             &peer,
             req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
         );
-        RequestRecord::start(self.access_log, request_id, client, || {
+        let mut record = RequestRecord::start(self.access_log, request_id, client, || {
             let field = |name: header::HeaderName| {
                 req.headers
                     .get(name)
@@ -612,14 +727,70 @@ impl Edge {
                 referer: field(header::REFERER),
                 user_agent: field(header::USER_AGENT),
             }
-        })
+        });
+        record.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        record
+    }
+
+    /// `/.well-known/acme-challenge/<token>`, read from the ACME webroot at request time
+    /// (certbot writes the file just before the CA asks for it).
+    async fn acme_challenge(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        path: &str,
+    ) -> Result<()> {
+        let token = path
+            .strip_prefix(crate::route::ACME_PREFIX)
+            .unwrap_or_default();
+        let valid = !token.is_empty()
+            && token.len() <= 256
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let file = self
+            .acme_webroot
+            .join(".well-known/acme-challenge")
+            .join(token);
+        let body = match valid {
+            true => tokio::fs::read(&file)
+                .await
+                .ok()
+                .filter(|b| b.len() <= 64 * 1024),
+            false => None,
+        };
+        match body {
+            Some(b) => respond(session, ctx, 200, TEXT, &[], Bytes::from(b)).await,
+            None => {
+                respond(
+                    session,
+                    ctx,
+                    404,
+                    TEXT,
+                    &[],
+                    Bytes::from_static(b"404 Not Found\n"),
+                )
+                .await
+            }
+        }
     }
 }
 
 /// The parts of the request the login looks at.
-fn auth_request<'a>(session: &'a Session, path: &'a str, request_id: &'a str) -> AuthRequest<'a> {
+fn auth_request<'a>(
+    session: &'a Session,
+    record: &'a RequestRecord,
+    path: &'a str,
+) -> AuthRequest<'a> {
     let req = session.req_header();
     let text = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    // Only a trusted hop may say the browser used HTTPS in front of it.
+    let https = record.https
+        || (record.client.hop_trusted
+            && req
+                .headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
     AuthRequest {
         method: req.method.as_str(),
         path,
@@ -630,11 +801,12 @@ fn auth_request<'a>(session: &'a Session, path: &'a str, request_id: &'a str) ->
             .iter()
             .map(|v| v.as_bytes())
             .collect(),
-        host: text(header::HOST),
-        forwarded_proto: req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        // HTTP/2 names the host in `:authority`.
+        host: text(header::HOST).or_else(|| req.uri.authority().map(|a| a.as_str())),
+        https,
         accept: text(header::ACCEPT),
         referer: text(header::REFERER),
-        request_id,
+        request_id: &record.request_id,
     }
 }
 

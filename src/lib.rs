@@ -18,4 +18,5 @@ pub(crate) mod route;
 pub mod server;
 pub mod session;
 pub mod static_files;
+pub(crate) mod tls;
 pub(crate) mod wechat;

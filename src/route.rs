@@ -11,6 +11,8 @@ pub enum Route {
     Ready,
     /// The rest of `/_wxedge/`: the login endpoints, the sandbox, or a JSON 404.
     Edge,
+    /// `/.well-known/acme-challenge/<token>`: a certificate renewal's proof, from disk.
+    AcmeChallenge,
     /// A proxy prefix: the backend.
     Proxy,
     /// Everything else: the dist (and the OAuth callback on page loads).
@@ -25,6 +27,16 @@ pub struct Router {
 }
 
 pub const EDGE_PREFIX: &str = "/_wxedge/";
+pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// What a redirect-to-HTTPS listener still serves over plain HTTP: WeChat fetches
+/// `/MP_verify_<token>.txt` and ACME CAs fetch their challenge over plain HTTP.
+pub fn stays_on_plain_http(path: &str) -> bool {
+    path.starts_with(ACME_PREFIX)
+        || path
+            .strip_prefix("/MP_verify_")
+            .is_some_and(|rest| rest.ends_with(".txt") && !rest.contains('/'))
+}
 
 impl Router {
     pub fn new(prefixes: &[String]) -> Router {
@@ -41,6 +53,9 @@ impl Router {
                 "readyz" => Route::Ready,
                 _ => Route::Edge,
             };
+        }
+        if path.starts_with(ACME_PREFIX) {
+            return Route::AcmeChallenge;
         }
         if self.is_proxied(path) {
             Route::Proxy
@@ -79,6 +94,8 @@ mod tests {
             ("/_wxedge/sandbox/connect/oauth2/authorize", Route::Edge),
             ("/_wxedge/", Route::Edge),
             ("/_wxedge", Route::Static),
+            ("/.well-known/acme-challenge/tok-1_x", Route::AcmeChallenge),
+            ("/.well-known/security.txt", Route::Static),
         ] {
             assert_eq!(r.route(path), want, "{path}");
         }
@@ -86,5 +103,22 @@ mod tests {
         let all = Router::new(&["/".into()]);
         assert_eq!(all.route("/x"), Route::Proxy);
         assert_eq!(all.route("/_wxedge/healthz"), Route::Health);
+    }
+
+    #[test]
+    fn plain_http_keeps_wechat_verification_and_acme_only() {
+        for p in ["/MP_verify_abc123.txt", "/.well-known/acme-challenge/tok"] {
+            assert!(stays_on_plain_http(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/MP_verify_abc.txt/x",
+            "/MP_verify_abc.html",
+            "/x/MP_verify_abc.txt",
+            "/.well-known/acme-challengex",
+            "/api/MP_verify_a.txt",
+        ] {
+            assert!(!stays_on_plain_http(p), "{p}");
+        }
     }
 }

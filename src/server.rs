@@ -65,6 +65,52 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
             }
         ),
     ];
+    if let Some(h) = &config.https {
+        let addrs: Vec<String> = h
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .chain(
+                h.listen_proxy_protocol
+                    .iter()
+                    .map(|a| format!("{a} (PROXY protocol)")),
+            )
+            .collect();
+        lines.push(format!(
+            "https: {} (TLS 1.2/1.3, ALPN {}{})",
+            addrs.join(", "),
+            if h.tls.http2 {
+                "h2, http/1.1"
+            } else {
+                "http/1.1"
+            },
+            if config.settings.tls.hsts.is_empty() {
+                String::new()
+            } else {
+                format!(", HSTS `{}`", config.settings.tls.hsts)
+            }
+        ));
+        for (i, c) in h.tls.certificates.iter().enumerate() {
+            lines.push(format!(
+                "certificate: {} for {}{} (expires {})",
+                c.files.cert,
+                c.names.join(", "),
+                if i == 0 { ", and any other name" } else { "" },
+                c.not_after
+            ));
+        }
+    }
+    if !config.redirect_listen.is_empty() {
+        let addrs: Vec<String> = config
+            .redirect_listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        lines.push(format!(
+            "redirect to https: {} (except /MP_verify_*.txt and /.well-known/acme-challenge/)",
+            addrs.join(", ")
+        ));
+    }
     let (_, to_compress) = t.compression_progress();
     if to_compress > 0 {
         lines.push(format!(
@@ -261,7 +307,7 @@ pub fn main(cli: Cli) -> i32 {
         let mut metrics = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             MetricsEndpoint {
-                public_ports: config.listen.iter().map(|a| a.port()).collect(),
+                public_ports: config.public_listeners().map(|a| a.port()).collect(),
             },
             "wxedge-metrics",
         );
@@ -276,7 +322,9 @@ pub fn main(cli: Cli) -> i32 {
     // The front door answers the common requests itself and hands the rest to Pingora's proxy.
     let front = crate::front::Front::new(edge, &server.configuration);
     let mut public = pingora::services::listening::Service::new("wxedge".to_string(), front);
-    for addr in config.listen.iter().chain(&config.listen_proxy_protocol) {
+    // Plain, PROXY-protocol, HTTPS and redirect listeners alike: the front door tells them
+    // apart by the address a connection arrived at.
+    for addr in config.public_listeners() {
         // No buffers under the front door, which reads into its own buffer and writes whole
         // answers: one copy less per request, and no 64 KiB + 1.4 KiB per idle connection.
         use pingora::listeners::{L4BufferSettings, ListenerConfig};

@@ -93,7 +93,9 @@ pub struct AuthRequest<'a> {
     /// Every `Cookie` header's value.
     pub cookies: Vec<&'a [u8]>,
     pub host: Option<&'a str>,
-    pub forwarded_proto: Option<&'a [u8]>,
+    /// The browser reached the site over HTTPS: an HTTPS listener, or a trusted load balancer
+    /// said so in `X-Forwarded-Proto`.
+    pub https: bool,
     pub accept: Option<&'a str>,
     pub referer: Option<&'a str>,
     pub request_id: &'a str,
@@ -354,11 +356,7 @@ impl Login {
                     .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
             })
             .unwrap_or("localhost");
-        // wxedge speaks plain HTTP; a TLS-terminating load balancer says so in X-Forwarded-Proto.
-        let proto = match req.forwarded_proto {
-            Some(b"https") => "https",
-            _ => "http",
-        };
+        let proto = if req.https { "https" } else { "http" };
         format!("{proto}://{host}")
     }
 

@@ -59,6 +59,18 @@ fn boolean(name: &str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Set the certificate (or key) paths of `tls.certificates`, position by position.
+fn pair_files(pairs: &mut Vec<crate::tls::CertificateFiles>, paths: Vec<String>, cert: bool) {
+    pairs.resize(pairs.len().max(paths.len()), Default::default());
+    for (pair, path) in pairs.iter_mut().zip(paths) {
+        if cert {
+            pair.cert = path
+        } else {
+            pair.key = path
+        }
+    }
+}
+
 /// `/static/=public, max-age=86400|/x/=no-store`
 fn cache_rules(name: &str, v: &str) -> Result<Vec<CacheRule>, ConfigError> {
     v.split('|')
@@ -90,6 +102,30 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     }),
     ("WXEDGE_REAL_IP_HEADER", |s, _, v| {
         Ok(s.real_ip.header = v.trim().into())
+    }),
+    ("WXEDGE_TLS_LISTEN", |s, _, v| Ok(s.tls.listen = list(v))),
+    ("WXEDGE_TLS_LISTEN_PROXY_PROTOCOL", |s, _, v| {
+        Ok(s.tls.listen_proxy_protocol = list(v))
+    }),
+    // One pair per position: WXEDGE_TLS_CERT=a.pem,b.pem with WXEDGE_TLS_KEY=a.key,b.key.
+    ("WXEDGE_TLS_CERT", |s, _, v| {
+        Ok(pair_files(&mut s.tls.certificates, list(v), true))
+    }),
+    ("WXEDGE_TLS_KEY", |s, _, v| {
+        Ok(pair_files(&mut s.tls.certificates, list(v), false))
+    }),
+    ("WXEDGE_TLS_HTTP2", |s, n, v| {
+        Ok(s.tls.http2 = boolean(n, v)?)
+    }),
+    (
+        "WXEDGE_TLS_HSTS",
+        |s, _, v| Ok(s.tls.hsts = v.trim().into()),
+    ),
+    ("WXEDGE_TLS_REDIRECT_LISTEN", |s, _, v| {
+        Ok(s.tls.redirect_listen = list(v))
+    }),
+    ("WXEDGE_TLS_ACME_WEBROOT", |s, _, v| {
+        Ok(s.tls.acme_webroot = v.trim().into())
     }),
     ("WXEDGE_DIST", |s, _, v| Ok(s.dist = v.trim().into())),
     ("WX_MP_VERIFY", |s, _, v| Ok(s.mp_verify = list(v))),

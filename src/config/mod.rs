@@ -39,6 +39,8 @@ pub struct Settings {
     pub listen_proxy_protocol: Vec<String>,
     /// Who may tell the edge the client's address.
     pub real_ip: RealIpSettings,
+    /// HTTPS (and HTTP/2) listeners, certificates, the HTTP→HTTPS redirect, HSTS.
+    pub tls: TlsSettings,
     /// The H5 build folder.
     pub dist: PathBuf,
     /// Tokens whose `/MP_verify_<token>.txt` is always served, whatever `dist/` holds.
@@ -48,6 +50,44 @@ pub struct Settings {
     pub wechat: WechatSettings,
     pub session: SessionSettings,
     pub ops: OpsSettings,
+}
+
+/// nginx's `listen 443 ssl http2`, `ssl_certificate`, and the port-80 server that redirects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// HTTPS listeners, `host:port`.
+    pub listen: Vec<String>,
+    /// HTTPS listeners whose connections start with a PROXY protocol header (before TLS).
+    pub listen_proxy_protocol: Vec<String>,
+    /// Certificate chains and keys (PEM); chosen by the name the client asks for (SNI), the
+    /// first one for any other name.
+    pub certificates: Vec<crate::tls::CertificateFiles>,
+    /// Offer HTTP/2 (ALPN `h2`) beside HTTP/1.1.
+    pub http2: bool,
+    /// `Strict-Transport-Security` value on every HTTPS answer; empty = none.
+    pub hsts: String,
+    /// Plain-HTTP listeners that answer `301` to `https://host/path?query`, except
+    /// `/MP_verify_*.txt` and `/.well-known/acme-challenge/` (WeChat's domain check and
+    /// certificate renewal use plain HTTP).
+    pub redirect_listen: Vec<String>,
+    /// Where an ACME client (certbot `--webroot -w DIR`) writes `.well-known/acme-challenge/`;
+    /// empty = the dist folder.
+    pub acme_webroot: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            listen: vec![],
+            listen_proxy_protocol: vec![],
+            certificates: vec![],
+            http2: true,
+            hsts: String::new(),
+            redirect_listen: vec![],
+            acme_webroot: String::new(),
+        }
+    }
 }
 
 /// nginx's `set_real_ip_from` / `real_ip_header` / `real_ip_recursive on`.
@@ -233,6 +273,7 @@ impl Default for Settings {
             listen: vec!["127.0.0.1:8080".into()],
             listen_proxy_protocol: vec![],
             real_ip: RealIpSettings::default(),
+            tls: TlsSettings::default(),
             dist: PathBuf::from("dist"),
             mp_verify: vec![],
             static_files: StaticSettings::default(),
@@ -312,6 +353,14 @@ pub struct BackendAddr {
     pub authority: String,
 }
 
+/// HTTPS listeners and what they serve with.
+#[derive(Debug, Clone)]
+pub struct Https {
+    pub listen: Vec<SocketAddr>,
+    pub listen_proxy_protocol: Vec<SocketAddr>,
+    pub tls: crate::tls::Tls,
+}
+
 /// The validated, ready-to-use configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -319,6 +368,10 @@ pub struct Config {
     pub settings: Settings,
     pub listen: Vec<SocketAddr>,
     pub listen_proxy_protocol: Vec<SocketAddr>,
+    /// The HTTPS side: its listeners and loaded certificates.
+    pub https: Option<Https>,
+    /// `tls.redirect_listen`, parsed.
+    pub redirect_listen: Vec<SocketAddr>,
     /// `real_ip.trusted`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub backends: Vec<BackendAddr>,
@@ -342,6 +395,19 @@ impl ServerConfOwned {
 
 impl Config {
     /// The first public listener as a local client reaches it (`0.0.0.0` → `127.0.0.1`).
+    /// Every public listener: plain, PROXY protocol, HTTPS, redirect.
+    pub fn public_listeners(&self) -> impl Iterator<Item = &SocketAddr> {
+        let https = self
+            .https
+            .iter()
+            .flat_map(|h| h.listen.iter().chain(&h.listen_proxy_protocol));
+        self.listen
+            .iter()
+            .chain(&self.listen_proxy_protocol)
+            .chain(https)
+            .chain(&self.redirect_listen)
+    }
+
     pub fn loopback_addr(&self) -> SocketAddr {
         let mut a = self.listen[0];
         if a.ip().is_unspecified() {
@@ -464,6 +530,59 @@ pub fn parse_backend(raw: &str) -> Result<BackendAddr, ConfigError> {
     })
 }
 
+/// The HTTPS listeners with their certificates loaded (`None`: no HTTPS), and the redirect
+/// listeners; no address may serve two ways.
+fn validate_tls(
+    t: &TlsSettings,
+    listen: &[SocketAddr],
+    listen_proxy_protocol: &[SocketAddr],
+) -> Result<(Option<Https>, Vec<SocketAddr>), ConfigError> {
+    let parse = |list: &[String], key: &str| {
+        list.iter()
+            .map(|l| parse_listen(l, key))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let tls_listen = parse(&t.listen, "tls.listen")?;
+    let tls_proxy = parse(&t.listen_proxy_protocol, "tls.listen_proxy_protocol")?;
+    let redirect = parse(&t.redirect_listen, "tls.redirect_listen")?;
+    let mut seen: Vec<SocketAddr> = listen
+        .iter()
+        .chain(listen_proxy_protocol)
+        .copied()
+        .collect();
+    for a in tls_listen.iter().chain(&tls_proxy).chain(&redirect) {
+        if seen.contains(a) {
+            return err(format!(
+                "tls: {a} is listed twice: a listener serves one way"
+            ));
+        }
+        seen.push(*a);
+    }
+    if !t.hsts.is_empty() && http::HeaderValue::from_str(&t.hsts).is_err() {
+        return err("tls.hsts: not a header value (max-age=31536000; includeSubDomains)");
+    }
+    if tls_listen.is_empty() && tls_proxy.is_empty() {
+        if !redirect.is_empty() {
+            return err(
+                "tls.redirect_listen: redirects to HTTPS need an HTTPS listener (tls.listen)",
+            );
+        }
+        if !t.certificates.is_empty() {
+            log::warn!("tls.certificates: set, but no tls.listen: no HTTPS");
+        }
+        return Ok((None, redirect));
+    }
+    let tls = crate::tls::Tls::load(&t.certificates, t.http2).map_err(ConfigError)?;
+    Ok((
+        Some(Https {
+            listen: tls_listen,
+            listen_proxy_protocol: tls_proxy,
+            tls,
+        }),
+        redirect,
+    ))
+}
+
 fn validate(
     server: ServerConfOwned,
     settings: Settings,
@@ -507,6 +626,14 @@ fn validate(
         return err(format!(
             "listen_proxy_protocol: {both} is also in listen: a listener either takes PROXY headers or not"
         ));
+    }
+    let (https, redirect_listen) = validate_tls(&settings.tls, &listen, &listen_proxy_protocol)?;
+    if https
+        .as_ref()
+        .is_some_and(|h| !h.listen_proxy_protocol.is_empty())
+        && trusted_proxies.is_empty()
+    {
+        return err("tls.listen_proxy_protocol: real_ip.trusted must list the load balancers that send the PROXY headers");
     }
     if !settings.dist.is_dir() {
         return err(format!(
@@ -642,6 +769,8 @@ fn validate(
         settings,
         listen,
         listen_proxy_protocol,
+        https,
+        redirect_listen,
         trusted_proxies,
         backends,
         metrics_listen,

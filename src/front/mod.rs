@@ -20,6 +20,7 @@ mod handover;
 mod proxy_protocol;
 mod read;
 mod threads;
+mod tls;
 mod write;
 
 use std::cell::RefCell;
@@ -153,6 +154,10 @@ struct Conn {
     out: Vec<u8>,
     /// Who is at the other end (the TCP peer, or the PROXY header's source).
     peer: ClientAddr,
+    /// Over TLS (an HTTPS listener).
+    https: bool,
+    /// A redirect listener: send clients to HTTPS (see `route::stays_on_plain_http`).
+    to_https: bool,
 }
 
 impl Front {
@@ -169,18 +174,38 @@ impl Front {
             .and_then(|d| d.local_addr().cloned())
             .and_then(|a| a.as_inet().copied());
         let mut closing = shutdown.clone();
+        let on = |listeners: &[std::net::SocketAddr]| {
+            local.is_some_and(|l| proxy_protocol::expected(listeners, l))
+        };
+        let https = self.edge.https.as_ref().filter(|h| on(&h.listeners));
         let mut conn = Conn {
             buf: BytesMut::with_capacity(4096),
             out: Vec::with_capacity(1024),
             peer,
+            https: https.is_some(),
+            to_https: on(&self.edge.redirect_listen),
         };
-        if local.is_some_and(|l| proxy_protocol::expected(&self.edge.proxy_protocol, l)) {
+        if on(&self.edge.proxy_protocol) {
             match self.proxy_protocol(&mut stream, &mut conn).await {
                 Ok(()) => {}
                 Err(why) => {
                     log::warn!("closing a connection from {}: {why}", conn.peer.hop);
                     return;
                 }
+            }
+        }
+        if let Some(https) = https {
+            let Some(tls) = tls::accept(https, stream, &mut conn.buf, &self.edge.limits).await
+            else {
+                return;
+            };
+            stream = tls;
+            if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
+                // Pingora's HTTP/2 server reads the requests; `Edge::request_filter` applies
+                // the same checks to each, and every answer comes from the same modules.
+                drop(conn);
+                ServerApp::process_new(&self.pingora, stream, shutdown).await;
+                return;
             }
         }
         loop {
@@ -239,7 +264,9 @@ impl Front {
         }
         let deadline = tokio::time::Instant::now() + self.edge.limits.header_timeout;
         if let Some(source) = proxy_protocol::read_header(stream, &mut conn.buf, deadline).await? {
-            conn.peer = self.edge.real_ip.hop(source);
+            conn.peer = self.edge.real_ip.hop(source.ip());
+            // Pingora's HTTP/2 server takes the client from the socket digest: make it this one.
+            proxy_protocol::set_peer(stream, source);
         }
         Ok(())
     }
@@ -328,7 +355,7 @@ impl Front {
                 .client(&conn.peer, r.headers.iter().map(|h| (h.name, h.value))),
             None => conn.peer.clone(),
         };
-        RequestRecord::start(self.edge.access_log, request_id, client, || {
+        let mut record = RequestRecord::start(self.edge.access_log, request_id, client, || {
             let Some((r, head)) = req else {
                 let dash = Bytes::from_static(b"-");
                 return LogFields {
@@ -348,7 +375,9 @@ impl Front {
                 referer: field(r.referer),
                 user_agent: field(r.user_agent),
             }
-        })
+        });
+        record.https = conn.https;
+        record
     }
 
     async fn serve_request(
@@ -376,6 +405,11 @@ impl Front {
             )
             .await;
             return Turn::Refused;
+        }
+        if conn.to_https && !crate::route::stays_on_plain_http(&req.path) {
+            return self
+                .redirect_to_https(stream, conn, req, &mut record, keep_alive)
+                .await;
         }
         let body = match self.read_body(stream, conn, req).await {
             Ok(body) => body,
@@ -494,7 +528,7 @@ impl Front {
             b"HTTP/1.1 200 OK\r\n"
         });
         out.extend_from_slice(answer.head);
-        write::push_common_headers(out, &record.request_id, !keep_alive);
+        write::push_common_headers(out, &record.request_id, self.hsts(conn.https), !keep_alive);
         let write = async {
             if let Some(file) = answer.body_file {
                 write::send_file(stream, out, answer.body, file).await?;
@@ -553,10 +587,11 @@ impl Front {
             &target,
             req.headers.iter().map(|h| (h.name, h.value)),
             &Outbound {
-                forwarding: &edge.forwarding(Some(&record.client)),
+                forwarding: &edge.forwarding(Some(&record.client), conn.https),
                 identity: &identity,
                 request_id: &record.request_id,
                 body_len: upstream::declared_length(req.method, body.len()),
+                streamed_body: false,
                 upgrade: false,
             },
         );
@@ -567,6 +602,7 @@ impl Front {
             request_id: &record.request_id,
             close_client: !keep_alive,
             send_timeout: edge.limits.send_timeout,
+            hsts: self.hsts(conn.https),
         };
         let result = forward::forward(&edge.upstreams, &outgoing, stream, &mut conn.out).await;
         Some(match result {
@@ -616,6 +652,81 @@ impl Front {
         })
     }
 
+    /// The `Strict-Transport-Security` value for answers on `conn`.
+    fn hsts(&self, https: bool) -> Option<&[u8]> {
+        let https = self.edge.https.as_ref().filter(|_| https)?;
+        https.hsts.as_ref().map(|v| v.as_bytes())
+    }
+
+    /// A redirect listener's answer: `301` to the same host and target over HTTPS (nginx's
+    /// `return 301 https://$host$request_uri`), to the HTTPS listener's port.
+    async fn redirect_to_https(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        req: &Request<'_, '_>,
+        record: &mut RequestRecord,
+        keep_alive: bool,
+    ) -> Turn {
+        // An unread body would be taken for the next request: close after answering.
+        let keep_alive = keep_alive && req.framing == Framing::Empty;
+        let host = req
+            .host
+            .and_then(|h| std::str::from_utf8(h.trim_ascii()).ok())
+            .map(host_without_port)
+            .or(self.edge.public_host.as_deref());
+        let Some(host) = host else {
+            self.write_json(
+                stream,
+                conn,
+                record,
+                RouteClass::Rejected,
+                400,
+                "a redirect to HTTPS needs a Host header",
+                true,
+                req.is_head(),
+            )
+            .await;
+            return Turn::Refused;
+        };
+        let port = self.edge.https.as_ref().map_or(443, |h| h.port);
+        let location = if port == 443 {
+            format!("https://{host}{}", req.target)
+        } else {
+            format!("https://{host}:{port}{}", req.target)
+        };
+        let body = b"301 Moved Permanently\n";
+        let out = &mut conn.out;
+        out.clear();
+        crate::proxy::headers::push_status_line(out, 301, None);
+        out.extend_from_slice(b"location: ");
+        out.extend_from_slice(location.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        write::push_common_headers(out, &record.request_id, None, !keep_alive);
+        if !req.is_head() {
+            out.extend_from_slice(body);
+        }
+        let write = async {
+            stream.write_all(out).await?;
+            stream.flush().await
+        };
+        let sent = forward::within_send_timeout(self.edge.limits.send_timeout, write)
+            .await
+            .is_ok();
+        record.answered(
+            RouteClass::Static,
+            if sent { 301 } else { 0 },
+            body.len() as u64,
+        );
+        if sent && keep_alive {
+            Turn::Next
+        } else {
+            Turn::Close
+        }
+    }
+
     /// A JSON error answer written by the front door itself (refusals before any route).
     #[allow(clippy::too_many_arguments)]
     async fn write_json(
@@ -629,15 +740,7 @@ impl Front {
         close: bool,
         head: bool,
     ) {
-        let kind = match status {
-            413 => "payload_too_large",
-            414 => "uri_too_long",
-            431 => "header_too_large",
-            501 => "not_implemented",
-            505 => "version_not_supported",
-            _ => "bad_request",
-        };
-        let body = crate::answer::json_error(kind, message);
+        let body = crate::answer::json_error(crate::answer::refusal_kind(status), message);
         let request_id = record.request_id.clone();
         let sent = self
             .write_answer(stream, conn, status, &body, &request_id, close, head)
@@ -657,6 +760,7 @@ impl Front {
         close: bool,
         head: bool,
     ) -> bool {
+        let hsts = self.hsts(conn.https);
         let out = &mut conn.out;
         out.clear();
         crate::proxy::headers::push_status_line(out, status, None);
@@ -665,7 +769,7 @@ impl Front {
         );
         out.extend_from_slice(body.len().to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
-        write::push_common_headers(out, request_id, close);
+        write::push_common_headers(out, request_id, hsts, close);
         if !head {
             out.extend_from_slice(body);
         }
@@ -676,6 +780,14 @@ impl Front {
         forward::within_send_timeout(self.edge.limits.send_timeout, write)
             .await
             .is_ok()
+    }
+}
+
+/// `host` of `host[:port]` (an IPv6 literal keeps its brackets).
+fn host_without_port(h: &str) -> &str {
+    match h.rfind(':') {
+        Some(i) if !h[i..].contains(']') => &h[..i],
+        _ => h,
     }
 }
 

@@ -7,10 +7,15 @@ use tokio::io::AsyncWriteExt;
 
 use super::read;
 
-/// `x-request-id`, `date`, and `connection: close` when the connection ends, then the blank line.
-pub fn push_common_headers(out: &mut Vec<u8>, request_id: &str, close: bool) {
+/// `x-request-id`, `date`, HSTS over TLS, and `connection: close` when the connection ends,
+/// then the blank line.
+pub fn push_common_headers(out: &mut Vec<u8>, request_id: &str, hsts: Option<&[u8]>, close: bool) {
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
+    if let Some(v) = hsts {
+        out.extend_from_slice(b"\r\nstrict-transport-security: ");
+        out.extend_from_slice(v);
+    }
     out.extend_from_slice(b"\r\ndate: ");
     read::with_http_date(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");

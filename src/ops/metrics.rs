@@ -32,6 +32,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Established client connections on the public listeners, counted when scraped.
     pub connections: IntGauge,
+    /// TLS handshakes that failed or did not finish within the header deadline.
+    pub tls_handshake_failures: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -109,6 +111,11 @@ impl Metrics {
                 "wxedge_backend_errors_total",
                 "Backend failures by kind",
                 &["kind"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "wxedge_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out",
             ),
             connections_refused: counter(
                 &r,

@@ -40,6 +40,8 @@ pub struct RequestRecord {
     pub body_bytes: u64,
     /// The backend that answered, as configured.
     pub upstream: Option<&'static str>,
+    /// It came over TLS (an HTTPS listener).
+    pub https: bool,
     log: Option<(Format, LogFields)>,
 }
 
@@ -60,6 +62,7 @@ impl RequestRecord {
             status: 0,
             body_bytes: 0,
             upstream: None,
+            https: false,
             log: (format != Format::Off).then(|| (format, fields())),
         }
     }

@@ -91,6 +91,9 @@ pub struct Outgoing<'a> {
     pub close_client: bool,
     /// Longest wait for the client to take a part of the answer.
     pub send_timeout: Duration,
+    /// The edge's `Strict-Transport-Security` (over TLS with HSTS on): it replaces the
+    /// backend's, as on Pingora's path.
+    pub hsts: Option<&'a [u8]>,
 }
 
 /// How the relay went.
@@ -382,12 +385,16 @@ fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<Re
             || headers::named_in_connection(h.name, connection_values())
             || h.name.eq_ignore_ascii_case("x-request-id")
             || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
+            || (req.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
         {
             continue;
         }
         push_header(out, h.name.as_bytes(), &[h.value]);
     }
     push_header(out, b"x-request-id", &[req.request_id.as_bytes()]);
+    if let Some(hsts) = req.hsts {
+        push_header(out, b"strict-transport-security", &[hsts]);
+    }
     if close_client {
         out.extend_from_slice(b"connection: close\r\n");
     }

@@ -30,6 +30,9 @@ pub struct Outbound<'a> {
     /// `Content-Length` of the whole (decoded) request body, when one is sent
     /// ([`declared_length`]).
     pub body_len: Option<usize>,
+    /// A body of unknown length follows (an HTTP/2 request without `Content-Length`): sent
+    /// chunked. Never together with `body_len`.
+    pub streamed_body: bool,
     /// A real upgrade (see [`crate::request::Request::upgrade`]): `Connection: upgrade` and
     /// the client's `Upgrade` go on.
     pub upgrade: bool,
@@ -99,8 +102,10 @@ where
         emit("connection", &[b"upgrade"]);
         emit("upgrade", &[protocol]);
     }
-    if let Some(len) = out.body_len {
-        emit("content-length", &[len.to_string().as_bytes()]);
+    match (out.body_len, out.streamed_body) {
+        (Some(len), _) => emit("content-length", &[len.to_string().as_bytes()]),
+        (None, true) => emit("transfer-encoding", &[b"chunked"]),
+        (None, false) => {}
     }
 }
 
@@ -205,6 +210,7 @@ mod tests {
             identity,
             request_id: "rid",
             body_len: declared_length("POST", body_len).filter(|&n| n > 0),
+            streamed_body: false,
             upgrade,
         };
         let client = sample_client();
@@ -299,6 +305,7 @@ mod tests {
             forwarding: &f,
             identity: &identity,
             request_id: "rid",
+            streamed_body: false,
             body_len: Some(5),
             upgrade: false,
         };

@@ -18,7 +18,7 @@ pub fn host_problem(http_1_1: bool, count: usize, first: Option<&[u8]>) -> Optio
 
 /// `host[:port]` as RFC 3986 has it: a registered name (letters, digits and the unreserved,
 /// sub-delimiter and `%` characters) or a bracketed IPv6 literal, then optional port digits.
-fn valid_host(v: &[u8]) -> bool {
+pub(crate) fn valid_host(v: &[u8]) -> bool {
     let v = v.trim_ascii();
     let (host_ok, port) = if let Some(rest) = v.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&b| b == b']') else {

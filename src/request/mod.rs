@@ -9,7 +9,8 @@
 
 pub mod body;
 pub mod client;
-mod host;
+pub(crate) mod h2;
+pub(crate) mod host;
 pub mod path;
 
 use std::borrow::Cow;
@@ -33,7 +34,7 @@ pub struct Refusal {
     pub message: &'static str,
 }
 
-const fn refuse(status: u16, message: &'static str) -> Refusal {
+pub(crate) const fn refuse(status: u16, message: &'static str) -> Refusal {
     Refusal { status, message }
 }
 
@@ -73,7 +74,7 @@ fn text(v: &[u8]) -> Option<&str> {
 }
 
 /// nginx's method rule: upper-case letters, `_` and `-`.
-fn valid_method(m: &str) -> bool {
+pub(crate) fn valid_method(m: &str) -> bool {
     !m.is_empty()
         && m.bytes()
             .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')

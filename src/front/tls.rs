@@ -1,0 +1,39 @@
+//! The TLS handshake on an HTTPS listener, done by the front door so that a PROXY protocol
+//! header (which comes before the handshake) is read first, and so that HTTP/1.1 over TLS is
+//! served by the same loop as plain HTTP.
+
+use bytes::BytesMut;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::Stream;
+
+use crate::edge::{ClientLimits, HttpsEdge};
+use crate::ops::metrics::METRICS;
+
+/// The connection over TLS, or `None` (already logged at debug level and counted) when the
+/// handshake fails or the client is not done within the header deadline.
+pub async fn accept(
+    https: &HttpsEdge,
+    stream: Stream,
+    read_ahead: &mut BytesMut,
+    limits: &ClientLimits,
+) -> Option<Stream> {
+    // Listeners hand over TCP streams; the handshake needs the concrete type.
+    let mut tcp = *stream.into_any().downcast::<TcpStream>().ok()?;
+    if !read_ahead.is_empty() {
+        // Bytes read past a PROXY header are the start of the client's hello.
+        tcp.rewind(&read_ahead.split());
+    }
+    let handshake = https.acceptor.tls_handshake(tcp);
+    match tokio::time::timeout(limits.header_timeout, handshake).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            log::debug!("TLS handshake failed: {e}");
+            METRICS.tls_handshake_failures.inc();
+            None
+        }
+        Err(_) => {
+            METRICS.tls_handshake_failures.inc();
+            None
+        }
+    }
+}
