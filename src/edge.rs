@@ -329,83 +329,11 @@ impl ProxyHttp for Edge {
 
     /// Route, then let the route's owner answer; `Ok(false)` goes on to the backend.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // The front door parsed, validated and normalised HTTP/1 requests and made their
-        // records; HTTP/2 requests (read by Pingora's h2 server) get the same checks here.
-        let refused = match ctx.record {
-            Some(_) => None,
-            None => {
-                ctx.record = Some(self.record_for(session));
-                crate::request::h2::check(session.req_header_mut(), self.max_body_bytes).err()
-            }
-        };
-        let record = ctx.record.as_ref().expect("made above");
-        ctx.request_id = record.request_id.clone();
-        if record.https {
-            ctx.hsts = self.https.as_ref().and_then(|h| h.hsts.clone());
+        let answered = self.answer_or_pass(session, ctx).await?;
+        if answered {
+            drain_http2_body(session).await;
         }
-        if let Some(r) = refused {
-            return reject(session, ctx, r.status, refusal_kind(r.status), r.message).await;
-        }
-        if crate::ops::lifecycle::draining() {
-            // Clients should open their next connection to the process taking over.
-            session.set_keepalive(None);
-        }
-        let path = session.req_header().uri.path().to_string();
-        let route = self.router.route(&path);
-        match route {
-            Route::Health | Route::Ready => {
-                ctx.class = RouteClass::Health;
-                self.health(session, ctx, route).await?;
-                return Ok(true);
-            }
-            Route::AcmeChallenge => {
-                ctx.class = RouteClass::Static;
-                self.acme_challenge(session, ctx, &path).await?;
-                return Ok(true);
-            }
-            _ => {}
-        }
-        let proxied = route == Route::Proxy;
-        // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox,
-        // the 401 for `require_session` prefixes.
-        let outcome = self
-            .auth
-            .decide(&auth_request(session, record, &path), proxied)
-            .await;
-        ctx.set_cookies.extend(outcome.set_cookies);
-        ctx.authenticated = outcome.authenticated;
-        match outcome.action {
-            AuthAction::Answer(reply) => {
-                ctx.class = reply.class;
-                write_reply(session, ctx, reply).await?;
-                return Ok(true);
-            }
-            AuthAction::Continue(identity) => ctx.identity = identity,
-        }
-        match route {
-            // The edge's own namespace: an unknown name is a 404, never the SPA.
-            Route::Edge | Route::AcmeChallenge => {
-                reject(session, ctx, 404, "not_found", "no such /_wxedge/ endpoint").await
-            }
-            Route::Proxy => {
-                ctx.class = RouteClass::Proxy;
-                if !self.upstreams.is_empty() {
-                    return Ok(false);
-                }
-                METRICS
-                    .backend_errors
-                    .with_label_values(&["no_backend"])
-                    .inc();
-                let body = json_error("bad_gateway", "no backend is configured");
-                respond(session, ctx, 502, JSON, &[], body).await?;
-                Ok(true)
-            }
-            Route::Static | Route::Health | Route::Ready => {
-                ctx.class = RouteClass::Static;
-                self.serve_static(session, ctx).await?;
-                Ok(true)
-            }
-        }
+        Ok(answered)
     }
 
     async fn upstream_peer(
@@ -518,6 +446,12 @@ impl ProxyHttp for Edge {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // An empty last DATA frame must not become a chunk: Pingora would write it as a
+        // terminating `0` chunk and then terminate the body again, leaving `0\r\n\r\n` on
+        // the backend connection ahead of the next request.
+        if body.as_ref().is_some_and(|b| b.is_empty()) {
+            *body = None;
+        }
         if let Some(b) = body {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > self.max_body_bytes {
@@ -595,6 +529,7 @@ impl ProxyHttp for Edge {
             answered = respond(session, ctx, code, JSON, &[], json_error(kind, message))
                 .await
                 .is_ok();
+            drain_http2_body(session).await;
         }
         FailToProxy {
             error_code: code,
@@ -618,6 +553,87 @@ impl ProxyHttp for Edge {
 }
 
 impl Edge {
+    /// The answer of everything but the backend; `Ok(false)` goes on to the backend.
+    async fn answer_or_pass(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The front door parsed, validated and normalised HTTP/1 requests and made their
+        // records; HTTP/2 requests (read by Pingora's h2 server) get the same checks here.
+        let refused = match ctx.record {
+            Some(_) => None,
+            None => {
+                ctx.record = Some(self.record_for(session));
+                crate::request::h2::check(session.req_header_mut(), self.max_body_bytes).err()
+            }
+        };
+        let record = ctx.record.as_ref().expect("made above");
+        ctx.request_id = record.request_id.clone();
+        if record.https {
+            ctx.hsts = self.https.as_ref().and_then(|h| h.hsts.clone());
+        }
+        if let Some(r) = refused {
+            return reject(session, ctx, r.status, refusal_kind(r.status), r.message).await;
+        }
+        if crate::ops::lifecycle::draining() {
+            // Clients should open their next connection to the process taking over.
+            session.set_keepalive(None);
+        }
+        let path = session.req_header().uri.path().to_string();
+        let route = self.router.route(&path);
+        match route {
+            Route::Health | Route::Ready => {
+                ctx.class = RouteClass::Health;
+                self.health(session, ctx, route).await?;
+                return Ok(true);
+            }
+            Route::AcmeChallenge => {
+                ctx.class = RouteClass::Static;
+                self.acme_challenge(session, ctx, &path).await?;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        let proxied = route == Route::Proxy;
+        // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox,
+        // the 401 for `require_session` prefixes.
+        let outcome = self
+            .auth
+            .decide(&auth_request(session, record, &path), proxied)
+            .await;
+        ctx.set_cookies.extend(outcome.set_cookies);
+        ctx.authenticated = outcome.authenticated;
+        match outcome.action {
+            AuthAction::Answer(reply) => {
+                ctx.class = reply.class;
+                write_reply(session, ctx, reply).await?;
+                return Ok(true);
+            }
+            AuthAction::Continue(identity) => ctx.identity = identity,
+        }
+        match route {
+            // The edge's own namespace: an unknown name is a 404, never the SPA.
+            Route::Edge | Route::AcmeChallenge => {
+                reject(session, ctx, 404, "not_found", "no such /_wxedge/ endpoint").await
+            }
+            Route::Proxy => {
+                ctx.class = RouteClass::Proxy;
+                if !self.upstreams.is_empty() {
+                    return Ok(false);
+                }
+                METRICS
+                    .backend_errors
+                    .with_label_values(&["no_backend"])
+                    .inc();
+                let body = json_error("bad_gateway", "no backend is configured");
+                respond(session, ctx, 502, JSON, &[], body).await?;
+                Ok(true)
+            }
+            Route::Static | Route::Health | Route::Ready => {
+                ctx.class = RouteClass::Static;
+                self.serve_static(session, ctx).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// `/_wxedge/healthz` and `/_wxedge/readyz`.
     async fn health(&self, session: &mut Session, ctx: &RequestCtx, route: Route) -> Result<()> {
         if route == Route::Health {
@@ -773,6 +789,17 @@ impl Edge {
                 .await
             }
         }
+    }
+}
+
+/// After an HTTP/2 answer that came before the whole request body (a refusal, a 401, a 413),
+/// read the rest and drop it for a while, as nginx does: a client still sending would see its
+/// stream reset instead of the answer. HTTP/1 bodies were read whole by the front door.
+async fn drain_http2_body(session: &mut Session) {
+    const DRAIN_FOR: Duration = Duration::from_secs(10);
+    if session.as_downstream().is_http2() && !session.as_downstream_mut().is_body_done() {
+        let _ =
+            tokio::time::timeout(DRAIN_FOR, session.as_downstream_mut().drain_request_body()).await;
     }
 }
 

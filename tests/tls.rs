@@ -1,0 +1,716 @@
+//! HTTPS and HTTP/2 at the edge, with real clients: curl (HTTP/1.1 and HTTP/2, verifying
+//! against a CA made here), and a raw TLS + HTTP/2 client for a PROXY protocol header.
+//!
+//! One edge serves two certificates (`a.test` with `*.w.test`, and `b.test`) on an HTTPS
+//! listener, redirects plain HTTP from a redirect listener, and proxies `/api/` to a backend
+//! that records what it receives.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A test CA and two server certificates signed by it, as PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wxedge test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (file, names) in [("a", vec!["a.test", "*.w.test"]), ("b", vec!["b.test"])] {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    }
+    Pki {
+        ca: dir.join("ca.pem"),
+    }
+}
+
+struct Site {
+    edge: EdgeProc,
+    tls_port: u16,
+    redirect_port: u16,
+    pki: Pki,
+    webroot: PathBuf,
+    backend: Backend,
+}
+
+async fn site(extra: &[(&str, &str)]) -> Site {
+    let dir = temp_dir("tls");
+    let pki = make_pki(&dir);
+    let webroot = dir.join("webroot");
+    std::fs::create_dir_all(webroot.join(".well-known/acme-challenge")).unwrap();
+    let backend = Backend::start("b").await;
+    let (tls_port, redirect_port) = (free_port(), free_port());
+    let owned: Vec<(String, String)> = [
+        ("WXEDGE_TLS_LISTEN", format!("127.0.0.1:{tls_port}")),
+        (
+            "WXEDGE_TLS_REDIRECT_LISTEN",
+            format!("127.0.0.1:{redirect_port}"),
+        ),
+        (
+            "WXEDGE_TLS_CERT",
+            format!(
+                "{},{}",
+                dir.join("a.pem").display(),
+                dir.join("b.pem").display()
+            ),
+        ),
+        (
+            "WXEDGE_TLS_KEY",
+            format!(
+                "{},{}",
+                dir.join("a.key").display(),
+                dir.join("b.key").display()
+            ),
+        ),
+        ("WXEDGE_TLS_HSTS", "max-age=31536000".into()),
+        ("WXEDGE_TLS_ACME_WEBROOT", webroot.display().to_string()),
+        ("WXEDGE_BACKEND", backend.url()),
+        ("WX_MP_VERIFY", "abc123".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    .collect();
+    let edge = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        start_edge(&env)
+    })
+    .await
+    .unwrap();
+    Site {
+        edge,
+        tls_port,
+        redirect_port,
+        pki,
+        webroot,
+        backend,
+    }
+}
+
+/// What curl reported: its exit code, the response head(s) and body, and `-w` output.
+struct Curl {
+    code: i32,
+    head: String,
+    body: String,
+    /// `%{http_version} %{response_code}`.
+    info: String,
+    stderr: String,
+}
+
+impl Curl {
+    fn header(&self, name: &str) -> Option<String> {
+        // The last response's head (after redirects or interim answers).
+        let last = self
+            .head
+            .rsplit("\r\n\r\n")
+            .find(|h| !h.trim().is_empty())?;
+        last.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    }
+}
+
+impl Site {
+    /// curl to `https://<host>:<tls port><target>`, resolving every test name to loopback.
+    fn curl(&self, host: &str, target: &str, args: &[&str]) -> Curl {
+        self.curl_with(host, target, args, None)
+    }
+
+    fn curl_with(
+        &self,
+        host: &str,
+        target: &str,
+        args: &[&str],
+        stdin: Option<std::fs::File>,
+    ) -> Curl {
+        let dir = temp_dir("curl");
+        let (head, body) = (dir.join("head"), dir.join("body"));
+        let url = format!("https://{host}:{}{target}", self.tls_port);
+        let out = Command::new("curl")
+            .args(["-sS", "--path-as-is", "--max-time", "10", "--cacert"])
+            .arg(&self.pki.ca)
+            .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.tls_port)])
+            .arg("-D")
+            .arg(&head)
+            .arg("-o")
+            .arg(&body)
+            .args(["-w", "%{http_version} %{response_code}"])
+            .args(args)
+            .arg(&url)
+            .stdin(stdin.map_or_else(std::process::Stdio::null, Into::into))
+            .output()
+            .expect("curl");
+        let c = Curl {
+            code: out.status.code().unwrap_or(-1),
+            head: std::fs::read_to_string(&head).unwrap_or_default(),
+            body: std::fs::read_to_string(&body).unwrap_or_default(),
+            info: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        std::fs::remove_dir_all(dir).ok();
+        c
+    }
+}
+
+impl Site {
+    /// [`Site::curl`] with `stdin` as curl's standard input.
+    fn curl_stdin(&self, host: &str, target: &str, stdin: &[u8], args: &[&str]) -> Curl {
+        let dir = temp_dir("stdin");
+        std::fs::write(dir.join("in"), stdin).unwrap();
+        let file = std::fs::File::open(dir.join("in")).unwrap();
+        let r = self.curl_with(host, target, args, Some(file));
+        std::fs::remove_dir_all(dir).ok();
+        r
+    }
+}
+
+/// A backend that answers every request `200` and keeps every byte it received.
+async fn byte_logging_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let wire = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let w = wire.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 65536];
+                let mut answered = 0;
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    // One answer per chunked body's end seen.
+                    let ends = {
+                        let mut all = w.lock().unwrap();
+                        all.extend_from_slice(&buf[..n]);
+                        all.windows(5).filter(|x| x == b"0\r\n\r\n").count()
+                    };
+                    let todo = ends.saturating_sub(answered);
+                    for _ in 0..todo {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                    answered += todo;
+                }
+            });
+        }
+    });
+    (addr, wire)
+}
+
+fn curl_plain(port: u16, host: &str, target: &str) -> Curl {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--path-as-is",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_version} %{response_code}", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://127.0.0.1:{port}{target}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, info) = text.rsplit_once("\r\n\r\n").unwrap_or((&text, ""));
+    Curl {
+        code: out.status.code().unwrap_or(-1),
+        head: format!("{head}\r\n\r\n"),
+        body: String::new(),
+        info: info.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_answer_alike_over_http1_and_http2() {
+    let s = site(&[]).await;
+    let plain = get(&s.edge, "/", &[]);
+    assert_eq!(plain.status, 200);
+    assert!(
+        plain.header("strict-transport-security").is_none(),
+        "HSTS only over TLS"
+    );
+
+    let h1 = s.curl("a.test", "/", &["--http1.1"]);
+    let h2 = s.curl("a.test", "/", &["--http2"]);
+    assert_eq!(h1.code, 0, "{}", h1.stderr);
+    assert_eq!(h1.info, "1.1 200");
+    assert_eq!(h2.info, "2 200", "{}", h2.stderr);
+    for c in [&h1, &h2] {
+        assert_eq!(c.body.as_bytes(), &plain.body[..]);
+        for name in [
+            "etag",
+            "last-modified",
+            "cache-control",
+            "content-type",
+            "content-length",
+        ] {
+            assert_eq!(c.header(name).as_deref(), plain.header(name), "{name}");
+        }
+        assert_eq!(
+            c.header("strict-transport-security").unwrap(),
+            "max-age=31536000"
+        );
+        assert!(c.header("x-request-id").is_some());
+    }
+    // Revalidation and a compressed variant over HTTP/2.
+    let etag = h2.header("etag").unwrap();
+    let r = s.curl(
+        "a.test",
+        "/",
+        &["--http2", "-H", &format!("If-None-Match: {etag}")],
+    );
+    assert_eq!(r.info, "2 304");
+    let js = common::fixture_dist().join("assets");
+    let asset = std::fs::read_dir(&js)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".js"))
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("a JS asset in the fixture");
+    let r = s.curl(
+        "a.test",
+        &format!("/assets/{asset}"),
+        &["--http2", "-H", "Accept-Encoding: gzip"],
+    );
+    assert_eq!(r.info, "2 200");
+    assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(r.header("vary").as_deref(), Some("Accept-Encoding"));
+    // A range over HTTP/2 (Pingora's path writes it).
+    let r = s.curl("a.test", "/", &["--http2", "-r", "0-9"]);
+    assert_eq!(r.info, "2 206");
+    assert_eq!(r.body.as_bytes(), &plain.body[..10]);
+    // The access log names the protocol.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        s.edge.stdout().contains("\"GET / HTTP/2.0\" 200"),
+        "{}",
+        s.edge.stdout()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_chosen_by_sni_with_the_first_as_default() {
+    let s = site(&[]).await;
+    for host in ["a.test", "x.w.test", "b.test"] {
+        // curl verifies the certificate's names against the host: a wrong choice fails.
+        let r = s.curl(host, "/_wxedge/healthz", &[]);
+        assert_eq!(
+            (r.code, r.info.as_str()),
+            (0, "2 200"),
+            "{host}: {}",
+            r.stderr
+        );
+    }
+    // A name no certificate has gets the first one (and so fails verification as a.test).
+    let r = s.curl("other.test", "/_wxedge/healthz", &["-v"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("CN=a.test"), "{}", r.stderr);
+    // Two names deep is not what `*.w.test` covers.
+    let r = s.curl("x.y.w.test", "/_wxedge/healthz", &[]);
+    assert_ne!(r.code, 0);
+    // TLS 1.2 and 1.3 both; nothing older.
+    let r = s.curl(
+        "a.test",
+        "/_wxedge/healthz",
+        &["--tlsv1.2", "--tls-max", "1.2"],
+    );
+    assert_eq!((r.code, r.info.as_str()), (0, "2 200"), "{}", r.stderr);
+    let r = s.curl(
+        "a.test",
+        "/_wxedge/healthz",
+        &["--tlsv1.1", "--tls-max", "1.1"],
+    );
+    assert_ne!(r.code, 0);
+    // HTTP/1.1 only when the client offers no h2.
+    let r = s.curl("b.test", "/_wxedge/healthz", &["--http1.1"]);
+    assert_eq!(r.info, "1.1 200");
+    // A client that never finishes its handshake is dropped, not served.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", s.tls_port))
+        .await
+        .unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_to_end(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert!(
+        !buf[..n].starts_with(b"HTTP/1.1 200"),
+        "plain HTTP is no handshake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_over_http2_is_checked_and_forwarded_like_http1() {
+    let s = site(&[("WXEDGE_MAX_BODY_BYTES", "200000")]).await;
+    // Identity headers are stripped, the path normalised, HTTPS announced, framing rebuilt.
+    let r = s.curl(
+        "a.test",
+        "/api/x/../ping?q=1",
+        &[
+            "--http2",
+            "-H",
+            "X-WX-OpenID: forged",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Forwarded-Proto: http",
+            "-d",
+            "hello",
+        ],
+    );
+    assert_eq!(r.info, "2 200", "{}", r.stderr);
+    assert_eq!(
+        r.header("strict-transport-security").as_deref(),
+        Some("max-age=31536000")
+    );
+    let seen = s.backend.seen().pop().unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/api/ping?q=1");
+    assert_eq!(seen.body, b"hello");
+    assert_eq!(seen.header("content-length"), Some("5"));
+    assert_eq!(seen.header("x-wx-openid"), None);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    // 127.0.0.1 is not a trusted proxy here: what it says of others is not believed.
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert!(!seen
+        .header("x-forwarded-for")
+        .unwrap_or("")
+        .contains("6.6.6.6"));
+    assert_eq!(
+        seen.header("host"),
+        Some("a.test:".to_string() + &s.tls_port.to_string()).as_deref()
+    );
+
+    // A body of unknown length (no Content-Length on HTTP/2) goes on chunked, terminated
+    // once: a backend that logs its bytes sees nothing after the last chunk.
+    let (wire_addr, wire) = byte_logging_backend().await;
+    let wired = site(&[("WXEDGE_BACKEND", &format!("http://{wire_addr}"))]).await;
+    let r = wired.curl_stdin(
+        "a.test",
+        "/api/stream",
+        b"streamed body",
+        &["--http2", "-T", "-", "-X", "POST"],
+    );
+    assert_eq!(r.info, "2 200", "{}", r.stderr);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let bytes = String::from_utf8_lossy(&wire.lock().unwrap()).into_owned();
+    let (head, body) = bytes.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    assert_eq!(body, "D\r\nstreamed body\r\n0\r\n\r\n");
+
+    // The same refusals as HTTP/1, before any backend sees them.
+    let before = s.backend.seen().len();
+    for (target, status) in [
+        ("/api/%2e%2e/%2e%2e/etc/passwd", "400"),
+        ("/api%2fx", "400"),
+        ("/api/x/..;/y", "400"),
+        ("/a/../../etc/passwd", "400"),
+    ] {
+        let r = s.curl("a.test", target, &["--http2"]);
+        assert_eq!(r.info, format!("2 {status}"), "{target}");
+        assert!(r.body.contains("bad_request"), "{target}: {}", r.body);
+    }
+    let big = "x".repeat(300_000);
+    let dir = temp_dir("big");
+    std::fs::write(dir.join("big"), &big).unwrap();
+    let r = s.curl(
+        "a.test",
+        "/api/upload",
+        &[
+            "--http2",
+            "--data-binary",
+            &format!("@{}", dir.join("big").display()),
+        ],
+    );
+    assert_eq!(r.info, "2 413", "{}", r.stderr);
+    assert_eq!(
+        s.backend.seen().len(),
+        before,
+        "no refused request reached the backend"
+    );
+    // Without a declared length the limit holds as the body streams.
+    let r = s.curl(
+        "a.test",
+        "/api/upload",
+        &[
+            "--http2",
+            "-X",
+            "POST",
+            "-H",
+            "content-length:",
+            "-T",
+            &dir.join("big").display().to_string(),
+        ],
+    );
+    assert_eq!(r.info, "2 413", "{}", r.stderr);
+    // The connection and the edge are fine afterwards.
+    assert_eq!(s.curl("a.test", "/api/after", &["--http2"]).info, "2 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wechat_login_works_over_http2_with_secure_cookies() {
+    let s = site(&[]).await;
+    let jar = temp_dir("jar").join("jar");
+    let jar = jar.to_str().unwrap();
+    let start = s.curl(
+        "a.test",
+        "/_wxedge/login?return=/pages/index/index",
+        &["--http2", "-c", jar],
+    );
+    assert_eq!(start.info, "2 302");
+    let location = start.header("location").unwrap();
+    // The callback WeChat is told to use is this HTTPS origin.
+    let callback = format!("https%3A%2F%2Fa.test%3A{}%2F_wxedge%2Fcallback", s.tls_port);
+    assert!(location.contains(&callback), "{location}");
+    assert!(start.header("set-cookie").unwrap().contains("; Secure"));
+    // The sandbox's authorize answers with the callback at once for `auto=alice`.
+    let authorize = location.replace("#wechat_redirect", "&auto=alice");
+    let r = s.curl(
+        "a.test",
+        &authorize,
+        &["--http2", "-b", jar, "-c", jar, "-L"],
+    );
+    assert_eq!(r.info, "2 200", "{}\n{}", r.head, r.stderr);
+    let cookies = std::fs::read_to_string(jar).unwrap();
+    assert!(cookies.contains("wxedge_session"), "{cookies}");
+    // The session reaches the backend as the verified identity, over HTTP/2.
+    let r = s.curl("a.test", "/api/me", &["--http2", "-b", jar]);
+    assert_eq!(r.info, "2 200");
+    let seen = s.backend.seen().pop().unwrap();
+    assert!(
+        seen.header("x-wx-openid").is_some_and(|o| !o.is_empty()),
+        "{seen:?}"
+    );
+    assert!(seen
+        .header("cookie")
+        .is_none_or(|c| !c.contains("wxedge_session")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_redirects_except_wechat_verification_and_acme() {
+    let s = site(&[]).await;
+    let r = curl_plain(s.redirect_port, "a.test:80", "/pages/index/index?x=1&y=%2F");
+    assert_eq!(r.info, "1.1 301");
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("https://a.test:{}/pages/index/index?x=1&y=%2F", s.tls_port)
+    );
+    // /api/ too: nothing but the two exceptions is served over plain HTTP there.
+    let before = s.backend.seen().len();
+    assert_eq!(
+        curl_plain(s.redirect_port, "a.test", "/api/ping").info,
+        "1.1 301"
+    );
+    assert_eq!(s.backend.seen().len(), before);
+
+    let r = curl_plain(s.redirect_port, "a.test", "/MP_verify_abc123.txt");
+    assert_eq!(r.info, "1.1 200");
+    std::fs::write(
+        s.webroot.join(".well-known/acme-challenge/tok-EN_1"),
+        "tok-EN_1.thumbprint",
+    )
+    .unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-H", "Host: a.test"])
+        .arg(format!(
+            "http://127.0.0.1:{}/.well-known/acme-challenge/tok-EN_1",
+            s.redirect_port
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tok-EN_1.thumbprint");
+    let r = curl_plain(
+        s.redirect_port,
+        "a.test",
+        "/.well-known/acme-challenge/missing",
+    );
+    assert_eq!(r.info, "1.1 404");
+    let r = curl_plain(s.redirect_port, "a.test", "/.well-known/acme-challenge/a.b");
+    assert_eq!(r.info, "1.1 404", "only token characters");
+    // The strict parser still runs first on the redirect listener.
+    let r = raw(
+        format!("127.0.0.1:{}", s.redirect_port).parse().unwrap(),
+        b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    // HSTS is not sent over plain HTTP.
+    assert!(r.header("strict-transport-security").is_none());
+}
+
+/// A TLS client config trusting the test CA, offering `alpn`.
+fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+async fn tls_after_proxy_header(
+    addr: SocketAddr,
+    ca: &Path,
+    proxy_header: &[u8],
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(proxy_header).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca, alpn));
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_before_tls_names_the_client_on_both_protocols() {
+    let proxy_port = free_port();
+    let listen = format!("127.0.0.1:{proxy_port}");
+    let s = site(&[
+        ("WXEDGE_TLS_LISTEN_PROXY_PROTOCOL", listen.as_str()),
+        ("WXEDGE_REAL_IP_TRUSTED", "127.0.0.1"),
+    ])
+    .await;
+    let addr: SocketAddr = listen.parse().unwrap();
+
+    // HTTP/1.1 over TLS, after a v1 header.
+    let mut tls = tls_after_proxy_header(
+        addr,
+        &s.pki.ca,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 443\r\n",
+        &[b"http/1.1"],
+    )
+    .await;
+    tls.write_all(b"GET /api/one HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tls.read_to_end(&mut buf).await.ok();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    let seen = s.backend.seen().pop().unwrap();
+    assert_eq!(seen.header("x-real-ip"), Some("203.0.113.9"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+
+    // HTTP/2 over TLS, after a v2 header: Pingora's HTTP/2 server sees the same client.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]); // v2 PROXY, TCP over IPv4, 12 bytes
+    v2.extend_from_slice(&[198, 51, 100, 7, 127, 0, 0, 1]);
+    v2.extend_from_slice(&[0x1f, 0x90, 0x01, 0xbb]);
+    let tls = tls_after_proxy_header(addr, &s.pki.ca, &v2, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get("https://a.test/api/two")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = s.backend.seen().pop().unwrap();
+    assert_eq!(seen.target, "/api/two");
+    assert_eq!(seen.header("x-real-ip"), Some("198.51.100.7"));
+
+    // A PROXY listener refuses connections without the header.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn a_broken_certificate_is_a_configuration_error() {
+    let dir = temp_dir("badtls");
+    make_pki(&dir);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let check = |cert: &Path, key: &Path| {
+        let (mut cmd, _) = command(
+            &[
+                ("WXEDGE_LISTEN", "127.0.0.1:1"),
+                ("WXEDGE_TLS_LISTEN", &listen),
+                ("WXEDGE_TLS_CERT", cert.to_str().unwrap()),
+                ("WXEDGE_TLS_KEY", key.to_str().unwrap()),
+            ],
+            &["-t"],
+        );
+        cmd.output().unwrap()
+    };
+    let ok = check(&dir.join("a.pem"), &dir.join("a.key"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("certificate:") && out.contains("a.test, *.w.test"),
+        "{out}"
+    );
+
+    let bad = check(&dir.join("a.pem"), &dir.join("b.key"));
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("a.pem") && err.contains("b.key"), "{err}");
+    let missing = check(&dir.join("none.pem"), &dir.join("a.key"));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("none.pem"));
+}
