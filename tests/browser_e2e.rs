@@ -91,12 +91,40 @@ fn wechat_ok_calls(metrics: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uniapp_login_bind_and_return_in_chromium() {
+    login_bind_and_return(false).await;
+}
+
+/// The same over HTTPS: Chromium trusts the test certificate by its key (the
+/// `--ignore-certificate-errors-spki-list` flag), negotiates HTTP/2, and the session cookie and
+/// the login's `redirect_uri` are HTTPS ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uniapp_login_over_https_and_http2_in_chromium() {
+    login_bind_and_return(true).await;
+}
+
+/// A certificate for 127.0.0.1 and its key in `dir`, and the base64 SHA-256 of its public key.
+fn loopback_certificate(dir: &Path) -> (String, String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let spki = ring::digest::digest(&ring::digest::SHA256, &key.public_key_der());
+    use base64::Engine;
+    let pin = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    (c.display().to_string(), k.display().to_string(), pin)
+}
+
+async fn login_bind_and_return(https: bool) {
     let e2e = driver_dir();
     let phones = Arc::new(Mutex::new(HashMap::new()));
     let backend = Backend::start_with("app", app_backend(phones.clone())).await;
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let env: Vec<(String, String)> = vec![
+    let mut env: Vec<(String, String)> = vec![
         ("WXEDGE_BACKEND".into(), backend.url()),
         ("WXEDGE_SANDBOX".into(), "true".into()),
         ("WX_APPID".into(), APPID.into()),
@@ -107,18 +135,33 @@ async fn uniapp_login_bind_and_return_in_chromium() {
         ),
         ("WXEDGE_METRICS_LISTEN".into(), metrics.clone()),
     ];
+    let tls_port = free_port();
+    let mut chromium_args = String::new();
+    if https {
+        let (cert, key, pin) = loopback_certificate(&temp_dir("e2e-tls"));
+        env.push(("WXEDGE_TLS_LISTEN".into(), format!("127.0.0.1:{tls_port}")));
+        env.push(("WXEDGE_TLS_CERT".into(), cert));
+        env.push(("WXEDGE_TLS_KEY".into(), key));
+        chromium_args = format!("--ignore-certificate-errors-spki-list={pin}");
+    }
     let edge = tokio::task::spawn_blocking(move || {
         let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         start_edge(&e)
     })
     .await
     .unwrap();
+    let origin = if https {
+        format!("https://127.0.0.1:{tls_port}")
+    } else {
+        edge.url("")
+    };
 
     let shot = temp_dir("e2e").join("home.png");
     let out = Command::new("node")
         .arg("flow.mjs")
         .current_dir(&e2e)
-        .env("EDGE", edge.url(""))
+        .env("EDGE", &origin)
+        .env("CHROMIUM_ARGS", &chromium_args)
         .env("PHONE", "13800138000")
         .env("SCREENSHOT", &shot)
         .output()
@@ -151,10 +194,31 @@ async fn uniapp_login_bind_and_return_in_chromium() {
     );
     assert_eq!(v["wechatRedirects"], 2);
     let q = v["authorizeQuery"].as_str().unwrap();
+    let redirect = if https {
+        "redirect_uri=https%3A%2F%2F127.0.0.1"
+    } else {
+        "redirect_uri=http%3A%2F%2F127.0.0.1"
+    };
     assert!(
-        q.contains(&format!("appid={APPID}")) && q.contains("redirect_uri=http%3A%2F%2F127.0.0.1"),
+        q.contains(&format!("appid={APPID}")) && q.contains(redirect),
         "{q}"
     );
+    if https {
+        // Every request of the flow came over HTTP/2 (the access log says so), the cookie is
+        // Secure, and HSTS-less HTTPS still announced itself upstream.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let log = edge.stdout();
+        let browser: Vec<&str> = log.lines().filter(|l| l.contains("wxedge-e2e")).collect();
+        assert!(browser.len() > 10, "{log}");
+        assert!(browser.iter().all(|l| l.contains(" HTTP/2.0\" ")), "{log}");
+        let me = backend
+            .seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.target.starts_with("/api/"))
+            .unwrap();
+        assert_eq!(me.header("x-forwarded-proto"), Some("https"));
+    }
     let session = v["cookies"]
         .as_array()
         .unwrap()
@@ -165,6 +229,7 @@ async fn uniapp_login_bind_and_return_in_chromium() {
         (session["httpOnly"].as_bool(), session["sameSite"].as_str()),
         (Some(true), Some("Lax"))
     );
+    assert_eq!(session["secure"].as_bool(), Some(true));
 
     // The backend never saw the session cookie nor a code it had to redeem itself.
     for s in backend.seen() {

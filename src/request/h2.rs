@@ -79,7 +79,9 @@ mod tests {
     use super::*;
 
     fn h2(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build(method, uri.as_bytes(), None).unwrap();
+        let mut r = RequestHeader::build(method, b"/", None).unwrap();
+        // As the h2 crate makes it from :scheme, :authority and :path.
+        r.set_uri(uri.parse().unwrap());
         r.set_version(http::Version::HTTP_2);
         for (k, v) in headers {
             r.append_header(k.to_string(), *v).unwrap();

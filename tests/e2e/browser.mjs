@@ -7,7 +7,9 @@ export async function launch() {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
+      '--disable-component-update', '--disable-sync',
+      // e.g. --ignore-certificate-errors-spki-list=<pin>: trust the HTTPS test's own certificate.
+      ...(process.env.CHROMIUM_ARGS || '').split(' ').filter(Boolean)],
   });
 }
 
