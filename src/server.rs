@@ -262,6 +262,7 @@ pub fn main(cli: Cli) -> i32 {
             &server.configuration,
             MetricsEndpoint {
                 public_ports: config.listen.iter().map(|a| a.port()).collect(),
+                revocations: auth.revocations(),
             },
             "wxedge-metrics",
         );
