@@ -580,6 +580,31 @@ mod tests {
     }
 
     #[test]
+    fn sessions_have_ids_and_older_cookies_get_a_stable_one() {
+        let c = codec();
+        let (a, set_a) = c.issue(&alice(), NOW);
+        let (b, _) = c.issue(&alice(), NOW);
+        assert_ne!(a.id, b.id, "two logins of one person are two sessions");
+        assert_eq!(a.id.len(), 24);
+        let opened = c
+            .open_from_cookie_header(&[cookie_of(&set_a).as_str()], NOW + 1)
+            .unwrap();
+        assert_eq!(opened.id, a.id);
+        // A cookie sealed before sessions had ids.
+        let old = seal_value(
+            c.keys.sealing(),
+            DEFAULT_COOKIE_NAME,
+            r#"{"v":1,"o":"oOld","s":"snsapi_base","i":1700000000,"e":1700600000}"#,
+        );
+        let header = format!("{DEFAULT_COOKIE_NAME}={old}");
+        let first = c.open_from_cookie_header(&[header.as_str()], NOW).unwrap();
+        let again = c.open_from_cookie_header(&[header.as_str()], NOW).unwrap();
+        assert!(first.id.starts_with("legacy-"), "{}", first.id);
+        assert_eq!(first.id, again.id);
+        assert_eq!(first.identity.openid, "oOld");
+    }
+
+    #[test]
     fn key_rotation() {
         let old = "o".repeat(32);
         let new = "n".repeat(32);

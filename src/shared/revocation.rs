@@ -30,6 +30,9 @@ const LOCAL_MAX: usize = 50_000;
 /// Longest openid accepted by the admin endpoint (WeChat's are 28 characters).
 const MAX_OPENID_LEN: usize = 128;
 
+/// What `MGET` finds: the openid's revocation second, the session's own mark.
+type Marks = (Option<u64>, Option<String>);
+
 #[derive(Clone, Copy)]
 struct Verdict {
     revoked: bool,
@@ -104,9 +107,7 @@ impl Revocations {
             .arg(openid_key(&s.identity.openid))
             .arg(session_key(&s.id))
             .clone();
-        let answer: Result<((Option<u64>, Option<String>),), Trouble> =
-            self.redis.query("revocation_check", pipe).await;
-        match answer {
+        match self.redis.query::<(Marks,)>("revocation_check", pipe).await {
             Ok(((all_before, this),)) => {
                 let revoked = this.is_some() || all_before.is_some_and(|t| s.issued_at <= t);
                 let until = if revoked {
