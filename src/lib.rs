@@ -17,6 +17,7 @@ pub mod request;
 pub(crate) mod route;
 pub mod server;
 pub mod session;
+pub(crate) mod shared;
 pub mod static_files;
 pub(crate) mod tls;
 pub(crate) mod wechat;

@@ -308,6 +308,7 @@ pub fn main(cli: Cli) -> i32 {
             &server.configuration,
             MetricsEndpoint {
                 public_ports: config.public_listeners().map(|a| a.port()).collect(),
+                revocations: auth.revocations(),
             },
             "wxedge-metrics",
         );

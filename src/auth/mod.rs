@@ -23,6 +23,7 @@ use crate::session::{
     looks_like_login_state, now_unix, safe_return_path, Identity, Session, SessionCodec,
     SessionKeys,
 };
+use crate::shared::{Redis, RedisCodeCache, Revocations};
 use crate::wechat::{
     authorize_url, CodeExchanger, ExchangeError, ExchangerConfig, MemoryCodeCache, Obtained,
     Sandbox, SandboxConfig, WechatClient, WechatClientConfig,
@@ -136,6 +137,10 @@ struct Login {
     provider: Provider,
     codec: SessionCodec,
     exchanger: Arc<CodeExchanger>,
+    /// Revoked sessions, with `redis_url` (without it a session is valid until it expires).
+    revocations: Option<Arc<Revocations>>,
+    /// `host:port` of the shared Redis, for the start-up log.
+    redis_addr: Option<String>,
     sandbox: Option<Sandbox>,
     header_names: Vec<(HeaderName, Field)>,
     callback_paths: Vec<String>,
@@ -232,6 +237,9 @@ impl Login {
             (true, true) => "/_wxedge/sandbox".into(),
             (true, false) => "https://open.weixin.qq.com".into(),
         };
+        if !config.settings.redis_url.is_empty() && s.keys.is_empty() {
+            return Err("redis_url (WXEDGE_REDIS_URL) needs session.keys (WXEDGE_SESSION_KEY): replicas must share the key that seals sessions and the shared code cache".into());
+        }
         let keys = if s.keys.is_empty() {
             log::warn!(
                 "session: no WXEDGE_SESSION_KEY: a random key is used, so sessions end with this process and are not shared between replicas"
@@ -254,11 +262,29 @@ impl Login {
             total_timeout: Duration::from_millis(w.timeout_ms),
         })
         .map_err(|e| format!("wechat: {e}"))?;
-        let exchanger = CodeExchanger::new(
+        let mut exchanger = CodeExchanger::new(
             Arc::new(client),
             Arc::new(MemoryCodeCache::default()),
             ExchangerConfig::default(),
         );
+        let (mut revocations, mut redis_addr) = (None, None);
+        if !config.settings.redis_url.is_empty() {
+            let redis = Redis::new(
+                &config.settings.redis_url,
+                Duration::from_millis(config.settings.redis_timeout_ms),
+            )
+            .map(Arc::new)
+            .map_err(|e| format!("redis_url: {e}"))?;
+            // A redemption is one exchange and one userinfo call, each bounded by timeout_ms.
+            let lock_ttl = Duration::from_millis(2 * w.timeout_ms + 1000);
+            let shared = RedisCodeCache::new(redis.clone(), codec.keys().clone(), lock_ttl);
+            exchanger = exchanger.with_shared(Arc::new(shared));
+            redis_addr = Some(redis.addr().to_string());
+            revocations = Some(Arc::new(Revocations::new(
+                redis,
+                Duration::from_secs(s.lifetime_seconds),
+            )));
+        }
         let sandbox = sandbox_on.then(|| {
             Sandbox::new(SandboxConfig {
                 appid: appid.clone(),
@@ -288,6 +314,8 @@ impl Login {
             },
             codec,
             exchanger: Arc::new(exchanger),
+            revocations,
+            redis_addr,
             sandbox,
             header_names,
             callback_paths: w.callback_paths.clone(),
@@ -324,7 +352,22 @@ impl Login {
                 self.frontend_states.join(", ")
             }
         ));
+        lines.push(match &self.redis_addr {
+            Some(addr) => format!(
+                "shared: Redis at {addr} (code cache across replicas, session revocation)"
+            ),
+            None => "shared: none (no redis_url): codes are cached per replica, logout clears only the browser's cookie".into(),
+        });
         lines
+    }
+
+    /// The session the request's cookies carry, unless it was revoked (on any replica).
+    async fn open_session(&self, cookies: &[&[u8]], now: u64) -> Option<Session> {
+        let s = self.codec.open_from_cookie_header(cookies, now)?;
+        match &self.revocations {
+            Some(r) if r.is_revoked(&s).await => None,
+            _ => Some(s),
+        }
     }
 
     fn exchanger(&self) -> Arc<CodeExchanger> {
@@ -472,7 +515,7 @@ impl Login {
             }
         }
 
-        let mut current = self.codec.open_from_cookie_header(&req.cookies, now);
+        let mut current = self.open_session(&req.cookies, now).await;
         if !proxied && self.is_callback_page(req) {
             if let Some(reply) = self.intercept_callback(req, &mut current, now, out).await {
                 return AuthAction::Answer(reply);
@@ -646,7 +689,7 @@ impl Login {
         }
         Some(match rest {
             "session" => {
-                let s = self.codec.open_from_cookie_header(&req.cookies, now);
+                let s = self.open_session(&req.cookies, now).await;
                 let body = match &s {
                     Some(s) => serde_json::json!({
                         "authenticated": true,
@@ -663,6 +706,12 @@ impl Login {
                 Reply::json(200, Bytes::from(body.to_string()))
             }
             "logout" => {
+                let current = self.codec.open_from_cookie_header(&req.cookies, now);
+                if let (Some(r), Some(s)) = (&self.revocations, current) {
+                    // Refused by every replica from now on: a copy of the cookie is worthless.
+                    // Without Redis only this replica refuses it (the client logs and counts that).
+                    let _ = r.revoke_session(&s).await;
+                }
                 out.push(self.codec.clear_cookie_header());
                 let to = query_param(req.query, "return")
                     .and_then(|r| safe_return_path(&r))
@@ -813,17 +862,22 @@ impl Auth {
 
     /// Who is calling a proxied path, from the request's `Cookie` headers alone: the same
     /// answer `request_filter` gives for a proxied request that is not a callback.
-    pub fn proxy_identity(&self, cookies: &[&[u8]]) -> ForwardedIdentity {
+    pub async fn proxy_identity(&self, cookies: &[&[u8]]) -> ForwardedIdentity {
         let Some(l) = &self.login else {
             return ForwardedIdentity::default();
         };
-        let current = l.codec.open_from_cookie_header(cookies, now_unix());
+        let current = l.open_session(cookies, now_unix()).await;
         let (headers, upstream_cookie) = l.upstream_view(current.as_ref(), cookies, true);
         ForwardedIdentity {
             authenticated: current.is_some(),
             headers,
             upstream_cookie,
         }
+    }
+
+    /// Session revocation, for the private listener's admin endpoint (with `redis_url`).
+    pub fn revocations(&self) -> Option<Arc<Revocations>> {
+        self.login.as_ref().and_then(|l| l.revocations.clone())
     }
 
     /// Whether `path` is one the backend only gets with a session (`require_session`).

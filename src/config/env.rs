@@ -272,6 +272,12 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_SHORT_PATH", |s, n, v| {
         Ok(s.ops.short_path = boolean(n, v)?)
     }),
+    ("WXEDGE_REDIS_URL", |s, _, v| {
+        Ok(s.redis_url = v.trim().into())
+    }),
+    ("WXEDGE_REDIS_TIMEOUT_MS", |s, n, v| {
+        Ok(s.redis_timeout_ms = number(n, v)?)
+    }),
 ];
 
 /// Pingora server keys settable from the environment: (variable, YAML key, is a number).

@@ -50,6 +50,10 @@ pub struct Settings {
     pub wechat: WechatSettings,
     pub session: SessionSettings,
     pub ops: OpsSettings,
+    /// Redis shared by the replicas (code cache, session revocation); empty = none.
+    pub redis_url: String,
+    /// Bound of one Redis operation; past it the edge goes on without Redis.
+    pub redis_timeout_ms: u64,
 }
 
 /// nginx's `listen 443 ssl http2`, `ssl_certificate`, and the port-80 server that redirects.
@@ -294,6 +298,8 @@ impl Default for Settings {
                 identity_headers: IdentityHeaderNames::default(),
             },
             ops: OpsSettings::default(),
+            redis_url: String::new(),
+            redis_timeout_ms: 50,
         }
     }
 }
@@ -755,6 +761,7 @@ fn validate(
             settings.ops.client_body_timeout_ms,
         ),
         ("ops.send_timeout_ms", settings.ops.send_timeout_ms),
+        ("redis_timeout_ms", settings.redis_timeout_ms),
         (
             "ops.keepalive_timeout_seconds",
             settings.ops.keepalive_timeout_seconds,

@@ -572,7 +572,7 @@ impl Front {
         keep_alive: bool,
     ) -> Option<Turn> {
         let edge = &self.edge;
-        let identity = edge.auth.proxy_identity(&req.cookies());
+        let identity = edge.auth.proxy_identity(&req.cookies()).await;
         if !identity.authenticated && edge.auth.requires_session(&req.path) {
             return None;
         }

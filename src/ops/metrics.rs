@@ -34,6 +34,18 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// TLS handshakes that failed or did not finish within the header deadline.
     pub tls_handshake_failures: IntCounter,
+    /// Codes answered from the replicas' shared cache (another replica had redeemed them).
+    pub shared_code_hits: IntCounter,
+    /// Codes whose outcome this replica waited for while another replica redeemed them.
+    pub shared_code_waits: IntCounter,
+    /// Requests that went on without the shared state (Redis trouble), by what: code_cache, revocation.
+    pub shared_fallbacks: IntCounterVec,
+    /// Failed Redis operations by operation and kind (timeout, connection, answer, paused).
+    pub redis_errors: IntCounterVec,
+    /// Redis round trips by operation.
+    pub redis_duration: HistogramVec,
+    /// Requests whose session was refused because it had been revoked.
+    pub revoked_sessions_refused: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -75,6 +87,19 @@ impl Metrics {
         )
         .expect("static");
         r.register(Box::new(connections.clone()))
+            .expect("unique metric name");
+        let redis_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "wxedge_redis_duration_seconds",
+                "Redis operations, answered or not, by operation",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+            &["op"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(redis_duration.clone()))
             .expect("unique metric name");
         Metrics {
             requests: counter_vec(
@@ -126,6 +151,34 @@ impl Metrics {
                 &r,
                 "wxedge_access_log_dropped_lines_total",
                 "Access-log lines dropped because the log could not keep up",
+            ),
+            shared_code_hits: counter(
+                &r,
+                "wxedge_shared_code_cache_hits_total",
+                "Codes answered from the replicas' shared cache",
+            ),
+            shared_code_waits: counter(
+                &r,
+                "wxedge_shared_code_waits_total",
+                "Codes whose outcome this replica waited for while another one redeemed them",
+            ),
+            shared_fallbacks: counter_vec(
+                &r,
+                "wxedge_shared_fallbacks_total",
+                "Requests that went on without the shared state because of Redis trouble",
+                &["what"],
+            ),
+            redis_errors: counter_vec(
+                &r,
+                "wxedge_redis_errors_total",
+                "Failed Redis operations by operation and kind",
+                &["op", "kind"],
+            ),
+            redis_duration,
+            revoked_sessions_refused: counter(
+                &r,
+                "wxedge_revoked_sessions_refused_total",
+                "Requests whose session had been revoked",
             ),
             in_flight,
             connections,
@@ -210,10 +263,13 @@ pub fn status_label(s: u16) -> &'static str {
     }
 }
 
-/// The metrics listener: `GET /metrics` in Prometheus text format, nothing else.
+/// The metrics listener: `GET /metrics` in Prometheus text format, and (private like it)
+/// `POST /admin/revoke?openid=…`.
 pub struct MetricsEndpoint {
     /// The public listeners' ports, for `wxedge_active_connections`.
     pub public_ports: Vec<u16>,
+    /// Session revocation for `/admin/revoke` (with `redis_url`).
+    pub revocations: Option<std::sync::Arc<crate::shared::Revocations>>,
 }
 
 #[async_trait::async_trait]
@@ -227,7 +283,23 @@ impl pingora_proxy::ProxyHttp for MetricsEndpoint {
         session: &mut pingora_proxy::Session,
         _ctx: &mut (),
     ) -> pingora::Result<bool> {
-        let (status, body) = if session.req_header().uri.path() == "/metrics" {
+        let path = session.req_header().uri.path();
+        if path == "/admin/revoke" {
+            let method = session.req_header().method.as_str().to_string();
+            let query = session.req_header().uri.query().map(str::to_string);
+            let (status, body) =
+                crate::shared::admin_revoke(self.revocations.as_deref(), &method, query.as_deref())
+                    .await;
+            let mut resp = pingora::http::ResponseHeader::build(status, Some(3))?;
+            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+            resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session
+                .write_response_body(Some(bytes::Bytes::from(body)), true)
+                .await?;
+            return Ok(true);
+        }
+        let (status, body) = if path == "/metrics" {
             if let Some(n) = established_connections(&self.public_ports) {
                 METRICS.connections.set(n);
             }

@@ -44,6 +44,8 @@ pub struct Identity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     pub identity: Identity,
+    /// Names this session (not the person) for revocation: random, fixed when it is issued.
+    pub id: String,
     pub issued_at: u64,
     pub expires_at: u64,
 }
@@ -64,6 +66,9 @@ struct Payload {
     a: Option<String>,
     i: u64,
     e: u64,
+    /// The session id; cookies sealed before it existed have none (see [`legacy_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<String>,
 }
 
 const PAYLOAD_VERSION: u8 = 1;
@@ -138,6 +143,7 @@ impl SessionCodec {
     pub fn seal(&self, identity: &Identity, now: u64) -> (Session, String) {
         let session = Session {
             identity: cap_identity(identity),
+            id: super::random_hex(12),
             issued_at: now,
             expires_at: now.saturating_add(self.lifetime.as_secs()),
         };
@@ -196,6 +202,7 @@ impl SessionCodec {
                     nickname: p.n.clone(),
                     avatar: p.a.clone(),
                 },
+                id: p.d.clone().unwrap_or_else(|| legacy_id(&p.o, p.i)),
                 issued_at: p.i,
                 expires_at: p.e,
             });
@@ -259,6 +266,7 @@ impl SessionCodec {
             a: s.identity.avatar.clone(),
             i: s.issued_at,
             e: s.expires_at,
+            d: Some(s.id.clone()),
         };
         let json = serde_json::to_string(&p).expect("payload serializes");
         seal_value(self.keys.sealing(), &self.cookie_name, &json)
@@ -277,6 +285,13 @@ impl SessionCodec {
             if self.secure { "; Secure" } else { "" }
         )
     }
+}
+
+/// The id of a session sealed before sessions had one: its openid and issue time (two such
+/// sessions of one person issued in the same second share it).
+fn legacy_id(openid: &str, issued_at: u64) -> String {
+    let h = xxhash_rust::xxh3::xxh3_128_with_seed(openid.as_bytes(), issued_at);
+    format!("legacy-{h:032x}")
 }
 
 /// Values of the cookies called `name` in the given `Cookie` header values: UTF-8, at most
@@ -562,6 +577,31 @@ mod tests {
         assert!(shorter
             .open_from_cookie_header(&[h.as_str()], NOW + 50)
             .is_none());
+    }
+
+    #[test]
+    fn sessions_have_ids_and_older_cookies_get_a_stable_one() {
+        let c = codec();
+        let (a, set_a) = c.issue(&alice(), NOW);
+        let (b, _) = c.issue(&alice(), NOW);
+        assert_ne!(a.id, b.id, "two logins of one person are two sessions");
+        assert_eq!(a.id.len(), 24);
+        let opened = c
+            .open_from_cookie_header(&[cookie_of(&set_a).as_str()], NOW + 1)
+            .unwrap();
+        assert_eq!(opened.id, a.id);
+        // A cookie sealed before sessions had ids.
+        let old = seal_value(
+            c.keys.sealing(),
+            DEFAULT_COOKIE_NAME,
+            r#"{"v":1,"o":"oOld","s":"snsapi_base","i":1700000000,"e":1700600000}"#,
+        );
+        let header = format!("{DEFAULT_COOKIE_NAME}={old}");
+        let first = c.open_from_cookie_header(&[header.as_str()], NOW).unwrap();
+        let again = c.open_from_cookie_header(&[header.as_str()], NOW).unwrap();
+        assert!(first.id.starts_with("legacy-"), "{}", first.id);
+        assert_eq!(first.id, again.id);
+        assert_eq!(first.identity.openid, "oOld");
     }
 
     #[test]

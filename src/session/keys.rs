@@ -74,6 +74,18 @@ impl SessionKeys {
     pub(crate) fn all(&self) -> &[Key] {
         &self.keys
     }
+
+    /// Seals `plaintext` for `purpose` with the sealing key (AES-256-GCM; `purpose` is bound
+    /// as associated data, so a value sealed for one purpose never opens as another, nor as a
+    /// cookie: purposes contain a `.`, which cookie names here cannot).
+    pub(crate) fn seal(&self, purpose: &str, plaintext: &str) -> String {
+        super::codec::seal_value(self.sealing(), purpose, plaintext)
+    }
+
+    /// Opens what [`seal`](Self::seal) made, under any of the keys.
+    pub(crate) fn open(&self, purpose: &str, value: &str) -> Option<String> {
+        super::codec::open_value(self.all(), purpose, value)
+    }
 }
 
 /// Splits a configured key list (env var or key file) into secrets: one per line or

@@ -40,12 +40,45 @@ impl Exchanged {
 /// What redeeming a code produced.
 pub type ExchangeOutcome = Result<Exchanged, ExchangeError>;
 
-/// A cache of outcomes by code. The in-memory [`MemoryCodeCache`] is per process; a shared
-/// implementation (Redis, …) can be plugged in for several edge instances.
+/// A cache of outcomes by code. The in-memory [`MemoryCodeCache`] is per process; a shared one
+/// (`shared::RedisCodeCache`) also coordinates several edge replicas through
+/// [`claim`](CodeCache::claim) and [`release`](CodeCache::release), so that one code reaches
+/// WeChat once whichever replicas its loads land on.
 #[async_trait]
 pub trait CodeCache: Send + Sync {
     async fn get(&self, code: &str) -> Option<Arc<ExchangeOutcome>>;
     async fn put(&self, code: &str, v: Arc<ExchangeOutcome>, ttl: Duration);
+
+    /// Before this process redeems `code` at WeChat: the outcome, if another process has it
+    /// (having waited for it, when one is redeeming it now), or the go-ahead, which a shared
+    /// cache backs with a lock until [`release`](CodeCache::release).
+    async fn claim(&self, code: &str) -> Claim {
+        match self.get(code).await {
+            Some(v) => Claim::Done(v, Obtained::Cached),
+            None => Claim::Redeem,
+        }
+    }
+
+    /// After a [`Claim::Redeem`]: keep the outcome for `ttl` (`None`: not cached, the next
+    /// caller asks WeChat again) and let the others go on.
+    async fn release(&self, code: &str, v: Arc<ExchangeOutcome>, ttl: Option<Duration>) {
+        if let Some(ttl) = ttl {
+            self.put(code, v, ttl).await
+        }
+    }
+}
+
+/// What [`CodeCache::claim`] decided.
+#[derive(Debug)]
+pub enum Claim {
+    /// Redeem it here, then [`CodeCache::release`].
+    Redeem,
+    /// Another process redeemed it: `Cached` when it was there already, `Joined` when this
+    /// one waited for it.
+    Done(Arc<ExchangeOutcome>, Obtained),
+    /// The cache cannot coordinate right now (it said why in its log and metrics): redeem it
+    /// here, as a lone process would, and do not release.
+    Unavailable,
 }
 
 struct MemEntry {
@@ -208,7 +241,10 @@ type Inflight = Arc<Mutex<HashMap<String, (u64, watch::Receiver<Slot>)>>>;
 /// Redeems codes once: single-flight + cache.
 pub struct CodeExchanger {
     client: Arc<WechatClient>,
+    /// This process's cache, asked first.
     cache: Arc<dyn CodeCache>,
+    /// The replicas' shared cache, asked on a miss (None: one replica alone).
+    shared: Option<Arc<dyn CodeCache>>,
     cfg: ExchangerConfig,
     inflight: Inflight,
     next_id: std::sync::atomic::AtomicU64,
@@ -219,10 +255,17 @@ impl CodeExchanger {
         CodeExchanger {
             client,
             cache,
+            shared: None,
             cfg,
             inflight: Arc::new(Mutex::new(HashMap::new())),
             next_id: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// Coordinates with other replicas through `shared` (a miss in this process's cache asks it).
+    pub fn with_shared(mut self, shared: Arc<dyn CodeCache>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Codes with a WeChat call in flight right now (a gauge).
@@ -306,6 +349,7 @@ impl CodeExchanger {
     fn spawn_exchange(&self, code: String, id: u64, tx: watch::Sender<Slot>) {
         let client = self.client.clone();
         let cache = self.cache.clone();
+        let shared = self.shared.clone();
         let cfg = self.cfg.clone();
         let inflight = self.inflight.clone();
         tokio::spawn(async move {
@@ -320,11 +364,11 @@ impl CodeExchanger {
             let slot = if let Some(v) = cache.get(&code).await {
                 (v, Obtained::Cached)
             } else {
-                let outcome = Arc::new(exchange(&client, &code, cfg.fetch_userinfo).await);
+                let (outcome, how) = redeem_once(&client, shared.as_deref(), &code, &cfg).await;
                 if let Some(ttl) = cache_ttl(&outcome, &cfg) {
                     cache.put(&code, outcome.clone(), ttl).await;
                 }
-                (outcome, Obtained::Fresh)
+                (outcome, how)
             };
             let _ = tx.send(Some(slot));
         });
@@ -345,6 +389,29 @@ impl Drop for InflightGuard {
             }
         }
     }
+}
+
+/// The outcome for `code` from the replicas' shared cache (another replica redeemed it), or
+/// from WeChat.
+async fn redeem_once(
+    client: &WechatClient,
+    shared: Option<&dyn CodeCache>,
+    code: &str,
+    cfg: &ExchangerConfig,
+) -> (Arc<ExchangeOutcome>, Obtained) {
+    let claim = match shared {
+        Some(s) => s.claim(code).await,
+        None => Claim::Unavailable,
+    };
+    if let Claim::Done(v, how) = claim {
+        return (v, how);
+    }
+    let outcome = Arc::new(exchange(client, code, cfg.fetch_userinfo).await);
+    if let (Some(s), Claim::Redeem) = (shared, claim) {
+        s.release(code, outcome.clone(), cache_ttl(&outcome, cfg))
+            .await;
+    }
+    (outcome, Obtained::Fresh)
 }
 
 async fn exchange(client: &WechatClient, code: &str, fetch_userinfo: bool) -> ExchangeOutcome {

@@ -11,5 +11,9 @@ pub mod sandbox;
 pub(crate) mod testserver;
 
 pub use client::{authorize_url, ExchangeError, WechatClient, WechatClientConfig};
-pub use code_cache::{CodeExchanger, ExchangerConfig, MemoryCodeCache, Obtained};
+pub use client::{TokenAnswer, UserInfo};
+pub use code_cache::{
+    Claim, CodeCache, CodeExchanger, ExchangeOutcome, Exchanged, ExchangerConfig, MemoryCodeCache,
+    Obtained,
+};
 pub use sandbox::{Sandbox, SandboxConfig};

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 pub mod nginx;
+pub mod redis_server;
 pub mod wechat;
 
 pub fn free_port() -> u16 {

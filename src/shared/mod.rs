@@ -1,0 +1,17 @@
+//! State the replicas share through Redis (`redis_url`; off by default: one replica needs
+//! nothing shared, sessions being sealed cookies):
+//!
+//! * [`RedisCodeCache`]: the OAuth code cache and its single-flight across replicas, so that
+//!   the loads of one code reach WeChat once whichever replicas they land on;
+//! * [`Revocations`]: logout and the admin revocation, refused on every replica.
+//!
+//! Redis trouble never breaks a login: every operation is bounded and falls back to what this
+//! replica knows ([`client`]).
+
+pub mod client;
+pub mod codes;
+pub mod revocation;
+
+pub use client::Redis;
+pub use codes::RedisCodeCache;
+pub use revocation::{admin_revoke, Revocations};
