@@ -160,7 +160,7 @@ pub struct ProxySettings {
     pub drop_underscore_headers: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WechatSettings {
     /// The login at the edge; off leaves only static files and the proxy (identity headers are
@@ -191,7 +191,7 @@ pub struct WechatSettings {
     pub compat_listen: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionSettings {
     pub cookie_name: String,
@@ -282,24 +282,48 @@ impl Default for Settings {
             mp_verify: vec![],
             static_files: StaticSettings::default(),
             proxy: ProxySettings::default(),
-            wechat: WechatSettings {
-                enabled: true,
-                scope: "snsapi_base".into(),
-                connect_timeout_ms: 2_000,
-                timeout_ms: 5_000,
-                ..Default::default()
-            },
-            session: SessionSettings {
-                cookie_name: "wxedge_session".into(),
-                keys: vec![],
-                lifetime_seconds: 7 * 24 * 3600,
-                cookie_secure: true,
-                require_session: vec![],
-                identity_headers: IdentityHeaderNames::default(),
-            },
+            wechat: WechatSettings::default(),
+            session: SessionSettings::default(),
             ops: OpsSettings::default(),
             redis_url: String::new(),
             redis_timeout_ms: 50,
+        }
+    }
+}
+
+// Written out, not derived: a file with a partial `wechat:` or `session:` section keeps the
+// defaults of the keys it leaves out (a derived default would turn the login off, with zero
+// timeouts, and leave the cookie without a name).
+impl Default for WechatSettings {
+    fn default() -> Self {
+        WechatSettings {
+            enabled: true,
+            appid: String::new(),
+            secret: String::new(),
+            api_base: String::new(),
+            open_base: String::new(),
+            scope: "snsapi_base".into(),
+            sandbox: None,
+            connect_timeout_ms: 2_000,
+            timeout_ms: 5_000,
+            sandbox_latency_ms: 0,
+            callback_paths: vec![],
+            frontend_states: vec![],
+            public_url: String::new(),
+            compat_listen: String::new(),
+        }
+    }
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            cookie_name: "wxedge_session".into(),
+            keys: vec![],
+            lifetime_seconds: 7 * 24 * 3600,
+            cookie_secure: true,
+            require_session: vec![],
+            identity_headers: IdentityHeaderNames::default(),
         }
     }
 }
@@ -807,6 +831,23 @@ mod tests {
         let (yaml, s) = parse_file("threads: 3\nwxedge:\n  mp_verify: [abc]\n").unwrap();
         assert_eq!(ServerConf::from_yaml(&yaml).unwrap().threads, 3);
         assert_eq!(s.mp_verify, vec!["abc"]);
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_defaults_of_what_it_leaves_out() {
+        let (_, s) = parse_file(
+            "wxedge:\n  wechat:\n    appid: wx1\n  session:\n    lifetime_seconds: 60\n  tls:\n    hsts: max-age=1\n",
+        )
+        .unwrap();
+        let d = Settings::default();
+        assert_eq!(s.wechat.appid, "wx1");
+        assert!(s.wechat.enabled);
+        assert_eq!(s.wechat.timeout_ms, d.wechat.timeout_ms);
+        assert_eq!(s.wechat.scope, "snsapi_base");
+        assert_eq!(s.session.lifetime_seconds, 60);
+        assert_eq!(s.session.cookie_name, d.session.cookie_name);
+        assert!(s.session.cookie_secure);
+        assert!(s.tls.http2);
     }
 
     #[test]
