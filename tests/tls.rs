@@ -621,6 +621,7 @@ async fn proxy_protocol_before_tls_names_the_client_on_both_protocols() {
     let s = site(&[
         ("WXEDGE_TLS_LISTEN_PROXY_PROTOCOL", listen.as_str()),
         ("WXEDGE_REAL_IP_TRUSTED", "127.0.0.1"),
+        ("WXEDGE_KEEPALIVE_TIMEOUT_SECONDS", "1"),
     ])
     .await;
     let addr: SocketAddr = listen.parse().unwrap();
@@ -666,6 +667,22 @@ async fn proxy_protocol_before_tls_names_the_client_on_both_protocols() {
     let seen = s.backend.seen().pop().unwrap();
     assert_eq!(seen.target, "/api/two");
     assert_eq!(seen.header("x-real-ip"), Some("198.51.100.7"));
+
+    // An idle HTTP/2 connection is closed after the keep-alive timeout (1 s here).
+    let tls = tls_after_proxy_header(addr, &s.pki.ca, &v2, &[b"h2"]).await;
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get("https://a.test/_wxedge/healthz")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), driver).await;
+    assert!(
+        closed.is_ok(),
+        "the idle HTTP/2 connection is still open after 5 s"
+    );
 
     // A PROXY listener refuses connections without the header.
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -73,7 +73,13 @@ const MAX_HOPS: u8 = 3;
 
 impl Front {
     pub fn new(edge: Edge, conf: &Arc<pingora::server::configuration::ServerConf>) -> Front {
-        let pingora = Arc::new(pingora_proxy::http_proxy(conf, edge.clone()));
+        let mut pingora = pingora_proxy::http_proxy(conf, edge.clone());
+        // An idle HTTP/2 connection closes after the keep-alive timeout, as HTTP/1 ones do
+        // (nginx: keepalive_timeout); Pingora keeps them forever by default.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(edge.limits.keepalive);
+        pingora.server_options = Some(options);
+        let pingora = Arc::new(pingora);
         Front {
             edge,
             pingora,
