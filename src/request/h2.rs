@@ -100,7 +100,8 @@ mod tests {
 
     #[test]
     fn refuses_what_http1_refuses() {
-        let cases: &[(&str, &str, &[(&str, &str)], u16)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+        let cases: &[Case] = &[
             ("GET", "https://a.example/a/%2e%2e/%2e%2e/etc", &[], 400),
             ("GET", "https://a.example/api%2fx", &[], 400),
             ("GET", "https://a.example/x/..;/y", &[], 400),
