@@ -180,9 +180,8 @@ impl Front {
             .and_then(|d| d.local_addr().cloned())
             .and_then(|a| a.as_inet().copied());
         let mut closing = shutdown.clone();
-        let on = |listeners: &[std::net::SocketAddr]| {
-            local.is_some_and(|l| proxy_protocol::expected(listeners, l))
-        };
+        let on =
+            |listeners: &[std::net::SocketAddr]| local.is_some_and(|l| arrived_on(listeners, l));
         let https = self.edge.https.as_ref().filter(|h| on(&h.listeners));
         let mut conn = Conn {
             buf: BytesMut::with_capacity(4096),
@@ -789,6 +788,15 @@ impl Front {
     }
 }
 
+/// Whether a connection accepted at `local` came in through one of `listeners` (which may
+/// listen on an unspecified address): how the front door tells plain, PROXY protocol, HTTPS
+/// and redirect listeners apart.
+fn arrived_on(listeners: &[std::net::SocketAddr], local: std::net::SocketAddr) -> bool {
+    listeners
+        .iter()
+        .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+}
+
 /// `host` of `host[:port]` (an IPv6 literal keeps its brackets).
 fn host_without_port(h: &str) -> &str {
     match h.rfind(':') {
@@ -870,6 +878,26 @@ fn rewritten(req: &Request<'_, '_>, body: &[u8], upgrade: bool) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listeners_match_by_port_and_address() {
+        let l: Vec<std::net::SocketAddr> = vec![
+            "0.0.0.0:8443".parse().unwrap(),
+            "127.0.0.2:81".parse().unwrap(),
+        ];
+        assert!(arrived_on(&l, "10.1.1.1:8443".parse().unwrap()));
+        assert!(arrived_on(&l, "127.0.0.2:81".parse().unwrap()));
+        assert!(!arrived_on(&l, "127.0.0.1:81".parse().unwrap()));
+        assert!(!arrived_on(&l, "10.1.1.1:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn redirect_hosts_lose_their_port_only() {
+        assert_eq!(host_without_port("a.test:8080"), "a.test");
+        assert_eq!(host_without_port("a.test"), "a.test");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+    }
 
     #[test]
     fn pingoras_path_gets_one_framing() {

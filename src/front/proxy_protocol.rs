@@ -13,13 +13,6 @@ use tokio::io::AsyncReadExt;
 /// are bounded here (a load balancer's TLVs are small).
 const MAX_HEADER: usize = 16 + 1024;
 
-/// Whether a connection accepted at `local` comes through a PROXY-protocol listener.
-pub fn expected(listeners: &[SocketAddr], local: SocketAddr) -> bool {
-    listeners
-        .iter()
-        .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
-}
-
 /// Read the header at the start of `buf` (reading more from `stream` until `deadline`) and
 /// remove it; the source address it names (`None`: `LOCAL`/`UNKNOWN`, a health check).
 pub async fn read_header(
@@ -89,21 +82,4 @@ pub fn set_peer(stream: &mut Stream, source: SocketAddr) {
         let _ = digest.local_addr.set(Some(local));
     }
     stream.set_socket_digest(digest);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listeners_match_by_port_and_address() {
-        let l: Vec<SocketAddr> = vec![
-            "0.0.0.0:8443".parse().unwrap(),
-            "127.0.0.2:81".parse().unwrap(),
-        ];
-        assert!(expected(&l, "10.1.1.1:8443".parse().unwrap()));
-        assert!(expected(&l, "127.0.0.2:81".parse().unwrap()));
-        assert!(!expected(&l, "127.0.0.1:81".parse().unwrap()));
-        assert!(!expected(&l, "10.1.1.1:80".parse().unwrap()));
-    }
 }
