@@ -31,14 +31,14 @@ impl SessionKeys {
     /// Errors name the secret by position and length only, never by content.
     pub fn from_secrets(secrets: &[String]) -> Result<Self, String> {
         if secrets.is_empty() {
-            return Err("no session key given".into());
+            return Err("no key given".into());
         }
         let mut keys = Vec::with_capacity(secrets.len());
         for (i, s) in secrets.iter().enumerate() {
             let t = s.trim();
             if t.len() < MIN_SECRET_LEN {
                 return Err(format!(
-                    "session key #{} is {} bytes long; at least {MIN_SECRET_LEN} bytes are required \
+                    "key #{} is {} bytes long; at least {MIN_SECRET_LEN} bytes are required \
                      (generate one with `openssl rand -base64 48`)",
                     i + 1,
                     t.len()
