@@ -8,99 +8,16 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use common::relay::{Sites, RELAY_KEY};
 use common::*;
 use wxedge::session::{Identity, Origin, SessionKeys, TicketCodec};
 
 const APPID: &str = "wxrelayappid0001";
 const SECRET: &str = "relay-test-secret-0123456789abcdef";
-const RELAY_KEY: &str = "relay-key-shared-by-auth-and-shop-0123456789";
 const PAGE: &str = "/pages/wxAuthPage/wxAuthPage";
 
-/// The edges of one test: `auth.test` relays, the others log in through it.
-struct Sites {
-    relay: EdgeProc,
-    relay_host: String,
-    relay_metrics: SocketAddr,
-    target: EdgeProc,
-    target_host: String,
-    target_metrics: SocketAddr,
-}
-
-fn start_on(port: u16, env: &[(&str, &str)]) -> EdgeProc {
-    let listen = format!("127.0.0.1:{port}");
-    let mut all = env.to_vec();
-    // After spawn_edge's own WXEDGE_LISTEN, so this one wins: the port is known beforehand.
-    all.push(("WXEDGE_LISTEN", &listen));
-    let mut e = spawn_edge(&all, &[]);
-    e.port = port;
-    e
-}
-
-/// The relay edge and one target (`shop.test` in ticket mode, `camp.test` in code mode).
 fn sites(ticket: bool) -> Sites {
-    let (rp, tp, rm, tm) = (free_port(), free_port(), free_port(), free_port());
-    let relay_host = format!("auth.test:{rp}");
-    let target_host = if ticket {
-        format!("shop.test:{tp}")
-    } else {
-        format!("camp.test:{tp}")
-    };
-    let targets = format!("http://{target_host},http://other.test:1");
-    let (relay_url, sandbox) = (
-        format!("http://{relay_host}"),
-        format!("http://127.0.0.1:{rp}/_wxedge/sandbox"),
-    );
-    let public = format!("http://{target_host}");
-    let (rm_s, tm_s) = (format!("127.0.0.1:{rm}"), format!("127.0.0.1:{tm}"));
-    let common = [
-        ("WX_APPID", APPID),
-        ("WX_SECRET", SECRET),
-        ("WXEDGE_COOKIE_SECURE", "false"),
-    ];
-    let mut r = common.to_vec();
-    r.extend([
-        ("WXEDGE_SANDBOX", "true"),
-        ("WXEDGE_SANDBOX_AUTHORIZED_DOMAINS", "auth.test"),
-        ("WXEDGE_RELAY_TARGETS", targets.as_str()),
-        ("WXEDGE_RELAY_KEY", RELAY_KEY),
-        (
-            "WXEDGE_SESSION_KEY",
-            "relay-own-session-key-0123456789-abcdef",
-        ),
-        ("WXEDGE_METRICS_LISTEN", rm_s.as_str()),
-    ]);
-    let mut t = common.to_vec();
-    t.extend([
-        ("WXEDGE_SANDBOX", "false"),
-        // The same official account: a code relayed to the target is redeemed at the relay's WeChat.
-        ("WX_API_BASE", sandbox.as_str()),
-        ("WXEDGE_RELAY_URL", relay_url.as_str()),
-        (
-            "WXEDGE_SESSION_KEY",
-            "target-own-session-key-0123456789-abcdef",
-        ),
-        ("WXEDGE_METRICS_LISTEN", tm_s.as_str()),
-    ]);
-    if ticket {
-        t.extend([
-            ("WXEDGE_RELAY_KEY", RELAY_KEY),
-            ("WXEDGE_PUBLIC_URL", public.as_str()),
-        ]);
-    } else {
-        t.push(("WXEDGE_RELAY_MODE", "code"));
-    }
-    let relay = start_on(rp, &r);
-    let target = start_on(tp, &t);
-    wait_healthy(&relay);
-    wait_healthy(&target);
-    Sites {
-        relay,
-        relay_host,
-        relay_metrics: rm_s.parse().unwrap(),
-        target,
-        target_host,
-        target_metrics: tm_s.parse().unwrap(),
-    }
+    common::relay::sites(ticket, "test", APPID, SECRET, &[])
 }
 
 /// A browser: cookies per host, redirects followed, the sandbox's user picked by `auto=`.

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 pub mod nginx;
+pub mod relay;
 pub mod wechat;
 
 pub fn free_port() -> u16 {
