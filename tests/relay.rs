@@ -288,7 +288,9 @@ fn tickets_are_refused_when_tampered_expired_replayed_or_for_another_audience() 
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         String::from_utf8(bytes).unwrap()
     };
-    let cases: Vec<(&str, u16, Box<dyn Fn(&str) -> String>)> = vec![
+    // (refusal, status, the ticket made for the login's state)
+    type Case<'a> = (&'a str, u16, Box<dyn Fn(&str) -> String + 'a>);
+    let cases: Vec<Case> = vec![
         ("ticket_invalid", 400, Box::new(tampered)),
         (
             "ticket_invalid",

@@ -231,7 +231,12 @@ impl Login {
         let reply = match name {
             "authorize" if relaying => self.relay_authorize(req, now, out),
             "callback" if relaying => self.relay_callback(req, now, out).await,
-            "ticket" if self.relay.audience.is_some() => self.relay_ticket(req, now, out).await,
+            "ticket" => match (&self.relay.tickets, &self.relay.audience) {
+                (Some(tickets), Some(audience)) => {
+                    self.relay_ticket(req, tickets, audience, now, out).await
+                }
+                _ => return None,
+            },
             _ => return None,
         };
         Some(relay_reply(reply))
@@ -307,12 +312,16 @@ impl Login {
             count(mode.label(), "denied");
             return Reply::redirect(with_params(&b.redirect_uri, &[("state", &b.state)]));
         }
-        let (Mode::Ticket, Some(tickets)) = (mode, &self.relay.tickets) else {
+        if mode == Mode::Code {
             count(mode.label(), "code_sent");
             return Reply::redirect(with_params(
                 &b.redirect_uri,
                 &[("code", &code), ("state", &b.state)],
             ));
+        }
+        // The relay key was removed since this login started.
+        let Some(tickets) = &self.relay.tickets else {
+            return self.relay_refused(req, mode.label(), "relay_request", "/");
         };
         match self.redeem(&code).await {
             Ok(identity) => {
@@ -345,7 +354,14 @@ impl Login {
     }
 
     /// `/_wxedge/relay/ticket` on a target edge: this browser's login, completed by a ticket.
-    async fn relay_ticket(&self, req: &AuthRequest<'_>, now: u64, out: &mut SetCookies) -> Reply {
+    async fn relay_ticket(
+        &self,
+        req: &AuthRequest<'_>,
+        tickets: &TicketCodec,
+        audience: &Origin,
+        now: u64,
+        out: &mut SetCookies,
+    ) -> Reply {
         let state = query_param(req.query, "state").unwrap_or_default();
         let to = match self.codec.finish_login(&state, &req.cookies, now) {
             Ok(to) => to,
@@ -357,9 +373,6 @@ impl Login {
             }
         };
         out.push(self.codec.clear_login_cookie_header());
-        let (Some(tickets), Some(audience)) = (&self.relay.tickets, &self.relay.audience) else {
-            return Reply::redirect(to);
-        };
         let raw = query_param(req.query, "ticket").unwrap_or_default();
         let opened = tickets.open(&raw, audience, &state, now);
         let result = match opened {

@@ -5,7 +5,7 @@ use cookie::Key;
 /// Minimum length of an operator secret, in bytes (after trimming surrounding whitespace).
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// The keys that seal and open session and login cookies.
+/// The keys that seal and open session and login cookies (and, as `wechat.relay_key`, relay tickets).
 ///
 /// Each secret is fed directly to [`Key::derive_from`] (HKDF-SHA256 expansion into the 64-byte
 /// signing+encryption key; the cookie crate's `key-expansion` feature). That function requires at
