@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::relay;
 use common::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -287,4 +288,137 @@ fn sample_site_logs_in_through_the_sandbox_on_embedded_defaults() {
         "{}",
         edge.stderr()
     );
+}
+
+/// Runs tests/e2e/relay.mjs against a relay edge and a target edge named `*.localhost`.
+async fn relay_login(
+    ticket: bool,
+    mode: &str,
+    target_env: Vec<(String, String)>,
+) -> (serde_json::Value, relay::Sites) {
+    let e2e = driver_dir();
+    let s = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = target_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        relay::sites(ticket, "localhost", APPID, SECRET, &env)
+    })
+    .await
+    .unwrap();
+    let out = Command::new("node")
+        .arg("relay.mjs")
+        .current_dir(&e2e)
+        .env("RELAY", format!("http://{}", s.relay_host))
+        .env("TARGET", format!("http://{}", s.target_host))
+        .env("MODE", mode)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| {
+            panic!(
+                "driver output: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(
+        v["ok"],
+        true,
+        "{v:#}\nrelay log:\n{}\ntarget log:\n{}",
+        s.relay.stderr(),
+        s.target.stderr()
+    );
+    (v, s)
+}
+
+/// Identity relay: the sample site on `shop.localhost` logs in through `auth.localhost`; the
+/// browser carries a ticket, never a code, to the shop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_ticket_login_in_chromium() {
+    let dist = repo_dist().display().to_string();
+    let (v, s) = relay_login(true, "edge", vec![("WXEDGE_DIST".into(), dist)]).await;
+    assert_eq!(v["before"], "Not logged in.");
+    let openid = v["session"]["openid"]
+        .as_str()
+        .expect("a session on the shop");
+    assert!(v["after"].as_str().unwrap().contains(openid), "{v:#}");
+    let navs: Vec<&str> = v["navigations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    let shop = format!("http://{}/", s.target_host);
+    let relay = format!("http://{}/", s.relay_host);
+    assert!(
+        navs.iter()
+            .any(|n| n.starts_with(&format!("{relay}_wxedge/relay/callback?code="))),
+        "{navs:#?}"
+    );
+    assert!(
+        navs.iter()
+            .any(|n| n.starts_with(&format!("{shop}_wxedge/relay/ticket?ticket="))),
+        "{navs:#?}"
+    );
+    assert!(
+        navs.iter()
+            .filter(|n| n.starts_with(&shop))
+            .all(|n| !n.contains("code=")),
+        "{navs:#?}"
+    );
+    let cookies = v["cookies"].as_array().unwrap();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c["name"] == "wxedge_session" && c["domain"] == "shop.localhost"),
+        "{cookies:?}"
+    );
+    assert!(
+        cookies
+            .iter()
+            .all(|c| c["domain"] != "auth.localhost" || c["name"] != "wxedge_session"),
+        "the relay keeps no session of its own: {cookies:?}"
+    );
+}
+
+/// Code relay: the unchanged uni-app on `camp.localhost` builds the WeChat URL itself, pointed at
+/// the relay (the one-line change); the code comes back to its page and the edge redeems it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_code_login_of_a_frontend_built_url_in_chromium() {
+    let phones = Arc::new(Mutex::new(HashMap::new()));
+    let backend = Backend::start_with("app", app_backend(phones)).await;
+    let (v, s) = relay_login(
+        false,
+        "frontend",
+        vec![("WXEDGE_BACKEND".into(), backend.url())],
+    )
+    .await;
+    let openid = v["session"]["openid"].as_str().expect("a session on camp");
+    let navs: Vec<&str> = v["navigations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    let camp = format!("http://{}/", s.target_host);
+    assert!(
+        navs.iter().any(|n| n.starts_with(&format!(
+            "http://{}/_wxedge/relay/authorize?appid={APPID}",
+            s.relay_host
+        ))),
+        "{navs:#?}"
+    );
+    assert!(
+        navs.iter()
+            .any(|n| n.starts_with(&camp) && n.contains("code=") && n.contains("state=STATE")),
+        "{navs:#?}"
+    );
+    // The backend learnt who it is from the edge's header only.
+    let login = backend
+        .seen()
+        .into_iter()
+        .find(|r| r.target == "/api/wx/login")
+        .expect("the page's login call");
+    assert_eq!(login.header("x-wx-openid"), Some(openid));
 }

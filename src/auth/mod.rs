@@ -5,6 +5,7 @@
 
 pub mod compat;
 pub mod pages;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +149,7 @@ struct Login {
     require_session: Vec<String>,
     public_url: String,
     secure: bool,
+    relay: relay::Relay,
 }
 
 /// What each identity header carries, in the order of `IdentityHeaderNames::all`.
@@ -290,6 +292,7 @@ impl Login {
                 appid: appid.clone(),
                 secret: secret.clone(),
                 latency: Duration::from_millis(w.sandbox_latency_ms),
+                allowed_redirect_hosts: w.sandbox_authorized_domains.clone(),
                 ..SandboxConfig::default()
             })
         });
@@ -323,6 +326,7 @@ impl Login {
             require_session: s.require_session.clone(),
             public_url: w.public_url.clone(),
             secure: s.cookie_secure,
+            relay: relay::Relay::from_config(w, &s.keys)?,
         })
     }
 
@@ -358,6 +362,7 @@ impl Login {
             ),
             None => "shared: none (no redis_url): codes are cached per replica, logout clears only the browser's cookie".into(),
         });
+        lines.extend(self.relay.describe());
         lines
     }
 
@@ -643,7 +648,11 @@ impl Login {
     ) -> String {
         let (state, nonce_cookie) = self.codec.new_login(return_to, now);
         out.push(nonce_cookie);
-        let redirect_uri = format!("{}/_wxedge/callback", self.origin(req));
+        let origin = self.origin(req);
+        if let Some(url) = self.relay_authorize_url(&origin, &state) {
+            return url;
+        }
+        let redirect_uri = format!("{origin}/_wxedge/callback");
         authorize_url(
             &self.provider.open_base,
             &self.provider.appid,
@@ -686,6 +695,9 @@ impl Login {
                 location: None,
                 headers,
             });
+        }
+        if let Some(name) = rest.strip_prefix("relay/") {
+            return self.relay_endpoint(req, name, now, out).await;
         }
         Some(match rest {
             "session" => {

@@ -22,6 +22,22 @@ pub fn reason_text(label: &str) -> (&'static str, &'static str) {
             "登录已过期或不属于此浏览器，请重新登录。",
             "The login expired or was started in another browser.",
         ),
+        "relay_target" => (
+            "该网站未获准使用此授权中转。",
+            "This site is not on the login relay's list of allowed sites.",
+        ),
+        "relay_request" => (
+            "登录请求的参数有误，请重新进入。",
+            "The login request is malformed (appid, scope, state or mode).",
+        ),
+        "ticket_expired" | "ticket_replayed" | "ticket_state" => (
+            "登录凭证已失效，请重新登录。",
+            "The login ticket expired, was already used, or belongs to another login.",
+        ),
+        "ticket_invalid" | "ticket_audience" => (
+            "登录凭证无效，请重新登录。",
+            "The login ticket is not valid for this site.",
+        ),
         _ => ("登录失败，请重新进入。", "The WeChat login failed."),
     }
 }

@@ -211,6 +211,21 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_WECHAT_COMPAT_LISTEN", |s, _, v| {
         Ok(s.wechat.compat_listen = v.trim().into())
     }),
+    ("WXEDGE_SANDBOX_AUTHORIZED_DOMAINS", |s, _, v| {
+        Ok(s.wechat.sandbox_authorized_domains = list(v))
+    }),
+    ("WXEDGE_RELAY_TARGETS", |s, _, v| {
+        Ok(s.wechat.relay_targets = list(v))
+    }),
+    ("WXEDGE_RELAY_KEY", |s, _, v| {
+        Ok(s.wechat.relay_key = list(v))
+    }),
+    ("WXEDGE_RELAY_URL", |s, _, v| {
+        Ok(s.wechat.relay_url = v.trim().trim_end_matches('/').into())
+    }),
+    ("WXEDGE_RELAY_MODE", |s, _, v| {
+        Ok(s.wechat.relay_mode = v.trim().to_ascii_lowercase())
+    }),
     ("WXEDGE_REQUIRE_SESSION", |s, _, v| {
         Ok(s.session.require_session = list(v))
     }),

@@ -189,6 +189,19 @@ pub struct WechatSettings {
     pub public_url: String,
     /// Listener for the WeChat-compatible `GET /sns/oauth2/access_token` (unchanged backends); empty = off.
     pub compat_listen: String,
+    /// The sandbox's 网页授权域名: hosts (`host` or `host:port`) its authorize page accepts in
+    /// `redirect_uri` (10003 otherwise, as WeChat); empty = any.
+    pub sandbox_authorized_domains: Vec<String>,
+    /// Login relay, on the edge owning the authorized domain: the exact origins
+    /// (`https://shop.example.com`) it logs users in for; empty = no relay here.
+    pub relay_targets: Vec<String>,
+    /// Secrets (≥ 32 bytes) the relay edge and its identity-relay targets share to seal tickets;
+    /// the first seals, all open. Never the session key.
+    pub relay_key: Vec<String>,
+    /// On a target site: the relay edge's origin; its edge-started login goes through it.
+    pub relay_url: String,
+    /// On a target site: `ticket` (identity relay, the default) or `code` (code relay).
+    pub relay_mode: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +324,11 @@ impl Default for WechatSettings {
             frontend_states: vec![],
             public_url: String::new(),
             compat_listen: String::new(),
+            sandbox_authorized_domains: vec![],
+            relay_targets: vec![],
+            relay_key: vec![],
+            relay_url: String::new(),
+            relay_mode: String::new(), // ticket, when relay_url is set
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The access log: nginx's `combined` format by default, JSON lines on request. It never
-//! holds cookies, OAuth codes, tokens or secrets: the query's `code` is redacted.
+//! holds cookies, OAuth codes, relay tickets, tokens or secrets: the query's `code` is redacted.
 //!
 //! Lines cost almost nothing on the request path, like nginx's `access_log ... buffer=64k
 //! flush=1s`: each thread formats its lines into its own buffer (no allocation per line),
@@ -216,7 +216,14 @@ pub fn write(format: Format, e: &Entry) {
 }
 
 /// Query parameters whose values must never reach a log.
-const SECRET_PARAMS: &[&str] = &["code", "access_token", "refresh_token", "secret", "token"];
+const SECRET_PARAMS: &[&str] = &[
+    "code",
+    "access_token",
+    "refresh_token",
+    "secret",
+    "token",
+    "ticket",
+];
 
 /// `/p?code=abc&state=x` → `/p?code=REDACTED&state=x`, appended to `out` through `push`.
 fn push_redacted(out: &mut Vec<u8>, target: &str, push: fn(&mut Vec<u8>, &str)) {
@@ -394,5 +401,9 @@ mod tests {
         assert_eq!(redact("/p"), "/p");
         assert_eq!(redact("/p?a=1&Code=x&b"), "/p?a=1&Code=REDACTED&b");
         assert_eq!(redact("/p?token=&x=1"), "/p?token=REDACTED&x=1");
+        assert_eq!(
+            redact("/_wxedge/relay/ticket?ticket=AbC%2B&state=wxe1f"),
+            "/_wxedge/relay/ticket?ticket=REDACTED&state=wxe1f"
+        );
     }
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub code_cache_hits: IntCounter,
     /// Backend failures by kind (connect, timeout, no_backend, …).
     pub backend_errors: IntCounterVec,
+    /// Login relay outcomes, on the relay edge and on targets, by mode (code, ticket) and result.
+    pub relay_logins: IntCounterVec,
     pub in_flight: IntGauge,
     /// Client connections closed at once because `max_connections` were open.
     pub connections_refused: IntCounter,
@@ -136,6 +138,12 @@ impl Metrics {
                 "wxedge_backend_errors_total",
                 "Backend failures by kind",
                 &["kind"],
+            ),
+            relay_logins: counter_vec(
+                &r,
+                "wxedge_relay_logins_total",
+                "Login relay outcomes by mode and result",
+                &["mode", "result"],
             ),
             tls_handshake_failures: counter(
                 &r,

@@ -17,6 +17,8 @@ pub enum RouteClass {
     Auth,
     Health,
     Sandbox,
+    /// The login relay's endpoints (`/_wxedge/relay/*`).
+    Relay,
     Rejected,
 }
 
@@ -28,6 +30,7 @@ impl RouteClass {
             RouteClass::Auth => "auth",
             RouteClass::Health => "health",
             RouteClass::Sandbox => "sandbox",
+            RouteClass::Relay => "relay",
             RouteClass::Rejected => "rejected",
         }
     }

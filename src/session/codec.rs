@@ -234,7 +234,7 @@ impl SessionCodec {
         Some(p)
     }
 
-    /// The `Cookie` header value without our session and login cookies, for the backend;
+    /// The `Cookie` header value without our session, login and relay cookies, for the backend;
     /// `None` when nothing else remains (then drop the header).
     pub fn strip_cookie(&self, cookie_header_value: &str) -> Option<String> {
         // Pairs are kept byte for byte as the browser sent them; only their names are parsed.
@@ -244,7 +244,9 @@ impl SessionCodec {
             .filter(|pair| !pair.is_empty())
             .filter(|pair| {
                 cookie::Cookie::parse(*pair).map_or(true, |c| {
-                    c.name() != self.cookie_name && c.name() != self.login_cookie_name
+                    c.name() != self.cookie_name
+                        && c.name() != self.login_cookie_name
+                        && c.name() != super::login::RELAY_COOKIE_NAME
                 })
             })
             .collect();
@@ -342,7 +344,7 @@ pub(crate) fn open_value(keys: &[Key], name: &str, value: &str) -> Option<String
     })
 }
 
-fn cap_identity(id: &Identity) -> Identity {
+pub(crate) fn cap_identity(id: &Identity) -> Identity {
     Identity {
         openid: truncate(&id.openid, MAX_ID_LEN),
         unionid: id.unionid.as_deref().map(|u| truncate(u, MAX_ID_LEN)),
@@ -646,6 +648,7 @@ mod tests {
             Some("c=3".into())
         );
         assert_eq!(c.strip_cookie("wxedge_session=XYZ; wxedge_login=1"), None);
+        assert_eq!(c.strip_cookie("wxedge_relay=R; d=4"), Some("d=4".into()));
         assert_eq!(c.strip_cookie(""), None);
         assert_eq!(c.strip_cookie(" ; ;"), None);
         // Similar names are not ours.

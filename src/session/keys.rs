@@ -5,7 +5,7 @@ use cookie::Key;
 /// Minimum length of an operator secret, in bytes (after trimming surrounding whitespace).
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// The keys that seal and open session and login cookies.
+/// The keys that seal and open session and login cookies (and, as `wechat.relay_key`, relay tickets).
 ///
 /// Each secret is fed directly to [`Key::derive_from`] (HKDF-SHA256 expansion into the 64-byte
 /// signing+encryption key; the cookie crate's `key-expansion` feature). That function requires at
@@ -31,14 +31,14 @@ impl SessionKeys {
     /// Errors name the secret by position and length only, never by content.
     pub fn from_secrets(secrets: &[String]) -> Result<Self, String> {
         if secrets.is_empty() {
-            return Err("no session key given".into());
+            return Err("no key given".into());
         }
         let mut keys = Vec::with_capacity(secrets.len());
         for (i, s) in secrets.iter().enumerate() {
             let t = s.trim();
             if t.len() < MIN_SECRET_LEN {
                 return Err(format!(
-                    "session key #{} is {} bytes long; at least {MIN_SECRET_LEN} bytes are required \
+                    "key #{} is {} bytes long; at least {MIN_SECRET_LEN} bytes are required \
                      (generate one with `openssl rand -base64 48`)",
                     i + 1,
                     t.len()

@@ -6,7 +6,11 @@
 //! session keys under the login cookie's name, so it cannot be forged, read or swapped with the
 //! session cookie. `finish_login` accepts the callback only if the state equals the sealed nonce
 //! (login-CSRF protection: an attacker cannot make a victim's browser hold the matching cookie).
+//!
+//! The login relay's own leg to WeChat is bound the same way ([`SessionCodec::new_relay`]): state
+//! `wxr1` + 32 hex digits, and the `wxedge_relay` cookie sealing where the browser goes next.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::codec::{cookie_values, open_value, seal_value, SessionCodec};
@@ -16,16 +20,41 @@ use super::{ct_eq, random_hex, safe_return_path};
 pub const LOGIN_TTL_SECS: u64 = 600;
 
 const STATE_PREFIX: &str = "wxe1";
+const RELAY_STATE_PREFIX: &str = "wxr1";
 const STATE_HEX_LEN: usize = 32;
+pub(crate) const RELAY_COOKIE_NAME: &str = "wxedge_relay";
 
+/// What a nonce cookie seals: the state, its expiry, and what the flow must remember.
 #[derive(Serialize, Deserialize)]
-struct LoginPayload {
+struct NoncePayload<T> {
     v: u8,
     n: String,
-    r: String,
     e: u64,
+    #[serde(flatten)]
+    data: T,
 }
 
+#[derive(Serialize, Deserialize)]
+struct ReturnPath {
+    r: String,
+}
+
+/// Where the login relay sends the browser once WeChat has answered, sealed in the relay cookie.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayBinding {
+    /// The target's `redirect_uri`, checked against the allowlist and normalised.
+    #[serde(rename = "to")]
+    pub redirect_uri: String,
+    /// The target's own `state`, handed back unchanged.
+    #[serde(rename = "st")]
+    pub state: String,
+    /// `snsapi_base` or `snsapi_userinfo`.
+    #[serde(rename = "s")]
+    pub scope: String,
+    /// Identity relay (a ticket) rather than code relay.
+    #[serde(rename = "t")]
+    pub ticket: bool,
+}
 /// Why a login callback was refused. Show the user a "start again" link, never a retry loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginError {
@@ -73,9 +102,13 @@ impl std::error::Error for LoginError {}
 /// Whether `state` has the shape of an edge-started login state (`wxe1` + 32 hex digits).
 /// Lets the callback handler tell edge-started logins from the frontend's own (constant) states.
 pub fn looks_like_login_state(state: &str) -> bool {
-    state.len() == STATE_PREFIX.len() + STATE_HEX_LEN
-        && state.starts_with(STATE_PREFIX)
-        && state[STATE_PREFIX.len()..]
+    has_state_shape(state, STATE_PREFIX)
+}
+
+fn has_state_shape(state: &str, prefix: &str) -> bool {
+    state.len() == prefix.len() + STATE_HEX_LEN
+        && state.starts_with(prefix)
+        && state[prefix.len()..]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -85,18 +118,8 @@ impl SessionCodec {
     /// value of the nonce cookie (10 minutes). An unsafe `return_to` is replaced by `/`
     /// (validate with [`safe_return_path`] first if you prefer to refuse it).
     pub fn new_login(&self, return_to: &str, now: u64) -> (String, String) {
-        let ret = safe_return_path(return_to).unwrap_or_else(|| "/".into());
-        let state = format!("{STATE_PREFIX}{}", random_hex(STATE_HEX_LEN / 2));
-        let payload = LoginPayload {
-            v: 1,
-            n: state.clone(),
-            r: ret,
-            e: now.saturating_add(LOGIN_TTL_SECS),
-        };
-        let json = serde_json::to_string(&payload).expect("payload serializes");
-        let sealed = seal_value(self.keys.sealing(), &self.login_cookie_name, &json);
-        let header = self.set_cookie_value(&self.login_cookie_name, &sealed, LOGIN_TTL_SECS);
-        (state, header)
+        let r = safe_return_path(return_to).unwrap_or_else(|| "/".into());
+        self.start_flow(&self.login_cookie_name, STATE_PREFIX, ReturnPath { r }, now)
     }
 
     /// Checks a login callback's `state` against the nonce cookie; on success the return path
@@ -107,19 +130,91 @@ impl SessionCodec {
         cookie_header_values: &[S],
         now: u64,
     ) -> Result<String, LoginError> {
-        if !looks_like_login_state(state) {
+        let p: ReturnPath = self.finish_flow(
+            &self.login_cookie_name,
+            STATE_PREFIX,
+            state,
+            cookie_header_values,
+            now,
+        )?;
+        // Re-check: the sealed path was checked when sealed, but keys outlive code versions.
+        safe_return_path(&p.r).ok_or(LoginError::InvalidCookie)
+    }
+
+    /// `Set-Cookie` value deleting the login nonce cookie.
+    pub fn clear_login_cookie_header(&self) -> String {
+        self.clear_value(&self.login_cookie_name)
+    }
+
+    /// Starts the relay's leg to WeChat: its own `state` and the relay cookie (10 minutes).
+    pub fn new_relay(&self, binding: &RelayBinding, now: u64) -> (String, String) {
+        self.start_flow(RELAY_COOKIE_NAME, RELAY_STATE_PREFIX, binding, now)
+    }
+
+    /// Checks the relay callback's `state` against this browser's relay cookie: on success, where
+    /// the browser goes next. Either way, answer with [`clear_relay_cookie_header`](Self::clear_relay_cookie_header).
+    pub fn finish_relay<S: AsRef<[u8]>>(
+        &self,
+        state: &str,
+        cookie_header_values: &[S],
+        now: u64,
+    ) -> Result<RelayBinding, LoginError> {
+        self.finish_flow(
+            RELAY_COOKIE_NAME,
+            RELAY_STATE_PREFIX,
+            state,
+            cookie_header_values,
+            now,
+        )
+    }
+
+    pub fn clear_relay_cookie_header(&self) -> String {
+        self.clear_value(RELAY_COOKIE_NAME)
+    }
+
+    /// A fresh `prefix` state and the `Set-Cookie` value of `cookie` sealing it with `data`.
+    fn start_flow<T: Serialize>(
+        &self,
+        cookie: &str,
+        prefix: &str,
+        data: T,
+        now: u64,
+    ) -> (String, String) {
+        let state = format!("{prefix}{}", random_hex(STATE_HEX_LEN / 2));
+        let payload = NoncePayload {
+            v: 1,
+            n: state.clone(),
+            e: now.saturating_add(LOGIN_TTL_SECS),
+            data,
+        };
+        let json = serde_json::to_string(&payload).expect("payload serializes");
+        let sealed = seal_value(self.keys.sealing(), cookie, &json);
+        let header = self.set_cookie_value(cookie, &sealed, LOGIN_TTL_SECS);
+        (state, header)
+    }
+
+    /// The data sealed with `state` in one of the request's `cookie` cookies.
+    fn finish_flow<T: DeserializeOwned, S: AsRef<[u8]>>(
+        &self,
+        cookie: &str,
+        prefix: &str,
+        state: &str,
+        cookie_header_values: &[S],
+        now: u64,
+    ) -> Result<T, LoginError> {
+        if !has_state_shape(state, prefix) {
             return Err(LoginError::BadState);
         }
-        let candidates = cookie_values(cookie_header_values, &self.login_cookie_name);
+        let candidates = cookie_values(cookie_header_values, cookie);
         if candidates.is_empty() {
             return Err(LoginError::NoCookie);
         }
         let mut err = LoginError::InvalidCookie;
         for value in candidates {
-            let Some(plain) = open_value(self.keys.all(), &self.login_cookie_name, value) else {
+            let Some(plain) = open_value(self.keys.all(), cookie, value) else {
                 continue;
             };
-            let Ok(p) = serde_json::from_str::<LoginPayload>(&plain) else {
+            let Ok(p) = serde_json::from_str::<NoncePayload<T>>(&plain) else {
                 continue;
             };
             if p.v != 1 || !ct_eq(p.n.as_bytes(), state.as_bytes()) {
@@ -130,15 +225,9 @@ impl SessionCodec {
                 err = LoginError::Expired;
                 continue;
             }
-            // Re-check: the sealed path was checked when sealed, but keys outlive code versions.
-            return safe_return_path(&p.r).ok_or(LoginError::InvalidCookie);
+            return Ok(p.data);
         }
         Err(err)
-    }
-
-    /// `Set-Cookie` value deleting the login nonce cookie.
-    pub fn clear_login_cookie_header(&self) -> String {
-        self.clear_value(&self.login_cookie_name)
     }
 }
 
@@ -258,6 +347,61 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn relay_binding_roundtrip_and_refusals() {
+        let c = codec('k');
+        let binding = RelayBinding {
+            redirect_uri: "https://shop.example.com/_wxedge/callback".into(),
+            state: "wxe1abc".into(),
+            scope: "snsapi_base".into(),
+            ticket: true,
+        };
+        let (state, set) = c.new_relay(&binding, NOW);
+        assert!(state.starts_with("wxr1") && state.len() == 36, "{state}");
+        assert!(
+            set.starts_with("wxedge_relay=") && !set.contains("shop"),
+            "{set}"
+        );
+        let h = cookie_of(&set);
+        assert_eq!(c.finish_relay(&state, &[h.as_str()], NOW + 5), Ok(binding));
+        // Another relay login's state, a login state, an expired or missing cookie.
+        let (other, _) = c.new_relay(
+            &RelayBinding {
+                ticket: false,
+                ..c.finish_relay(&state, &[h.as_str()], NOW).unwrap()
+            },
+            NOW,
+        );
+        assert_eq!(
+            c.finish_relay(&other, &[h.as_str()], NOW),
+            Err(LoginError::StateMismatch)
+        );
+        let login_state = format!("wxe1{}", &state[4..]);
+        assert_eq!(
+            c.finish_relay(&login_state, &[h.as_str()], NOW),
+            Err(LoginError::BadState)
+        );
+        assert_eq!(
+            c.finish_relay(&state, &[h.as_str()], NOW + LOGIN_TTL_SECS),
+            Err(LoginError::Expired)
+        );
+        assert_eq!(
+            c.finish_relay(&state, &["a=1"], NOW),
+            Err(LoginError::NoCookie)
+        );
+        // A login cookie's value under the relay cookie's name does not open (name-bound seal).
+        let (lstate, lset) = c.new_login("/", NOW);
+        let swapped = format!(
+            "wxedge_relay={}",
+            cookie_of(&lset).split_once('=').unwrap().1
+        );
+        assert_eq!(
+            c.finish_relay(&format!("wxr1{}", &lstate[4..]), &[swapped.as_str()], NOW),
+            Err(LoginError::InvalidCookie)
+        );
+        assert!(c.clear_relay_cookie_header().starts_with("wxedge_relay=;"));
     }
 
     #[test]

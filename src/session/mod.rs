@@ -5,7 +5,9 @@
 //!   also the short-lived `wxedge_login` nonce cookie of the edge-started login
 //!   ([`SessionCodec::new_login`] / [`SessionCodec::finish_login`]) and the removal of both cookies
 //!   from the `Cookie` header forwarded to the backend ([`SessionCodec::strip_cookie`]).
-//! * [`safe_return_path`]: the open-redirect guard for `?return=`.
+//! * [`safe_return_path`]: the open-redirect guard for `?return=`; [`allowed_redirect`] the login
+//!   relay's, for absolute URLs on allowlisted [`Origin`]s.
+//! * [`TicketCodec`]: the login relay's single-use, audience-bound identity tickets.
 //!
 //! Nothing here depends on Pingora: header values go in and out as strings.
 
@@ -13,11 +15,15 @@ mod codec;
 mod keys;
 mod login;
 mod return_path;
+mod ticket;
 
 pub use codec::{Identity, Session, SessionCodec, DEFAULT_COOKIE_NAME};
 pub use keys::SessionKeys;
-pub use login::{looks_like_login_state, LoginError, LOGIN_TTL_SECS};
-pub use return_path::safe_return_path;
+pub use login::{looks_like_login_state, LoginError, RelayBinding, LOGIN_TTL_SECS};
+pub use return_path::{allowed_redirect, safe_return_path, Origin};
+pub use ticket::{
+    MemorySpentTickets, SpentTickets, Ticket, TicketCodec, TicketError, TICKET_TTL_SECS,
+};
 
 /// Seconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_unix() -> u64 {

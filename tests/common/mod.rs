@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 pub mod nginx;
 pub mod redis_server;
+pub mod relay;
 pub mod wechat;
 
 pub fn free_port() -> u16 {
