@@ -270,6 +270,8 @@ impl Login {
             ExchangerConfig::default(),
         );
         let (mut revocations, mut redis_addr) = (None, None);
+        let mut spent_tickets: Arc<dyn crate::session::SpentTickets> =
+            Arc::new(crate::session::MemorySpentTickets::default());
         if !config.settings.redis_url.is_empty() {
             let redis = Redis::new(
                 &config.settings.redis_url,
@@ -282,6 +284,7 @@ impl Login {
             let shared = RedisCodeCache::new(redis.clone(), codec.keys().clone(), lock_ttl);
             exchanger = exchanger.with_shared(Arc::new(shared));
             redis_addr = Some(redis.addr().to_string());
+            spent_tickets = Arc::new(crate::shared::RedisSpentTickets::new(redis.clone()));
             revocations = Some(Arc::new(Revocations::new(
                 redis,
                 Duration::from_secs(s.lifetime_seconds),
@@ -326,7 +329,7 @@ impl Login {
             require_session: s.require_session.clone(),
             public_url: w.public_url.clone(),
             secure: s.cookie_secure,
-            relay: relay::Relay::from_config(w, &s.keys)?,
+            relay: relay::Relay::from_config(w, &s.keys, spent_tickets)?,
         })
     }
 

@@ -23,8 +23,7 @@ use crate::config::WechatSettings;
 use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
 use crate::session::{
-    allowed_redirect, MemorySpentTickets, Origin, RelayBinding, SessionKeys, SpentTickets,
-    TicketCodec, TicketError,
+    allowed_redirect, Origin, RelayBinding, SessionKeys, SpentTickets, TicketCodec, TicketError,
 };
 
 /// How a target site's logins go through the relay.
@@ -110,9 +109,11 @@ fn wechat_state(s: &str) -> bool {
 }
 
 impl Relay {
+    /// `spent` records used tickets: this process's own, or Redis shared by the replicas.
     pub(super) fn from_config(
         w: &WechatSettings,
         session_keys: &[String],
+        spent: Arc<dyn SpentTickets>,
     ) -> Result<Relay, String> {
         let targets = w
             .relay_targets
@@ -167,7 +168,7 @@ impl Relay {
         Ok(Relay {
             targets,
             tickets,
-            spent: Arc::new(MemorySpentTickets::default()),
+            spent,
             via,
             audience,
         })
@@ -414,6 +415,10 @@ impl Login {
 mod tests {
     use super::*;
 
+    fn memory() -> Arc<dyn SpentTickets> {
+        Arc::new(crate::session::MemorySpentTickets::default())
+    }
+
     #[test]
     fn params_are_appended_encoded() {
         assert_eq!(
@@ -451,7 +456,7 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let key = "k".repeat(40);
-        let ok = |p: &[(&str, &str)]| Relay::from_config(&settings(p), &[]).map(|_| ());
+        let ok = |p: &[(&str, &str)]| Relay::from_config(&settings(p), &[], memory()).map(|_| ());
         assert!(ok(&[]).is_ok());
         assert!(ok(&[("targets", "https://a.example,http://127.0.0.1:81")]).is_ok());
         assert!(ok(&[("url", "https://auth.example"), ("mode", "code")]).is_ok());
@@ -480,9 +485,13 @@ mod tests {
             let e = ok(&p).unwrap_err();
             assert!(e.contains(needle), "{p:?}: {e}");
         }
-        let e = Relay::from_config(&settings(&[("key", &key)]), std::slice::from_ref(&key))
-            .map(|_| ())
-            .unwrap_err();
+        let e = Relay::from_config(
+            &settings(&[("key", &key)]),
+            std::slice::from_ref(&key),
+            memory(),
+        )
+        .map(|_| ())
+        .unwrap_err();
         assert!(e.contains("differ"), "{e}");
     }
 }

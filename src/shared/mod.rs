@@ -3,7 +3,8 @@
 //!
 //! * [`RedisCodeCache`]: the OAuth code cache and its single-flight across replicas, so that
 //!   the loads of one code reach WeChat once whichever replicas they land on;
-//! * [`Revocations`]: logout and the admin revocation, refused on every replica.
+//! * [`Revocations`]: logout and the admin revocation, refused on every replica;
+//! * [`RedisSpentTickets`]: a login relay ticket is used once, whichever replica takes it.
 //!
 //! Redis trouble never breaks a login: every operation is bounded and falls back to what this
 //! replica knows ([`client`]).
@@ -11,7 +12,9 @@
 pub mod client;
 pub mod codes;
 pub mod revocation;
+pub mod tickets;
 
 pub use client::Redis;
 pub use codes::RedisCodeCache;
 pub use revocation::{admin_revoke, Revocations};
+pub use tickets::RedisSpentTickets;
