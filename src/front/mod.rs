@@ -164,10 +164,42 @@ struct Conn {
     https: bool,
     /// A redirect listener: send clients to HTTPS (see `route::stays_on_plain_http`).
     to_https: bool,
+    /// Changes when the process starts shutting down or handing over.
+    closing: ShutdownWatch,
 }
 
 impl Front {
+    /// A connection's life. This future is what an idle connection holds, so it holds little:
+    /// the opening (PROXY header, TLS handshake, HTTP/2) and the serving of requests are boxed
+    /// futures that exist only while they run. A connection that has been quiet for
+    /// [`read::KEEP_BUFFERS_FOR`] has given its buffers back and waits here for its next byte;
+    /// one whose requests keep coming keeps its boxed state (one allocation, not one per request).
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let Some((mut stream, mut conn)) = Box::pin(self.open(stream, shutdown)).await else {
+            return;
+        };
+        loop {
+            let quiet_for = match Box::pin(self.serve_busy(stream, &mut conn, shutdown)).await {
+                Some((back, quiet_for)) => {
+                    stream = back;
+                    quiet_for
+                }
+                None => return,
+            };
+            match read::quiet_read(&mut stream, &mut conn.buf, quiet_for, &mut conn.closing).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Who is at the other end and how it came in: the PROXY header, the TLS handshake; an
+    /// HTTP/2 connection is served to its end here, by Pingora's HTTP/2 server (`None`).
+    async fn open(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, Conn)> {
         let mut stream = threads::rehome(stream);
         let digest = stream.get_socket_digest();
         let peer = digest
@@ -179,7 +211,6 @@ impl Front {
             .as_ref()
             .and_then(|d| d.local_addr().cloned())
             .and_then(|a| a.as_inet().copied());
-        let mut closing = shutdown.clone();
         let on =
             |listeners: &[std::net::SocketAddr]| local.is_some_and(|l| arrived_on(listeners, l));
         let https = self.edge.https.as_ref().filter(|h| on(&h.listeners));
@@ -189,30 +220,36 @@ impl Front {
             peer,
             https: https.is_some(),
             to_https: on(&self.edge.redirect_listen),
+            closing: shutdown.clone(),
         };
         if on(&self.edge.proxy_protocol) {
-            match self.proxy_protocol(&mut stream, &mut conn).await {
-                Ok(()) => {}
-                Err(why) => {
-                    log::warn!("closing a connection from {}: {why}", conn.peer.hop);
-                    return;
-                }
+            if let Err(why) = self.proxy_protocol(&mut stream, &mut conn).await {
+                log::warn!("closing a connection from {}: {why}", conn.peer.hop);
+                return None;
             }
         }
         if let Some(https) = https {
-            let Some(tls) = tls::accept(https, stream, &mut conn.buf, &self.edge.limits).await
-            else {
-                return;
-            };
-            stream = tls;
+            stream = tls::accept(https, stream, &mut conn.buf, &self.edge.limits).await?;
             if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
                 // Pingora's HTTP/2 server reads the requests; `Edge::request_filter` applies
                 // the same checks to each, and every answer comes from the same modules.
                 drop(conn);
                 ServerApp::process_new(&self.pingora, stream, shutdown).await;
-                return;
+                return None;
             }
         }
+        Some((stream, conn))
+    }
+
+    /// Serve requests while they keep coming; `Some((stream, left))` when the connection has
+    /// gone quiet (buffers given back, `left` of its keep-alive time to wait), `None` when it
+    /// is done.
+    async fn serve_busy(
+        &self,
+        mut stream: Stream,
+        conn: &mut Conn,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, std::time::Duration)> {
         loop {
             if conn.buf.is_empty() {
                 // The last request's head handle is gone: this takes its buffer back.
@@ -225,33 +262,34 @@ impl Front {
                     &mut conn.buf,
                     &mut conn.out,
                     keepalive,
-                    &mut closing,
+                    &mut conn.closing,
                 );
                 match idle.await {
-                    Ok(n) if n > 0 => {}
-                    _ => return,
+                    read::Idle::Read(n) if n > 0 => {}
+                    read::Idle::Quiet(left) => return Some((stream, left)),
+                    _ => return None,
                 }
             }
             // Not boxed: an allocation of the request's future per request cost more CPU than
-            // the memory it saves an idle connection (bench/RESULTS.md).
-            match self.next_request(&mut stream, &mut conn).await {
+            // the memory it saves (bench/RESULTS.md); this whole loop is boxed once instead.
+            match self.next_request(&mut stream, conn).await {
                 // Draining decides per answer (`connection: close`); one that did not announce
                 // it is followed by the client's next request, which is answered, not cut off.
                 Turn::Next => threads::share_the_cpu(),
                 Turn::Close => {
                     let _ = stream.flush().await;
-                    return;
+                    return None;
                 }
                 Turn::Refused => {
                     let _ = stream.flush().await;
                     linger(stream).await;
-                    return;
+                    return None;
                 }
-                // Boxed: Pingora's request future is large, and an idle connection should
-                // not carry its space (only connections being handed over do).
+                // Boxed: Pingora's request future is large, and only connections being
+                // handed over should carry its space.
                 Turn::HandOff(h) => match Box::pin(self.hand_off(stream, *h, shutdown)).await {
                     Some(back) => stream = back,
-                    None => return,
+                    None => return None,
                 },
             }
         }

@@ -10,13 +10,25 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
 /// How long an idle connection keeps its buffers before it gives them back.
-const KEEP_BUFFERS_FOR: Duration = Duration::from_secs(1);
+pub const KEEP_BUFFERS_FOR: Duration = Duration::from_secs(1);
 
-/// Wait up to `idle` for the next request to begin (`Ok(0)`: gone, quiet or shutting down).
+/// What waiting for the next request came to.
+pub enum Idle {
+    /// Bytes of it were read (0: the client closed, or an error).
+    Read(usize),
+    /// Nothing within [`KEEP_BUFFERS_FOR`]: the buffers are given back; wait the rest of the
+    /// keep-alive time with [`quiet_read`].
+    Quiet(Duration),
+    /// Keep-alive time over, or shutting down.
+    Done,
+}
+
+/// Wait for the next request to begin, up to `idle` or [`KEEP_BUFFERS_FOR`], whichever is
+/// shorter.
 ///
 /// A connection idle for more than [`KEEP_BUFFERS_FOR`] gives its read and write buffers
-/// back and waits for one byte on the stack, as nginx frees an idle keep-alive connection's
-/// buffers: WeChat's browser keeps many connections open and quiet.
+/// back, as nginx frees an idle keep-alive connection's buffers: WeChat's browser keeps many
+/// connections open and quiet.
 ///
 /// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
 /// SIGTERM), idle connections close at once, as Pingora's own do, so clients move on instead
@@ -27,9 +39,9 @@ pub async fn idle_read(
     out: &mut Vec<u8>,
     idle: Duration,
     shutdown: &mut ShutdownWatch,
-) -> std::io::Result<usize> {
+) -> Idle {
     if *shutdown.borrow() {
-        return Ok(0);
+        return Idle::Done;
     }
     // Under load the next request is usually in the socket already: take it without arming a
     // timer and a shutdown waiter, which otherwise cost a timer-wheel entry and a watch
@@ -39,23 +51,38 @@ pub async fn idle_read(
         let mut ready_now = std::pin::pin!(stream.read_buf(buf));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if let std::task::Poll::Ready(read) = ready_now.as_mut().poll(&mut cx) {
-            return read;
+            return Idle::Read(read.unwrap_or(0));
         }
     }
     let first_wait = idle.min(KEEP_BUFFERS_FOR);
     tokio::select! {
         read = tokio::time::timeout(first_wait, stream.read_buf(buf)) => match read {
-            Ok(read) => return read,
-            Err(_) if first_wait == idle => return Ok(0),
-            Err(_) => {}
+            Ok(read) => Idle::Read(read.unwrap_or(0)),
+            Err(_) if first_wait == idle => Idle::Done,
+            Err(_) => {
+                *buf = BytesMut::new();
+                *out = Vec::new();
+                Idle::Quiet(idle - first_wait)
+            }
         },
-        _ = shutdown.changed() => return Ok(0),
+        _ = shutdown.changed() => Idle::Done,
     }
-    *buf = BytesMut::new();
-    *out = Vec::new();
+}
+
+/// The rest of a quiet connection's keep-alive time: wait for one byte with no buffer, then
+/// start a new one with it (`Ok(0)`: gone, quiet too long or shutting down).
+pub async fn quiet_read(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    left: Duration,
+    shutdown: &mut ShutdownWatch,
+) -> std::io::Result<usize> {
+    if *shutdown.borrow() {
+        return Ok(0);
+    }
     let mut first = [0u8; 1];
     tokio::select! {
-        read = tokio::time::timeout(idle - first_wait, stream.read(&mut first)) => match read {
+        read = tokio::time::timeout(left, stream.read(&mut first)) => match read {
             Ok(Ok(1)) => {
                 buf.reserve(4096);
                 buf.extend_from_slice(&first);
