@@ -183,6 +183,7 @@ impl Front {
                 }
             }
         }
+        let mut first = true;
         loop {
             if conn.buf.is_empty() {
                 // The last request's head handle is gone: this takes its buffer back.
@@ -195,13 +196,14 @@ impl Front {
                     &mut conn.buf,
                     &mut conn.out,
                     keepalive,
-                    &mut closing,
+                    (!first).then_some(&mut closing),
                 );
                 match idle.await {
                     Ok(n) if n > 0 => {}
                     _ => return,
                 }
             }
+            first = false;
             // Not boxed: an allocation of the request's future per request cost more CPU than
             // the memory it saves an idle connection (bench/RESULTS.md).
             match self.next_request(&mut stream, &mut conn).await {

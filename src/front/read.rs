@@ -20,15 +20,18 @@ const KEEP_BUFFERS_FOR: Duration = Duration::from_secs(1);
 ///
 /// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
 /// SIGTERM), idle connections close at once, as Pingora's own do, so clients move on instead
-/// of racing this process's exit. Connections with a request under way finish it first.
+/// of racing this process's exit. Connections with a request under way finish it first, and
+/// so do new ones (`shutdown` is `None` for a connection's first request): one accepted just
+/// before the listener closed has its request in the socket already, and closing it unread
+/// would reset it.
 pub async fn idle_read(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     idle: Duration,
-    shutdown: &mut ShutdownWatch,
+    mut shutdown: Option<&mut ShutdownWatch>,
 ) -> std::io::Result<usize> {
-    if *shutdown.borrow() {
+    if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
         return Ok(0);
     }
     // Under load the next request is usually in the socket already: take it without arming a
@@ -49,7 +52,7 @@ pub async fn idle_read(
             Err(_) if first_wait == idle => return Ok(0),
             Err(_) => {}
         },
-        _ = shutdown.changed() => return Ok(0),
+        _ = closing(&mut shutdown) => return Ok(0),
     }
     *buf = BytesMut::new();
     *out = Vec::new();
@@ -64,7 +67,16 @@ pub async fn idle_read(
             Ok(other) => other,
             Err(_) => Ok(0),
         },
-        _ = shutdown.changed() => Ok(0),
+        _ = closing(&mut shutdown) => Ok(0),
+    }
+}
+
+async fn closing(shutdown: &mut Option<&mut ShutdownWatch>) {
+    match shutdown {
+        Some(s) => {
+            let _ = s.changed().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -29,6 +29,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// From SIGQUIT to the sockets taken: Pingora's own retries give up after about 6 s.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pingora's old server keeps accepting this long after sending its sockets (its fixed
+/// CLOSE_TIMEOUT, 5 s): a reload is complete, every new connection meeting the new server,
+/// once that is over.
+const OLD_STOPS_ACCEPTING: Duration = Duration::from_millis(5500);
 /// How long `wxedge reload` waits for the supervisor's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -366,6 +370,15 @@ impl Supervisor {
         }
         // Its own process group: a Ctrl-C or hangup on the terminal reaches only the supervisor.
         cmd.args(flags).stdin(Stdio::null()).process_group(0);
+        // A supervisor killed outright takes its servers down gracefully, instead of leaving
+        // them holding the ports against the next start.
+        // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         cmd
     }
 
@@ -454,8 +467,12 @@ impl Supervisor {
         }
         self.active = new;
         self.children.insert(new, "server");
+        while quit.elapsed() < OLD_STOPS_ACCEPTING && self.children.contains_key(&old) {
+            // Stopping now is fine: the new server serves and gets the signal too.
+            let _ = self.pause(signals).await;
+        }
         Ok(format!(
-            "server pid {new} took over in {:.1} s; pid {old} drains and exits",
+            "server pid {new} took over in {:.1} s; pid {old} no longer accepts, drains and exits",
             started.elapsed().as_secs_f64()
         ))
     }
