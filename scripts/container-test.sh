@@ -24,14 +24,15 @@
 #
 # Knobs (environment): WXEDGE_TEST_PORT (first port tried, default 18080), WXEDGE_TEST_STOP_TIMEOUT
 # (seconds the edge may take to exit after SIGTERM, default 30), WXEDGE_TEST_SKIP_BUILD=1 (reuse an
-# existing wxedge:test image), WXEDGE_TEST_KEEP_IMAGE=1 (keep the superseded wxedge:test image).
+# existing wxedge:test image), WXEDGE_TEST_KEEP_IMAGE=1 (keep the superseded wxedge:test image),
+# WXEDGE_TEST_IMAGE_TAG and WXEDGE_TEST_CONTAINER (other names, for checks running side by side).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
-IMAGE_TAG=wxedge:test
+IMAGE_TAG=${WXEDGE_TEST_IMAGE_TAG:-wxedge:test}
 IMAGE=localhost/$IMAGE_TAG
-CTR=wxedge-container-test
+CTR=${WXEDGE_TEST_CONTAINER:-wxedge-container-test}
 FIRST_PORT=${WXEDGE_TEST_PORT:-18080}
 STOP_TIMEOUT=${WXEDGE_TEST_STOP_TIMEOUT:-30}
 TOKEN="wxedgeCt$(date +%s)${RANDOM}"
