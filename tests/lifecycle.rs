@@ -335,6 +335,10 @@ impl Supervised {
         std::fs::write(dir.join("wxedge.yaml"), conf).unwrap();
     }
     fn start(args: &[&str], backend: &str) -> Supervised {
+        Self::start_in(&[], args, backend)
+    }
+    /// `wrapper` runs the edge (e.g. `unshare … `), with the harness's environment.
+    fn start_in(wrapper: &[&str], args: &[&str], backend: &str) -> Supervised {
         let dir = temp_dir("supervise");
         std::fs::create_dir_all(dir.join("dist/static")).unwrap();
         std::fs::write(dir.join("dist/index.html"), "<p>v1</p>").unwrap();
@@ -360,7 +364,23 @@ impl Supervised {
         all.extend(["-c", conf.to_str().unwrap()]);
         let log = std::fs::File::create(dir.join("supervisor.log")).unwrap();
         let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (mut cmd, _) = command(&e, &all);
+        let (edge, _) = command(&e, &all);
+        let mut cmd = match wrapper.split_first() {
+            None => edge,
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args)
+                    .arg(edge.get_program())
+                    .args(edge.get_args())
+                    .env_clear();
+                for (k, v) in edge.get_envs() {
+                    if let Some(v) = v {
+                        cmd.env(k, v);
+                    }
+                }
+                cmd
+            }
+        };
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
         let s = Supervised {
             child: Reaped(cmd.spawn().unwrap()),
@@ -398,10 +418,11 @@ impl Supervised {
 }
 
 impl Drop for Supervised {
-    /// A daemonized supervisor is not the test's child: end it (its servers follow) by its pid.
+    /// A daemonized supervisor is not the test's child: end it (its servers follow) by its pid
+    /// (1 is a PID namespace's view, not a process here).
     fn drop(&mut self) {
         let pid = self.supervisor_pid();
-        if pid > 0 && alive(pid) {
+        if pid > 1 && pid != self.child.0.id() && alive(pid) {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
@@ -713,4 +734,52 @@ fn daemonized_server_exits_as_soon_as_drained() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// As a container's PID 1, plain `wxedge -c conf` supervises itself: `wxedge reload` from
+/// outside its PID namespace works (through the control socket), and SIGTERM ends it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_pid_1_the_edge_supervises_itself() {
+    let pid_ns = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if !pid_ns.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no PID namespace here (unshare needs root)");
+        return;
+    }
+    let backend = Backend::start("b").await;
+    let url = backend.url();
+    tokio::task::spawn_blocking(move || {
+        let unshare = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"];
+        let mut s = Supervised::start_in(&unshare, &[], &url);
+        assert_eq!(s.supervisor_pid(), 1, "{}", s.log());
+        std::fs::write(s.dir.join("dist/index.html"), "<p>v2</p>").unwrap();
+        let (code, out, err) = s.run(&["reload"]);
+        assert_eq!(code, 0, "{out}{err}\n{}", s.log());
+        assert_eq!(get(s.addr, "/").unwrap().body, b"<p>v2</p>");
+        // PID 1 as the host sees it: unshare's child.
+        let unshare_pid = s.child.0.id();
+        let children = format!("/proc/{unshare_pid}/task/{unshare_pid}/children");
+        let init = std::fs::read_to_string(children).unwrap();
+        let init = init.split_whitespace().next().unwrap().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &init])
+            .status()
+            .unwrap()
+            .success());
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = s.child.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{}", s.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(0), "{}", s.log());
+        assert!(s
+            .log()
+            .contains("supervisor: exiting with the server's status 0"));
+    })
+    .await
+    .unwrap();
 }
