@@ -681,6 +681,7 @@ async fn daemonized_supervisor_reloads_and_stops() {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(get(s.addr, "/").is_err());
+        assert!(!s.pid_file().exists());
     })
     .await
     .unwrap();

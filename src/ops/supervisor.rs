@@ -128,7 +128,10 @@ fn daemonize(server: &ServerConf) -> Result<(), String> {
             .stderr(daemonix::Stdio::keep());
     }
     match d.execute() {
-        daemonix::Outcome::Parent(Ok(_)) => std::process::exit(0),
+        // The daemon writes on; this exit only says whether the fork and setsid worked.
+        daemonix::Outcome::Parent(Ok(p)) => {
+            std::process::exit((p.first_child_exit_code != 0).into())
+        }
         daemonix::Outcome::Parent(Err(e)) | daemonix::Outcome::Child(Err(e)) => Err(e.to_string()),
         daemonix::Outcome::Child(Ok(_)) => Ok(()),
     }
@@ -235,7 +238,7 @@ impl Supervisor {
                 1
             }
         };
-        self.close(write_pid);
+        self.close();
         code
     }
 
@@ -260,11 +263,11 @@ impl Supervisor {
         Ok((signals, listener))
     }
 
-    fn close(&self, owns_pid_file: bool) {
+    fn close(&self) {
         let _ = std::fs::remove_file(&self.control);
         let ours = std::fs::read_to_string(&self.pid_file)
             .is_ok_and(|p| p.trim() == std::process::id().to_string());
-        if owns_pid_file && ours {
+        if ours {
             let _ = std::fs::remove_file(&self.pid_file);
         }
     }
@@ -436,9 +439,7 @@ impl Supervisor {
             if let Some(code) = self.exited.remove(&new) {
                 return Err(format!("the new server exited with status {code} before taking over (its log says why)"));
             }
-            if let Err(e) = waited {
-                return Err(e);
-            }
+            waited?;
             if started.elapsed() > START_TIMEOUT {
                 send(new, libc::SIGKILL);
                 return Err(format!(
