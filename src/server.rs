@@ -246,12 +246,14 @@ pub fn main(cli: Cli) -> i32 {
             return 2;
         }
     };
-    let compat = match config.compat_listen.map(|addr| (addr, auth.compat_parts())) {
-        Some((_, None)) => {
-            eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
-            return 2;
-        }
-        Some((addr, Some(parts))) => Some((addr, parts)),
+    let compat = match config.compat_listen {
+        Some(addr) => match auth.compat_parts() {
+            Some(parts) => Some((addr, parts)),
+            None => {
+                eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
+                return 2;
+            }
+        },
         None => None,
     };
     // The writer thread itself starts with the first line, in the process that serves.
