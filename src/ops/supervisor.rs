@@ -466,6 +466,7 @@ impl Supervisor {
                 "pid {old} did not hand its sockets over within {HANDOVER_TIMEOUT:?} of SIGQUIT"
             ));
         }
+        let took = started.elapsed();
         self.active = new;
         self.children.insert(new, "server");
         while quit.elapsed() < OLD_STOPS_ACCEPTING && self.children.contains_key(&old) {
@@ -474,7 +475,7 @@ impl Supervisor {
         }
         Ok(format!(
             "server pid {new} took over in {:.1} s; pid {old} no longer accepts, drains and exits",
-            started.elapsed().as_secs_f64()
+            took.as_secs_f64()
         ))
     }
 
