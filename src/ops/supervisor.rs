@@ -419,7 +419,7 @@ impl Supervisor {
     }
 
     async fn replace(&mut self, signals: &mut Signals) -> Result<String, String> {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || !self.children.contains_key(&self.active) {
             return Err("the supervisor is stopping".into());
         }
         self.check(signals).await?;
