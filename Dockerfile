@@ -11,6 +11,7 @@
 # image format has no HEALTHCHECK.
 #
 # Images built FROM this one can keep their nginx-era `COPY dist/ /usr/share/nginx/html` lines.
+# Reload like `nginx -s reload`: docker exec <container> wxedge reload -c /etc/wxedge/wxedge.yaml
 # No secrets are baked in: pass WeChat app secrets, cookie keys etc. as environment variables at run time.
 
 # ---------------------------------------------------------------------------------------------- build
@@ -73,4 +74,6 @@ STOPSIGNAL SIGTERM
 # No curl in the image: the binary GETs http://127.0.0.1:<port of WXEDGE_LISTEN>/_wxedge/healthz itself.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/wxedge", "healthcheck"]
-CMD ["/usr/local/bin/wxedge", "-c", "/etc/wxedge/wxedge.yaml"]
+# PID 1 is the supervisor: it stays while `wxedge reload` (or SIGHUP) replaces the
+# server under it with a new config, certificates and dist, and passes SIGTERM on to it.
+CMD ["/usr/local/bin/wxedge", "supervise", "-c", "/etc/wxedge/wxedge.yaml"]

@@ -15,21 +15,24 @@
 # edge started with the image's CMD as user wxedge serves
 # dist/index.html at /, the MP_verify token from WX_MP_VERIFY, /_wxedge/healthz; it runs with the wxedge
 # uid and no capability but cap_net_bind_service; the image's HEALTHCHECK command passes while it runs and
-# fails when it does not; SIGTERM lets an in-flight download finish and the process exits 0; the non-root
-# user can bind port 80 (when 127.0.0.1:80 is free).
+# fails when it does not; `wxedge reload` inside the running container under load (a new dist, then a
+# broken config refused with its reason, then the good one again): no request fails, the supervisor (the
+# image's command) stays, the new dist is served; SIGTERM lets an in-flight download finish and the
+# process exits 0; the non-root user can bind port 80 (when 127.0.0.1:80 is free).
 #
 # Ends with `container: N passed, M failed`; exits non-zero on any failure.
 #
 # Knobs (environment): WXEDGE_TEST_PORT (first port tried, default 18080), WXEDGE_TEST_STOP_TIMEOUT
 # (seconds the edge may take to exit after SIGTERM, default 30), WXEDGE_TEST_SKIP_BUILD=1 (reuse an
-# existing wxedge:test image), WXEDGE_TEST_KEEP_IMAGE=1 (keep the superseded wxedge:test image).
+# existing wxedge:test image), WXEDGE_TEST_KEEP_IMAGE=1 (keep the superseded wxedge:test image),
+# WXEDGE_TEST_IMAGE_TAG and WXEDGE_TEST_CONTAINER (other names, for checks running side by side).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
-IMAGE_TAG=wxedge:test
+IMAGE_TAG=${WXEDGE_TEST_IMAGE_TAG:-wxedge:test}
 IMAGE=localhost/$IMAGE_TAG
-CTR=wxedge-container-test
+CTR=${WXEDGE_TEST_CONTAINER:-wxedge-container-test}
 FIRST_PORT=${WXEDGE_TEST_PORT:-18080}
 STOP_TIMEOUT=${WXEDGE_TEST_STOP_TIMEOUT:-30}
 TOKEN="wxedgeCt$(date +%s)${RANDOM}"
@@ -157,8 +160,8 @@ checks = [
     ("EXPOSE 80/tcp", "80/tcp" in (c.get("ExposedPorts") or {}), sorted(c.get("ExposedPorts") or {})),
     ("STOPSIGNAL SIGTERM", c.get("StopSignal") in ("SIGTERM", "TERM", "15"), c.get("StopSignal")),
     ("HEALTHCHECK CMD wxedge healthcheck", hc == ["CMD", "/usr/local/bin/wxedge", "healthcheck"], hc),
-    ("CMD wxedge -c /etc/wxedge/wxedge.yaml",
-        (c.get("Entrypoint") or []) + (c.get("Cmd") or []) == ["/usr/local/bin/wxedge", "-c", "/etc/wxedge/wxedge.yaml"],
+    ("CMD wxedge supervise -c /etc/wxedge/wxedge.yaml",
+        (c.get("Entrypoint") or []) + (c.get("Cmd") or []) == ["/usr/local/bin/wxedge", "supervise", "-c", "/etc/wxedge/wxedge.yaml"],
         (c.get("Entrypoint"), c.get("Cmd"))),
     ("ENV WXEDGE_LISTEN=0.0.0.0:80", env.get("WXEDGE_LISTEN") == "0.0.0.0:80", env.get("WXEDGE_LISTEN")),
     ("ENV WXEDGE_DIST=/usr/share/nginx/html", env.get("WXEDGE_DIST") == "/usr/share/nginx/html", env.get("WXEDGE_DIST")),
@@ -176,7 +179,7 @@ done <"$WORK/config.check"
 # The command the image runs, and its healthcheck command, straight from the image config.
 mapfile -t RUN_CMD < <(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print("\n".join((c.get("Entrypoint") or []) + (c.get("Cmd") or [])))' "$WORK/config.json")
 mapfile -t HC_CMD < <(python3 -c 'import json,sys; t=(json.load(open(sys.argv[1])).get("Healthcheck") or {}).get("Test") or []; print("\n".join(t[1:] if t[:1]==["CMD"] else []))' "$WORK/config.json")
-[ "${#RUN_CMD[@]}" -gt 0 ] && [ -n "${RUN_CMD[0]}" ] || RUN_CMD=(/usr/local/bin/wxedge -c /etc/wxedge/wxedge.yaml)
+[ "${#RUN_CMD[@]}" -gt 0 ] && [ -n "${RUN_CMD[0]}" ] || RUN_CMD=(/usr/local/bin/wxedge supervise -c /etc/wxedge/wxedge.yaml)
 [ "${#HC_CMD[@]}" -gt 0 ] && [ -n "${HC_CMD[0]}" ] || HC_CMD=(/usr/local/bin/wxedge healthcheck)
 
 # ------------------------------------------------------------------------------- container rootfs
@@ -236,7 +239,8 @@ free_port() {
     echo "$p"
 }
 
-# Pids of the descendants of $1 named wxedge (buildah run forks and re-execs itself before the command).
+# Pids of the descendants of $1 named wxedge (buildah run forks and re-execs itself before the command),
+# the image's command (the supervisor, whose parent is not wxedge) first.
 wxedge_pids() {
     grep -H -E '^(Name|PPid):' /proc/[0-9]*/status 2>/dev/null | awk -v root="$1" '
         { split($1, f, "/"); pid = f[3] }
@@ -248,7 +252,8 @@ wxedge_pids() {
                 changed = 0
                 for (p in parent) if (!(p in desc) && (parent[p] in desc)) { desc[p] = 1; changed = 1 }
             } while (changed)
-            for (p in desc) if (p != root && name[p] == "wxedge") print p
+            for (p in desc) if (p != root && name[p] == "wxedge" && name[parent[p]] != "wxedge") print p
+            for (p in desc) if (p != root && name[p] == "wxedge" && name[parent[p]] == "wxedge") print p
         }'
 }
 
@@ -372,24 +377,29 @@ if start_edge main "127.0.0.1:$PORT"; then
     code=$(curl -sS -o "$WORK/healthz.got" -w '%{http_code}' --max-time 10 "$BASE/_wxedge/healthz")
     if [ "$code" = 200 ]; then pass "GET /_wxedge/healthz -> 200"; else fail "GET /_wxedge/healthz -> $code"; fi
 
-    # non-root process, no capability but cap_net_bind_service
-    if [ -n "$WX_PID" ] && [ -r "/proc/$WX_PID/status" ]; then
-        uids=$(awk '/^Uid:/ { print $2, $3, $4, $5 }' "/proc/$WX_PID/status")
-        gids=$(awk '/^Gid:/ { print $2, $3, $4, $5 }' "/proc/$WX_PID/status")
-        capeff=$(awk '/^CapEff:/ { print $2 }' "/proc/$WX_PID/status")
+    # non-root processes (the supervisor and the server under it), no capability but cap_net_bind_service
+    mapfile -t EDGE_PIDS < <(wxedge_pids "$RUN_PID")
+    if [ -n "$WX_PID" ] && [ "${#EDGE_PIDS[@]}" -ge 2 ]; then
+        pass "the image's command (pid $WX_PID) supervises a server process (pids ${EDGE_PIDS[*]})"
+    else
+        fail "expected a supervisor and a server process under buildah run, found '${EDGE_PIDS[*]}'"
+    fi
+    for p in "${EDGE_PIDS[@]}"; do
+        [ -r "/proc/$p/status" ] || { fail "edge process $p vanished"; continue; }
+        uids=$(awk '/^Uid:/ { print $2, $3, $4, $5 }' "/proc/$p/status")
+        gids=$(awk '/^Gid:/ { print $2, $3, $4, $5 }' "/proc/$p/status")
+        capeff=$(awk '/^CapEff:/ { print $2 }' "/proc/$p/status")
         if [ "$uids" = "$WX_UID $WX_UID $WX_UID $WX_UID" ] && [ "$gids" = "$WX_GID $WX_GID $WX_GID $WX_GID" ]; then
-            pass "edge process $WX_PID runs as wxedge (Uid: $uids, Gid: $gids)"
+            pass "edge process $p runs as wxedge (Uid: $uids, Gid: $gids)"
         else
-            fail "edge process $WX_PID: Uid: $uids, Gid: $gids (want $WX_UID/$WX_GID)"
+            fail "edge process $p: Uid: $uids, Gid: $gids (want $WX_UID/$WX_GID)"
         fi
         if [ $(( 16#$capeff & ~(1 << 10) )) -eq 0 ]; then
-            pass "edge process has no capability beyond cap_net_bind_service (CapEff $capeff)"
+            pass "edge process $p has no capability beyond cap_net_bind_service (CapEff $capeff)"
         else
-            fail "edge process has extra capabilities (CapEff $capeff)"
+            fail "edge process $p has extra capabilities (CapEff $capeff)"
         fi
-    else
-        fail "could not find the edge process under buildah run (pid '$WX_PID')"
-    fi
+    done
 
     # the image's HEALTHCHECK command, run inside the container as Docker would
     if bh run --isolation chroot --user wxedge --env "WXEDGE_LISTEN=127.0.0.1:$PORT" "$CTR" -- "${HC_CMD[@]}" \
@@ -397,6 +407,101 @@ if start_edge main "127.0.0.1:$PORT"; then
         pass "HEALTHCHECK command '${HC_CMD[*]}' exits 0 while the edge runs"
     else
         fail "HEALTHCHECK command '${HC_CMD[*]}' failed while the edge runs: $(tail -3 "$WORK/hc.out")"
+    fi
+
+    # `wxedge reload` inside the running container (as `docker exec` would run it) under steady load:
+    # keep-alive clients and a new connection per request, every answer counted.
+    RELOAD_CMD=(/usr/local/bin/wxedge reload -c "$conf_file")
+    reload_in_container() {
+        bh run --isolation chroot --user wxedge --env "WXEDGE_LISTEN=127.0.0.1:$PORT" \
+            --env "WX_MP_VERIFY=$TOKEN" "${WECHAT_ENV[@]}" "$CTR" -- "${RELOAD_CMD[@]}" >"$1" 2>&1
+    }
+    rm -f "$WORK/load.stop"
+    python3 - "127.0.0.1" "$PORT" "$WORK/load.stop" >"$WORK/load.result" 2>&1 <<'PY' &
+import http.client, os, sys, threading, time
+host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+counts, errors, lock = [0, 0], [], threading.Lock()
+def count(good, why=None):
+    with lock:
+        counts[0 if good else 1] += 1
+        if not good and len(errors) < 5:
+            errors.append(why)
+def worker(path, keep_alive):
+    conn = None
+    while not os.path.exists(stop):
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(host, port, timeout=10)
+            conn.request("GET", path, headers={} if keep_alive else {"Connection": "close"})
+            r = conn.getresponse()
+            r.read()
+            count(r.status == 200, "%s -> %d" % (path, r.status))
+            if not keep_alive or (r.getheader("Connection") or "").lower() == "close":
+                conn.close()
+                conn = None
+        except Exception as e:
+            count(False, "%s: %r" % (path, e))
+            conn = None
+threads = [threading.Thread(target=worker, args=(p, k)) for p in ("/", "/_wxedge/healthz") for k in (True, False) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(counts[0], counts[1], "; ".join(errors))
+PY
+    LOAD_PID=$!
+    sleep 1
+    HTML=$MNT/usr/share/nginx/html
+    cp "$HTML/index.html" "$WORK/index.orig"
+    printf '<!doctype html><title>reloaded %s</title>\n' "$TOKEN" >"$HTML/index.html"
+    if reload_in_container "$WORK/reload1.out"; then
+        pass "wxedge reload (new dist) inside the container: $(head -c 200 "$WORK/reload1.out")"
+    else
+        fail "wxedge reload (new dist) inside the container: $(tail -3 "$WORK/reload1.out")"
+    fi
+    code=$(curl -sS -o "$WORK/reloaded.got" -w '%{http_code}' --max-time 10 "$BASE/")
+    if [ "$code" = 200 ] && cmp -s "$WORK/reloaded.got" "$HTML/index.html"; then
+        pass "after the reload GET / serves the new index.html"
+    else
+        fail "after the reload GET / -> $code, $(head -c 120 "$WORK/reloaded.got")"
+    fi
+    CONF_HOST=$MNT$conf_file
+    cp "$CONF_HOST" "$WORK/conf.orig"
+    printf 'no_such_key: 1\n' >>"$CONF_HOST"
+    if reload_in_container "$WORK/reload2.out"; then
+        fail "wxedge reload with a broken config exits 0: $(tail -3 "$WORK/reload2.out")"
+    elif grep -q no_such_key "$WORK/reload2.out"; then
+        pass "wxedge reload with a broken config exits non-zero and says why: $(head -c 160 "$WORK/reload2.out")"
+    else
+        fail "wxedge reload with a broken config: no reason given: $(tail -3 "$WORK/reload2.out")"
+    fi
+    cp "$WORK/conf.orig" "$CONF_HOST"
+    cp "$WORK/index.orig" "$HTML/index.html"
+    if reload_in_container "$WORK/reload3.out"; then
+        pass "wxedge reload after the failed one goes through: $(head -c 200 "$WORK/reload3.out")"
+    else
+        fail "wxedge reload after the failed one: $(tail -3 "$WORK/reload3.out")"
+    fi
+    code=$(curl -sS -o "$WORK/reloaded2.got" -w '%{http_code}' --max-time 10 "$BASE/")
+    if [ "$code" = 200 ] && cmp -s "$WORK/reloaded2.got" dist/index.html; then
+        pass "after the third reload GET / serves dist/index.html again"
+    else
+        fail "after the third reload GET / -> $code"
+    fi
+    sleep 1
+    touch "$WORK/load.stop"
+    wait "$LOAD_PID"
+    read -r load_ok load_failed load_why <"$WORK/load.result"
+    if [ "${load_ok:-0}" -gt 200 ] && [ "${load_failed:-1}" = 0 ]; then
+        pass "load across the reloads: $load_ok requests, 0 failed"
+    else
+        fail "load across the reloads: ${load_ok:-?} ok, ${load_failed:-?} failed ($load_why; $(tail -2 "$WORK/load.result"))"
+    fi
+    if kill -0 "$RUN_PID" 2>/dev/null && kill -0 "$WX_PID" 2>/dev/null \
+        && [ "$(wxedge_pids "$RUN_PID" | head -1)" = "$WX_PID" ]; then
+        pass "the container kept running: the same supervisor (pid $WX_PID), now over pids $(wxedge_pids "$RUN_PID" | tail -n +2 | tr '\n' ' ')"
+    else
+        fail "after the reloads the container's command is gone or changed (was $WX_PID)"
     fi
 
     # SIGTERM with a download in flight: the download completes, then the process exits. The client

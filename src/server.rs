@@ -29,6 +29,27 @@ pub struct Cli {
 pub enum Command {
     /// Exit 0 when the running edge answers /_wxedge/healthz (for container HEALTHCHECKs).
     Healthcheck,
+    /// Run the edge under a parent that stays (PID 1 in a container) and reloads it on SIGHUP.
+    Supervise {
+        #[command(flatten)]
+        target: Target,
+        /// Run in the background (pid_file, error_log as for Pingora's -d).
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Make the running supervisor pick up the config, certificates, dist and binary anew.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `-c` after the subcommand, as ops type it (`wxedge reload -c conf`).
+#[derive(clap::Args, Debug)]
+pub struct Target {
+    /// The YAML config file (the same as the running edge's)
+    #[arg(short, long)]
+    pub conf: Option<String>,
 }
 
 fn init_logging() {
@@ -224,15 +245,34 @@ impl pingora::services::background::BackgroundService for Compressor {
 pub fn main(cli: Cli) -> i32 {
     init_logging();
     let mut opt = cli.opt;
+    if let Some(Command::Supervise { target, .. } | Command::Reload { target }) = &cli.command {
+        opt.conf = target.conf.clone().or(opt.conf);
+    }
     let config = match config::load(opt.conf.as_deref(), &ProcessEnv) {
         Ok(c) => c,
+        // As `nginx -s reload`: a config that does not load is not sent to the running edge.
+        Err(e) if matches!(cli.command, Some(Command::Reload { .. })) => {
+            eprintln!("wxedge reload: configuration error: {e} (the running edge was not touched)");
+            return 2;
+        }
         Err(e) => {
             eprintln!("wxedge: configuration error: {e}");
             return 2;
         }
     };
-    if let Some(Command::Healthcheck) = cli.command {
-        return healthcheck(&config);
+    use crate::ops::supervisor;
+    match cli.command {
+        Some(Command::Healthcheck) => return healthcheck(&config),
+        Some(Command::Reload { .. }) => return supervisor::reload(&config.server.build()),
+        Some(Command::Supervise { daemon, .. }) => {
+            let conf = opt.conf.as_deref();
+            return supervisor::run(conf, &config.server.build(), daemon || opt.daemon);
+        }
+        // As PID 1 (a container's command) the edge supervises itself, or it could not reload.
+        None if std::process::id() == 1 && !(opt.test || opt.upgrade || opt.daemon) => {
+            return supervisor::run(opt.conf.as_deref(), &config.server.build(), false);
+        }
+        None => {}
     }
     let site = match StaticSite::load(
         &config.settings.dist,
@@ -252,6 +292,25 @@ pub fn main(cli: Cli) -> i32 {
             return 2;
         }
     };
+    let compat = match config.compat_listen {
+        Some(addr) => match auth.compat_parts() {
+            Some(parts) => Some((addr, parts)),
+            None => {
+                eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    // The writer thread itself starts with the first line, in the process that serves.
+    if config.settings.ops.access_log != "off" {
+        let path = &config.settings.ops.access_log_path;
+        let path = (!path.is_empty()).then(|| std::path::Path::new(path));
+        if let Err(e) = crate::ops::access_log::init(path) {
+            eprintln!("wxedge: ops.access_log_path: {e}");
+            return 2;
+        }
+    }
     release_startup_memory();
     let (soft, hard) = crate::ops::limits::raise_open_files();
     let max_connections =
@@ -260,6 +319,7 @@ pub fn main(cli: Cli) -> i32 {
     summary.push(format!(
         "connections: at most {max_connections} (open files: soft limit {soft}, hard limit {hard})"
     ));
+    // Everything that can refuse a start happens above: `-t` (and so a reload's check) too.
     if opt.test {
         for line in &summary {
             println!("{line}");
@@ -274,22 +334,8 @@ pub fn main(cli: Cli) -> i32 {
     opt.conf = None;
     let mut server = Server::new_with_opt_and_conf(opt, config.server.build());
     server.bootstrap();
-    // After bootstrap: with `-d` the process has daemonized, and the writer thread must live
-    // in the process that serves.
-    if config.settings.ops.access_log != "off" {
-        let path = &config.settings.ops.access_log_path;
-        let path = (!path.is_empty()).then(|| std::path::Path::new(path));
-        if let Err(e) = crate::ops::access_log::init(path) {
-            eprintln!("wxedge: ops.access_log_path: {e}");
-            return 2;
-        }
-    }
-    crate::ops::lifecycle::watch(&server);
-    if let Some(addr) = config.compat_listen {
-        let Some((exchanger, appid, secret)) = auth.compat_parts() else {
-            eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
-            return 2;
-        };
+    server.add_service(crate::ops::lifecycle::service(&server));
+    if let Some((addr, (exchanger, appid, secret))) = compat {
         let compat = crate::auth::compat::CompatEndpoint {
             exchanger,
             appid,

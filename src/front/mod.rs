@@ -166,6 +166,8 @@ struct Conn {
     to_https: bool,
     /// Changes when the process starts shutting down or handing over.
     closing: ShutdownWatch,
+    /// A request has been read here: from now on, shutting down closes it while idle.
+    served: bool,
 }
 
 impl Front {
@@ -186,7 +188,8 @@ impl Front {
                 }
                 None => return,
             };
-            match read::quiet_read(&mut stream, &mut conn.buf, quiet_for, &mut conn.closing).await {
+            let closing = conn.served.then_some(&mut conn.closing);
+            match read::quiet_read(&mut stream, &mut conn.buf, quiet_for, closing).await {
                 Ok(n) if n > 0 => {}
                 _ => return,
             }
@@ -221,6 +224,7 @@ impl Front {
             https: https.is_some(),
             to_https: on(&self.edge.redirect_listen),
             closing: shutdown.clone(),
+            served: false,
         };
         if on(&self.edge.proxy_protocol) {
             if let Err(why) = self.proxy_protocol(&mut stream, &mut conn).await {
@@ -262,7 +266,7 @@ impl Front {
                     &mut conn.buf,
                     &mut conn.out,
                     keepalive,
-                    &mut conn.closing,
+                    conn.served.then_some(&mut conn.closing),
                 );
                 match idle.await {
                     read::Idle::Read(n) if n > 0 => {}
@@ -270,6 +274,7 @@ impl Front {
                     _ => return None,
                 }
             }
+            conn.served = true;
             // Not boxed: an allocation of the request's future per request cost more CPU than
             // the memory it saves (bench/RESULTS.md); this whole loop is boxed once instead.
             match self.next_request(&mut stream, conn).await {

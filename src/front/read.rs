@@ -32,15 +32,18 @@ pub enum Idle {
 ///
 /// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
 /// SIGTERM), idle connections close at once, as Pingora's own do, so clients move on instead
-/// of racing this process's exit. Connections with a request under way finish it first.
+/// of racing this process's exit. Connections with a request under way finish it first, and
+/// so do new ones (`shutdown` is `None` until a connection's first request): one accepted just
+/// before the listener closed has its request in the socket already, and closing it unread
+/// would reset it.
 pub async fn idle_read(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     idle: Duration,
-    shutdown: &mut ShutdownWatch,
+    mut shutdown: Option<&mut ShutdownWatch>,
 ) -> Idle {
-    if *shutdown.borrow() {
+    if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
         return Idle::Done;
     }
     // Under load the next request is usually in the socket already: take it without arming a
@@ -65,7 +68,7 @@ pub async fn idle_read(
                 Idle::Quiet(idle - first_wait)
             }
         },
-        _ = shutdown.changed() => Idle::Done,
+        _ = closing(&mut shutdown) => Idle::Done,
     }
 }
 
@@ -75,9 +78,9 @@ pub async fn quiet_read(
     stream: &mut Stream,
     buf: &mut BytesMut,
     left: Duration,
-    shutdown: &mut ShutdownWatch,
+    mut shutdown: Option<&mut ShutdownWatch>,
 ) -> std::io::Result<usize> {
-    if *shutdown.borrow() {
+    if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
         return Ok(0);
     }
     let mut first = [0u8; 1];
@@ -91,7 +94,17 @@ pub async fn quiet_read(
             Ok(other) => other,
             Err(_) => Ok(0),
         },
-        _ = shutdown.changed() => Ok(0),
+        _ = closing(&mut shutdown) => Ok(0),
+    }
+}
+
+/// Resolves when shutdown starts; never for a connection that must be served regardless.
+async fn closing(shutdown: &mut Option<&mut ShutdownWatch>) {
+    match shutdown {
+        Some(s) => {
+            let _ = s.changed().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -7,9 +7,13 @@
 //! as the upper bound of that drain.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use pingora::server::{ExecutionPhase, Server};
+use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::ServiceWithDependents;
+use tokio::sync::broadcast::Receiver;
 
 use super::metrics::METRICS;
 
@@ -20,9 +24,28 @@ pub fn draining() -> bool {
     DRAINING.load(Ordering::Relaxed)
 }
 
-pub fn watch(server: &Server) {
-    let mut phases = server.watch_execution_phase();
-    std::thread::Builder::new()
+/// The drain watcher, as a Pingora background service: services start in the process that
+/// serves, after any `-d` fork (a thread spawned before `run_forever` would stay in the parent).
+pub fn service(server: &Server) -> impl ServiceWithDependents {
+    let phases = server.watch_execution_phase();
+    background_service("lifecycle", Watcher(Mutex::new(Some(phases))))
+}
+
+struct Watcher(Mutex<Option<Receiver<ExecutionPhase>>>);
+
+#[async_trait::async_trait]
+impl BackgroundService for Watcher {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let phases = self.0.lock().ok().and_then(|mut p| p.take());
+        if let Some(phases) = phases {
+            watch(phases);
+        }
+    }
+}
+
+/// A thread of its own: it must keep running while Pingora's runtimes shut down.
+fn watch(mut phases: Receiver<ExecutionPhase>) {
+    let spawned = std::thread::Builder::new()
         .name("wxedge-lifecycle".into())
         .spawn(move || loop {
             match phases.blocking_recv() {
@@ -59,6 +82,8 @@ pub fn watch(server: &Server) {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
-        })
-        .expect("spawning the lifecycle thread");
+        });
+    if let Err(e) = spawned {
+        log::error!("lifecycle: no drain watcher ({e}): shutdowns wait the whole grace period");
+    }
 }

@@ -1,4 +1,5 @@
-//! Operations: request ids, the access log, Prometheus metrics and health answers.
+//! Operations: request ids, the access log, Prometheus metrics, health answers, the drain on
+//! shutdown and the supervisor that reloads.
 
 pub mod access_log;
 pub mod lifecycle;
@@ -7,6 +8,7 @@ pub mod memory;
 pub mod metrics;
 pub mod record;
 pub mod request_id;
+pub mod supervisor;
 
 /// What kind of request this was, for logs and metrics (a closed set: bounded label values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
