@@ -294,7 +294,7 @@ h2load_stats() {  # h2load_stats RAW -> "req/s mean_ms max_ms requests non2xx3xx
   rps="$(awk '/^finished in/ {sub(/,$/, "", $4); print $4; exit}' "$1")"
   # requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
   # (errored and timeout are failed ones); status codes: N 2xx, N 3xx, N 4xx, N 5xx
-  read -r reqs failed < <(awk '/^requests:/ {print $6, $10; exit}' "$1")
+  read -r reqs failed < <(awk '/^requests:/ {print $6, $10; exit}' "$1") || true
   non2="$(awk '/^status codes:/ {print $7 + $9; exit}' "$1")"
   max="$(to_ms "$(awk '/^time for request:/ {print $5; exit}' "$1")")"
   mean="$(to_ms "$(awk '/^time for request:/ {print $6; exit}' "$1")")"
