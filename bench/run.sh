@@ -38,7 +38,9 @@
 # the cases to profile, comma-separated names, default all), BENCH_PROFILE_SECONDS (default 3),
 # BENCH_OAUTH_LATENCY_MS (the sandbox
 # WeChat's answer delay, default 50), BENCH_OAUTH_LOADS (loads sharing one code, default 50), WXEDGE_BIN,
-# BENCH_LOGINS (page loads released at once in the logins-at-scale step, default 2000; 200 in --smoke).
+# BENCH_LOGINS (page loads released at once in the logins-at-scale step, default 2000; 200 in --smoke),
+# BENCH_IDLE_CONNS (idle keep-alive connections held open to measure memory per connection, default
+# 8000; 300 in --smoke).
 set -euo pipefail
 
 MODE=full
@@ -76,32 +78,12 @@ WX_THREADS="${BENCH_WXEDGE_THREADS:-2}"
 DIST_SRC="${BENCH_DIST:-$ROOT/../shared/fixtures/uniapp-h5/dist}"
 MP_TOKEN="${BENCH_MP_TOKEN:-Bench0123456789a}"
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] FAILED: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # 1. Tools and the binary
 # ---------------------------------------------------------------------------------------------
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
-CREATED_POLICY_RC=""
-
-apt_install() {
-  log "installing from apt: $*"
-  # Debian's nginx package starts the system nginx on :80 after installing it; this run does
-  # not want a stray server, so forbid service starts for the duration of the install.
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod 755 /usr/sbin/policy-rc.d
-    CREATED_POLICY_RC=1
-  fi
-  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null 2>&1; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-  fi
-  if [ -n "$CREATED_POLICY_RC" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; CREATED_POLICY_RC=""; fi
-}
-
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null || missing+=(wrk)
@@ -122,52 +104,13 @@ NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 command -v python3 >/dev/null || die "python3 is needed (report and free ports)"
 command -v node >/dev/null || die "node is needed (to check brotli bodies)"
 
-if [ -n "${WXEDGE_BIN:-}" ]; then
-  BIN="$WXEDGE_BIN"
-  log "using WXEDGE_BIN=$BIN (no build)"
-else
-  log "cargo build --release --locked (incremental)"
-  (cd "$ROOT" && cargo build --release --locked --quiet) || die "cargo build --release failed"
-  BIN="$ROOT/target/release/wxedge"
-fi
-[ -x "$BIN" ] || die "no wxedge binary at $BIN"
+build_wxedge
 
 # ---------------------------------------------------------------------------------------------
 # 2. Scratch space, dist copies, ports; cleanup of everything started here
 # ---------------------------------------------------------------------------------------------
-T="$(mktemp -d /tmp/wxedge-bench.XXXXXX)"
-chmod 755 "$T"          # nginx workers run as an unprivileged user and read the dist from here
-mkdir -p "$T/raw" "$T/nginx-temp" "$T/check"
-STARTED_PIDS=()
-SAMPLER_PID=""
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ -n "$SAMPLER_PID" ]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi
-  local p
-  for p in "${STARTED_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${STARTED_PIDS[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  [ -n "$CREATED_POLICY_RC" ] && $SUDO rm -f /usr/sbin/policy-rc.d
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $T"; else rm -rf "$T"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-[ -f "$DIST_SRC/index.html" ] || die "no dist at $DIST_SRC (expected ../shared/fixtures/uniapp-h5/dist next to the repo)"
-cp -R "$DIST_SRC" "$T/dist-wxedge"
-chmod -R u+w,a+rX "$T/dist-wxedge"
-find "$T/dist-wxedge" -type f \( -name '*.js' -o -name '*.css' -o -name '*.html' \) \
-  -exec gzip -9 -k -n {} \;
-rm -f "$T/dist-wxedge/MP_verify_$MP_TOKEN.txt"
-cp -a "$T/dist-wxedge" "$T/dist-nginx"
-printf '%s' "$MP_TOKEN" > "$T/dist-nginx/MP_verify_$MP_TOKEN.txt"
-chmod a+r "$T/dist-nginx/MP_verify_$MP_TOKEN.txt"
+make_scratch
+prepare_dists "$DIST_SRC" "$MP_TOKEN"
 
 ASSET="${BENCH_ASSET:-/assets/index-bydhfUo3.js}"
 [ -z "${BENCH_ASSET:-}" ] || [ -f "$T/dist-wxedge$ASSET" ] || die "BENCH_ASSET=$ASSET is not in the dist"
@@ -177,14 +120,7 @@ if [ ! -f "$T/dist-wxedge$ASSET" ]; then
   log "default asset missing; using the largest JS file: $ASSET"
 fi
 
-read -r BACKEND_PORT NGINX_PORT WXEDGE_PORT OAUTH_PORT OAUTH_METRICS_PORT < <(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-EOF
-)
+read -r BACKEND_PORT NGINX_PORT WXEDGE_PORT OAUTH_PORT OAUTH_METRICS_PORT < <(free_ports 5)
 
 # The access logs: off on both (the benchmark profile), or on as ops run them (production).
 if [ "$PROFILE" = production ]; then
@@ -195,27 +131,12 @@ else
   WX_ACCESS_LOG=off
 fi
 
-fill() {  # fill TEMPLATE > OUT
-  sed -e "s#@TMP@#$T#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
-      -e "s#@NGINX_ROOT@#$T/dist-nginx#g" -e "s#@ACCESS_LOG@#$NGINX_ACCESS_LOG#g" "$1" > "$2"
-}
 fill "$BENCH_DIR/nginx-backend.conf.in" "$T/nginx-backend.conf"
 fill "$BENCH_DIR/nginx-site.conf.in" "$T/nginx-site.conf"
 
 # ---------------------------------------------------------------------------------------------
 # 3. The servers
 # ---------------------------------------------------------------------------------------------
-wait_http() {  # wait_http URL PID NAME LOGFILE
-  local i
-  for i in $(seq 1 300); do
-    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || { cat "$4" >&2 || true; die "$3 exited during start-up"; }
-    sleep 0.1
-  done
-  cat "$4" >&2 || true
-  die "$3 did not answer $1 within 30 s"
-}
-
 "$NGINX" -t -q -p "$T" -c "$T/nginx-backend.conf" || die "backend nginx config does not load"
 "$NGINX" -t -q -p "$T" -c "$T/nginx-site.conf" || die "nginx config does not load"
 
@@ -227,36 +148,9 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/api/ping" "$BACKEND_PID" "backend ngin
 NGINX_PID=$!; STARTED_PIDS+=("$NGINX_PID")
 wait_http "http://127.0.0.1:$NGINX_PORT/index.html" "$NGINX_PID" "nginx" "$T/nginx-site.error.log"
 
-# start_wxedge NAME PORT [VAR=value ...]: wxedge with the bench's settings (plus VAR=value) in a
-# clean environment, so a WX_APPID or WXEDGE_* of the caller's shell cannot change the run; its pid
-# in STARTED_PID, its log in $T/NAME.log.
-start_wxedge() {
-  local name="$1" port="$2"
-  shift 2
-  (cd "$T" && exec env -i PATH="$PATH" HOME="${HOME:-/root}" \
-    WXEDGE_LISTEN="127.0.0.1:$port" \
-    WXEDGE_DIST="$T/dist-wxedge" \
-    WXEDGE_BACKEND="http://127.0.0.1:$BACKEND_PORT" \
-    WXEDGE_THREADS="$WX_THREADS" \
-    WXEDGE_ACCESS_LOG="$WX_ACCESS_LOG" \
-    WXEDGE_PID_FILE="$T/$name.pid" \
-    WXEDGE_UPGRADE_SOCK="$T/${name}_upgrade.sock" \
-    "$@" "$BIN") >"$T/$name.access.log" 2>"$T/$name.log" &
-  STARTED_PID=$!; STARTED_PIDS+=("$STARTED_PID")
-  wait_http "http://127.0.0.1:$port/_wxedge/healthz" "$STARTED_PID" "$name" "$T/$name.log"
-}
 start_wxedge wxedge "$WXEDGE_PORT" WX_MP_VERIFY="$MP_TOKEN"
 WXEDGE_PID="$STARTED_PID"
 
-children_of() {  # the direct children of PID, from /proc (no procps needed)
-  local f ppid
-  for f in /proc/[0-9]*/status; do
-    ppid=""
-    while read -r k v _; do [ "$k" = "PPid:" ] && { ppid=$v; break; }; done < "$f" 2>/dev/null || true
-    if [ "$ppid" = "$1" ]; then f=${f#/proc/}; echo "${f%/status}"; fi
-  done
-  return 0
-}
 NGINX_PIDS="$NGINX_PID $(children_of "$NGINX_PID" | tr '\n' ' ')"
 WXEDGE_PIDS="$WXEDGE_PID"
 [ "$(wc -w <<< "$NGINX_PIDS")" -ge 3 ] || die "nginx should run a master and 2 workers, found pids: $NGINX_PIDS"
@@ -511,81 +405,6 @@ case_oauth_callback() {
 # ---------------------------------------------------------------------------------------------
 # 5. Measure: wrk, servers alternating, RSS sampled during each run
 # ---------------------------------------------------------------------------------------------
-sample_rss() {  # sample_rss OUTFILE PID... : writes the peak of sum(VmRSS) in kB, until killed
-  local out=$1; shift
-  local peak=0 sum k v p
-  while :; do
-    sum=0
-    for p in "$@"; do
-      while read -r k v _; do
-        [ "$k" = "VmRSS:" ] && { sum=$((sum + v)); break; }
-      done < "/proc/$p/status" 2>/dev/null || true
-    done
-    if [ "$sum" -gt "$peak" ]; then peak=$sum; echo "$peak" > "$out"; fi
-    sleep 0.2
-  done
-}
-
-sum_status_field() {  # sum_status_field FIELD PID... (kB)
-  local field=$1 sum=0 k v p; shift
-  for p in "$@"; do
-    while read -r k v _; do
-      [ "$k" = "$field:" ] && { sum=$((sum + v)); break; }
-    done < "/proc/$p/status" 2>/dev/null || true
-  done
-  echo "$sum"
-}
-sum_pss() {  # sum of Pss (kB) from smaps_rollup: shared pages counted once across processes
-  local sum=0 k v p; for p in "$@"; do
-    while read -r k v _; do
-      [ "$k" = "Pss:" ] && { sum=$((sum + v)); break; }
-    done < "/proc/$p/smaps_rollup" 2>/dev/null || true
-  done; echo "$sum"
-}
-
-cpu_ticks() {  # cpu_ticks PID... : user + system CPU of the processes, in clock ticks
-  local u s
-  read -r u s < <(cpu_split "$@")
-  echo $((u + s))
-}
-cpu_split() {  # cpu_split PID... : "user system" CPU of the processes, in clock ticks
-  local u=0 s=0 p a
-  for p in "$@"; do
-    read -r -a a < "/proc/$p/stat" 2>/dev/null || continue
-    u=$((u + a[13])); s=$((s + a[14]))   # utime, stime (no spaces in these servers' comm field)
-  done
-  echo "$u $s"
-}
-machine_ticks() {  # machine_ticks : "busy idle steal" of all CPUs, in clock ticks (/proc/stat)
-  # busy = user + nice + system + irq + softirq (guest time is already inside user);
-  # idle = idle + iowait; steal = time the hypervisor ran someone else.
-  awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $5 + $6, $9; exit }' /proc/stat
-}
-CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
-per_req() {  # per_req TICKS REQUESTS : microseconds per request
-  awk -v t="$1" -v hz="$CLK_TCK" -v n="${2:-0}" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "nan" }'
-}
-
-to_ms() {  # wrk latency (e.g. 512.00us, 1.20ms, 2.01s) -> milliseconds
-  awk -v x="$1" 'BEGIN {
-    if (x ~ /us$/) { sub(/us$/, "", x); printf "%.3f", x / 1000 }
-    else if (x ~ /ms$/) { sub(/ms$/, "", x); printf "%.3f", x }
-    else if (x ~ /m$/) { sub(/m$/, "", x); printf "%.3f", x * 60000 }
-    else if (x ~ /s$/) { sub(/s$/, "", x); printf "%.3f", x * 1000 }
-    else printf "nan" }'
-}
-
-wrk_stats() {  # wrk_stats RAW -> "req/s p50_ms p99_ms requests non2xx3xx socket_errors"
-  local rps p50 p99 reqs non2 serr
-  rps="$(awk '/^Requests\/sec:/ {print $2}' "$1")"
-  p50="$(to_ms "$(awk '$1=="50%" {print $2; exit}' "$1")")"
-  p99="$(to_ms "$(awk '$1=="99%" {print $2; exit}' "$1")")"
-  reqs="$(awk '/requests in/ {print $1; exit}' "$1")"
-  non2="$(awk '/Non-2xx or 3xx responses:/ {print $NF; exit}' "$1")"
-  serr="$(awk '/Socket errors:/ {gsub(/,/, ""); print $4+$6+$8+$10; exit}' "$1")"
-  echo "${rps:--} ${p50:-nan} ${p99:-nan} ${reqs:-0} ${non2:-0} ${serr:-0}"
-}
-
 printf 'round\tcase\tserver\trps\tp50_ms\tp99_ms\trss_peak_kb\trequests\tnon2xx3xx\tsocket_errors\tcpu_us_per_req\tuser_us_per_req\tsys_us_per_req\tmachine_busy_us_per_req\tidle_pct\tsteal_pct\n' > "$T/runs.tsv"
 run_wrk() {  # run_wrk ROUND CASE_INDEX SERVER DURATION [warmup]
   local round=$1 ci=$2 s=$3 dur=$4 warm=${5:-}
@@ -629,8 +448,7 @@ run_wrk() {  # run_wrk ROUND CASE_INDEX SERVER DURATION [warmup]
     "$( [ "$non2" != 0 ] && echo "  NON-2xx/3xx: $non2"; [ "$serr" != 0 ] && echo "  socket errors: $serr")" >&2
 }
 
-busy="$(for f in /proc/[0-9]*/comm; do read -r c < "$f" 2>/dev/null && echo "$c"; done 2>/dev/null \
-        | grep -E '^(rustc|cargo|cc1|cc1plus|ld|lld|mold|clang)$' | sort | uniq -c | tr -s ' ' | paste -sd, - || true)"
+busy="$(busy_processes)"
 NOTE_SHARED="wrk (-t$WRK_THREADS -c$CONNS), the backend nginx and the server under test share the machine's $(nproc) cores; nothing is pinned."
 log "$NOTE_SHARED"
 [ -n "$busy" ] && log "WARNING: other CPU-heavy processes are running (${busy# }): numbers will be noisy"
@@ -726,6 +544,19 @@ bad="$(awk -F'\t' 'NR > 1 && $9 != 0 {print $2 " (" $3 ", round " $1 "): " $9 " 
 if [ "$MODE" = full ] && [ "${BENCH_ENFORCE:-0}" = 1 ] && grep -q '| missed |' "$T/report.md"; then
   log "targets missed (BENCH_ENFORCE=1)"; exit 3
 fi
+# Memory per idle keep-alive connection (issue 11), both servers: N connections, one request
+# each, then quiet; the growth of the server's RSS per connection once it has settled.
+IDLE_CONNS="${BENCH_IDLE_CONNS:-8000}"; [ "$MODE" = smoke ] && IDLE_CONNS=300
+: > "$T/idle.txt"
+for s in nginx wxedge; do
+  # shellcheck disable=SC2046
+  python3 "$BENCH_DIR/idle.py" --port "$(port_of "$s")" --pids "$(echo $(pids_of "$s") | tr ' ' ',')" \
+    --conns "$IDLE_CONNS" --label "$s" | tee -a "$T/idle.txt" >&2 || die "idle connections ($s) failed"
+done
+if [ -n "$OUT_FILE" ]; then
+  { printf '\n### Memory per idle keep-alive connection\n\n```\n'; cat "$T/idle.txt"; printf '```\n'; } >> "$OUT_FILE"
+fi
+
 # Logins at scale (issue 11): N page loads, each with its own code on its own connection,
 # released at once against a WeChat stand-in outside the edge (bench/logins.py), then N loads of
 # one code (one WeChat call). Fails on a failed login, reports the 1 s target as a verdict.
