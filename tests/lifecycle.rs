@@ -784,3 +784,118 @@ async fn as_pid_1_the_edge_supervises_itself() {
     .await
     .unwrap();
 }
+
+/// A renewed certificate (certbot replaced the files) is served after `wxedge reload`, over
+/// HTTP/1.1 and HTTP/2 clients that keep coming meanwhile (none fails); a key that does not
+/// belong to its certificate is refused with the file named, and the old one goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_the_renewed_certificate() {
+    let backend = Backend::start("b").await;
+    let url = backend.url();
+    tokio::task::spawn_blocking(move || renewed_certificate(&url))
+        .await
+        .unwrap();
+}
+
+/// Write a self-signed certificate for `a.test` whose subject names `generation`.
+fn write_certificate(dir: &std::path::Path, generation: &str) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, generation);
+    let cert = p.self_signed(&key).unwrap();
+    std::fs::write(dir.join("tls.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}
+
+/// The organisation named in the certificate `https://a.test:<port>` presents (HTTP/2).
+fn served_generation(port: u16) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sSk",
+            "-v",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+        ])
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .arg(format!("https://a.test:{port}/_wxedge/healthz"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.contains("subject:"))
+        .and_then(|l| l.split("O=").nth(1))
+        .map(|o| o.split([',', ';']).next().unwrap_or("").trim().to_string())
+        .unwrap_or_else(|| format!("no certificate: {err}"))
+}
+
+fn renewed_certificate(backend: &str) {
+    let mut s = Supervised::start(&["supervise"], backend);
+    let tls_port = free_port();
+    write_certificate(&s.dir, "generation-1");
+    let tls = format!(
+        "  tls:\n    listen: [\"127.0.0.1:{tls_port}\"]\n    certificates: [{{cert: {d}/tls.pem, key: {d}/tls.key}}]\n",
+        d = s.dir.display()
+    );
+    Supervised::write_conf(&s.dir, s.addr.port(), 1111, &tls);
+    let (code, out, err) = s.run(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", s.log());
+    assert_eq!(served_generation(tls_port), "generation-1");
+
+    // HTTPS clients throughout: HTTP/2 and HTTP/1.1, each request a new curl.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = ["--http2", "--http1.1"]
+        .into_iter()
+        .map(|proto| {
+            let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = Command::new("curl")
+                        .args(["-sSkf", proto, "-o", "/dev/null", "--max-time", "5"])
+                        .args(["--resolve", &format!("a.test:{tls_port}:127.0.0.1")])
+                        .arg(format!("https://a.test:{tls_port}/"))
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    let counter = if ok { &done } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // certbot renews: new files at the same paths, then the reload.
+    write_certificate(&s.dir, "generation-2");
+    let (code, out, err) = s.run(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", s.log());
+    assert_eq!(served_generation(tls_port), "generation-2");
+
+    // A key from another pair: refused, naming the files; generation 2 goes on.
+    let other = temp_dir("other-key");
+    write_certificate(&other, "stray");
+    std::fs::copy(other.join("tls.key"), s.dir.join("tls.key")).unwrap();
+    let (code, _, err) = s.run(&["reload"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("tls.pem") && err.contains("tls.key"), "{err}");
+    assert_eq!(served_generation(tls_port), "generation-2");
+
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (done, failed) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(done > 20, "{done} HTTPS requests made");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} HTTPS requests failed\n{}",
+        done + failed,
+        s.log()
+    );
+    s.child.0.kill().ok();
+}
