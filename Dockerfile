@@ -66,7 +66,10 @@ ENV WXEDGE_LISTEN=0.0.0.0:80 \
     WXEDGE_DIST=/usr/share/nginx/html
 
 USER ${WXEDGE_UID}:${WXEDGE_GID}
-EXPOSE 80
+# 443: with WXEDGE_TLS_LISTEN=0.0.0.0:443 and the certificate files mounted, e.g.
+#   -v /etc/letsencrypt:/etc/letsencrypt:ro -e WXEDGE_TLS_CERT=/etc/letsencrypt/live/h5/fullchain.pem
+#   -e WXEDGE_TLS_KEY=/etc/letsencrypt/live/h5/privkey.pem (renewed files: `wxedge reload` in the container).
+EXPOSE 80 443
 # SIGTERM: graceful shutdown; in-flight requests finish (up to grace_period_seconds in conf/wxedge.yaml)
 # before the process exits. `docker stop` kills after 10 s by default: give long downloads or uploads more
 # with --stop-timeout (Kubernetes: terminationGracePeriodSeconds).
