@@ -3,7 +3,7 @@
 request on each, keep them all open and quiet, and report how much the server's resident memory
 grew per connection once it has settled.
 
-    python3 bench/idle.py --port 8080 --pids 1234[,1235] [--conns 10000] [--settle 3]
+    python3 bench/idle.py --port 8080 --pids 1234[,1235] [--conns 10000] [--settle 6]
 
 Prints one line: `idle <label> conns=N before_kib=.. after_kib=.. per_conn_kib=..`.
 """
@@ -44,7 +44,7 @@ async def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pids", required=True)
     ap.add_argument("--conns", type=int, default=10000)
-    ap.add_argument("--settle", type=float, default=3.0)
+    ap.add_argument("--settle", type=float, default=6.0)
     ap.add_argument("--path", default="/index.html")
     ap.add_argument("--host", default="bench.local")
     ap.add_argument("--label", default="server")
@@ -56,7 +56,8 @@ async def main():
     conns = []
     sem = asyncio.Semaphore(256)
     await asyncio.gather(*(one(args.port, args.path, args.host, conns, sem) for _ in range(args.conns)))
-    # Quiet long enough for the server to give idle buffers back (wxedge: after 1 s).
+    # Quiet long enough for the server to give idle buffers back (wxedge: after 1 s) and for
+    # its memory trimmer (every 5 s) to hand freed pages to the kernel.
     await asyncio.sleep(args.settle)
     after = rss_kib(pids)
     for w in conns:
