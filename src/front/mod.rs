@@ -679,8 +679,11 @@ impl Front {
                     .write_answer(
                         stream,
                         conn,
-                        f.status,
-                        &body,
+                        &Small {
+                            status: f.status,
+                            head: JSON_HEAD,
+                            body: &body,
+                        },
                         &record.request_id,
                         !keep_alive,
                         req.is_head(),
@@ -744,25 +747,26 @@ impl Front {
             format!("https://{host}:{port}{}", req.target)
         };
         let body = b"301 Moved Permanently\n";
-        let out = &mut conn.out;
-        out.clear();
-        crate::proxy::headers::push_status_line(out, 301, None);
-        out.extend_from_slice(b"location: ");
-        out.extend_from_slice(location.as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        write::push_common_headers(out, &record.request_id, None, !keep_alive);
-        if !req.is_head() {
-            out.extend_from_slice(body);
-        }
-        let write = async {
-            stream.write_all(out).await?;
-            stream.flush().await
+        let location = format!("location: {location}\r\n");
+        let request_id = record.request_id.clone();
+        let answer = Small {
+            status: 301,
+            head: &[
+                location.as_bytes(),
+                b"content-type: text/plain; charset=utf-8\r\n",
+            ],
+            body,
         };
-        let sent = forward::within_send_timeout(self.edge.limits.send_timeout, write)
-            .await
-            .is_ok();
+        let sent = self
+            .write_answer(
+                stream,
+                conn,
+                &answer,
+                &request_id,
+                !keep_alive,
+                req.is_head(),
+            )
+            .await;
         record.answered(
             RouteClass::Static,
             if sent { 301 } else { 0 },
@@ -791,19 +795,28 @@ impl Front {
         let body = crate::answer::json_error(crate::answer::refusal_kind(status), message);
         let request_id = record.request_id.clone();
         let sent = self
-            .write_answer(stream, conn, status, &body, &request_id, close, head)
+            .write_answer(
+                stream,
+                conn,
+                &Small {
+                    status,
+                    head: JSON_HEAD,
+                    body: &body,
+                },
+                &request_id,
+                close,
+                head,
+            )
             .await;
         record.answered(class, if sent { status } else { 0 }, body.len() as u64);
     }
 
-    /// Write a complete JSON answer; whether it was sent.
-    #[allow(clippy::too_many_arguments)]
+    /// Write a complete small answer; whether it was sent.
     async fn write_answer(
         &self,
         stream: &mut Stream,
         conn: &mut Conn,
-        status: u16,
-        body: &[u8],
+        answer: &Small<'_>,
         request_id: &str,
         close: bool,
         head: bool,
@@ -811,15 +824,16 @@ impl Front {
         let hsts = self.hsts(conn.https);
         let out = &mut conn.out;
         out.clear();
-        crate::proxy::headers::push_status_line(out, status, None);
-        out.extend_from_slice(
-            b"content-type: application/json; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: ",
-        );
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        crate::proxy::headers::push_status_line(out, answer.status, None);
+        for line in answer.head {
+            out.extend_from_slice(line);
+        }
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(answer.body.len().to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
         write::push_common_headers(out, request_id, hsts, close);
         if !head {
-            out.extend_from_slice(body);
+            out.extend_from_slice(answer.body);
         }
         let write = async {
             stream.write_all(out).await?;
@@ -839,6 +853,18 @@ fn arrived_on(listeners: &[std::net::SocketAddr], local: std::net::SocketAddr) -
         .iter()
         .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
 }
+
+/// An answer the front door writes whole: its status, header lines (each ending in CRLF; the
+/// length and the common headers are added) and body.
+struct Small<'a> {
+    status: u16,
+    head: &'a [&'a [u8]],
+    body: &'a [u8],
+}
+
+/// The header lines of the front door's JSON answers.
+const JSON_HEAD: &[&[u8]] =
+    &[b"content-type: application/json; charset=utf-8\r\ncache-control: no-store\r\n"];
 
 /// `host` of `host[:port]` (an IPv6 literal keeps its brackets).
 fn host_without_port(h: &str) -> &str {

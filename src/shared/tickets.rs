@@ -82,7 +82,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -106,6 +106,8 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not start");
     }
 
