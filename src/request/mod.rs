@@ -38,6 +38,16 @@ pub(crate) const fn refuse(status: u16, message: &'static str) -> Refusal {
     Refusal { status, message }
 }
 
+/// More header lines than the parser was given room for.
+pub const TOO_MANY_HEADERS: Refusal = refuse(431, "too many header lines");
+
+impl Refusal {
+    /// The head may parse with room for more header lines (up to [`MAX_HEADERS`]).
+    pub fn is_too_many_headers(&self) -> bool {
+        self.message == TOO_MANY_HEADERS.message
+    }
+}
+
 /// More header lines than this is a 431 (nginx bounds heads by size only; a count limit is
 /// cheaper to enforce and no browser sends a tenth of it).
 pub const MAX_HEADERS: usize = 100;
@@ -114,9 +124,7 @@ pub fn parse<'b, 'h>(
                 Ok(None)
             }
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(refuse(431, "too many header lines"));
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_HEADERS),
         Err(httparse::Error::Version) if names_a_version(buf) => {
             return Err(refuse(505, "only HTTP/1.0 and HTTP/1.1 are served here"));
         }
