@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use pingora::protocols::Stream;
@@ -97,12 +97,11 @@ pub enum Idle {
 /// Wait for the next request to begin, up to `idle` or [`KEEP_BUFFERS_FOR`], whichever is
 /// shorter.
 ///
-/// A connection idle for more than [`KEEP_BUFFERS_FOR`] gives its read and write buffers
-/// back, as nginx frees an idle keep-alive connection's buffers: WeChat's browser keeps many
-/// connections open and quiet.
+/// The buffers are the thread's while nothing is read ([`read_pooled`]); a connection quiet
+/// for [`KEEP_BUFFERS_FOR`] gives its request loop back too (`Idle::Quiet`).
 ///
 /// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
-/// SIGTERM), idle connections close at once, as Pingora's own do, so clients move on instead
+/// SIGTERM), idle connections close within [`KEEP_BUFFERS_FOR`], as Pingora's own do, so clients move on instead
 /// of racing this process's exit. Connections with a request under way finish it first, and
 /// so do new ones (`shutdown` is `None` until a connection's first request): one accepted just
 /// before the listener closed has its request in the socket already, and closing it unread
@@ -112,7 +111,7 @@ pub async fn idle_read(
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     idle: Duration,
-    mut shutdown: Option<&mut ShutdownWatch>,
+    shutdown: Option<&mut ShutdownWatch>,
 ) -> Idle {
     if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
         return Idle::Done;
@@ -128,14 +127,14 @@ pub async fn idle_read(
             return Idle::Read(read.unwrap_or(0));
         }
     }
+    // No shutdown waiter for this short wait (a registration on the process-wide watch per
+    // request): shutdown was checked above, and a connection still quiet after this wait
+    // watches for it in `quiet_read`, so an idle one closes at most KEEP_BUFFERS_FOR late.
     let first_wait = idle.min(KEEP_BUFFERS_FOR);
-    tokio::select! {
-        read = tokio::time::timeout(first_wait, read_pooled(stream, buf, out)) => match read {
-            Ok(read) => Idle::Read(read.unwrap_or(0)),
-            Err(_) if first_wait == idle => Idle::Done,
-            Err(_) => Idle::Quiet(idle - first_wait),
-        },
-        _ = closing(&mut shutdown) => Idle::Done,
+    match tokio::time::timeout(first_wait, read_pooled(stream, buf, out)).await {
+        Ok(read) => Idle::Read(read.unwrap_or(0)),
+        Err(_) if first_wait == idle => Idle::Done,
+        Err(_) => Idle::Quiet(idle - first_wait),
     }
 }
 
@@ -174,12 +173,11 @@ thread_local! {
 
 /// Call `f` with the current HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
 pub fn with_http_date(f: impl FnOnce(&[u8])) {
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = crate::ops::clock::unix_secs();
     DATE.with(|d| {
         let mut d = d.borrow_mut();
         if d.0 != secs {
-            let text = httpdate::fmt_http_date(now);
+            let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
             if text.len() == 29 {
                 d.1.copy_from_slice(text.as_bytes());
                 d.0 = secs;

@@ -193,7 +193,11 @@ pub fn write(format: Format, e: &Entry) {
     if format == Format::Off {
         return;
     }
-    let now = SystemTime::now();
+    // Combined lines show seconds; JSON lines keep the precise time.
+    let now = match format {
+        Format::Combined => super::clock::now_secs(),
+        _ => SystemTime::now(),
+    };
     let Some(log) = running() else {
         let mut line = Vec::with_capacity(256);
         format_into(&mut line, format, e, now);
@@ -305,7 +309,11 @@ pub fn format_into(out: &mut Vec<u8>, format: Format, e: &Entry, now: SystemTime
             push_redacted(out, e.target, push_quoted);
             out.push(b' ');
             out.extend_from_slice(e.version.as_bytes());
-            let _ = write!(out, "\" {} {} \"", e.status, e.bytes);
+            out.extend_from_slice(b"\" ");
+            out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
+            out.extend_from_slice(b" \"");
             if e.referer.is_empty() {
                 out.push(b'-');
             } else {

@@ -2,6 +2,7 @@
 //! shutdown and the supervisor that reloads.
 
 pub mod access_log;
+pub mod clock;
 pub mod lifecycle;
 pub mod limits;
 pub mod memory;
