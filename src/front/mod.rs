@@ -16,6 +16,7 @@
 //! and account with the same per-request record, so the short path changes how fast an answer
 //! is, never what it is. `ops.short_path: false` sends every request through Pingora's path.
 
+mod h2;
 mod handover;
 mod proxy_protocol;
 mod read;
@@ -235,10 +236,14 @@ impl Front {
         if let Some(https) = https {
             stream = tls::accept(https, stream, &mut conn.buf, &self.edge.limits).await?;
             if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
-                // Pingora's HTTP/2 server reads the requests; `Edge::request_filter` applies
-                // the same checks to each, and every answer comes from the same modules.
-                drop(conn);
-                ServerApp::process_new(&self.pingora, stream, shutdown).await;
+                // The h2 crate reads the streams; each is checked with the same rules and
+                // answered on the short path (`h2`) or by Pingora's path, as HTTP/1 requests.
+                if self.edge.short_path {
+                    self.serve_h2(stream, conn.peer, conn.https, shutdown).await;
+                } else {
+                    drop(conn);
+                    ServerApp::process_new(&self.pingora, stream, shutdown).await;
+                }
                 return None;
             }
         }
@@ -561,13 +566,9 @@ impl Front {
         record: &mut RequestRecord,
         keep_alive: bool,
     ) -> Option<Turn> {
-        if !req.is_get_or_head() || req.query.is_some_and(|q| q.contains("code=")) {
-            return None;
-        }
         let answer = self
             .edge
-            .site
-            .quick(&req.path, &req.conditions, req.is_head())?;
+            .quick_static(req.method, &req.path, req.query, &req.conditions)?;
         let out = &mut conn.out;
         out.clear();
         out.extend_from_slice(if answer.status == 304 {
