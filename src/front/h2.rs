@@ -411,7 +411,9 @@ impl Front {
 
     /// `x-request-id`, and HSTS over TLS when it is on.
     fn add_common(&self, h: &mut http::HeaderMap, request_id: &str, https: bool) {
-        if let Ok(v) = HeaderValue::from_str(request_id) {
+        if let Ok(mut v) = HeaderValue::from_str(request_id) {
+            // Never indexed: a value used once would evict the HPACK table's useful entries.
+            v.set_sensitive(true);
             h.insert(X_REQUEST_ID.clone(), v);
         }
         if let Some(hsts) = self

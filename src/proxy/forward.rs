@@ -610,10 +610,12 @@ pub async fn forward_h2(
                 _ => valid = false,
             }
         });
-        parts.headers.insert(
-            HeaderName::from_static("x-request-id"),
-            HeaderValue::from_str(req.request_id).ok()?,
-        );
+        let mut id = HeaderValue::from_str(req.request_id).ok()?;
+        // Never indexed: a value used once would evict the HPACK table's useful entries.
+        id.set_sensitive(true);
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-request-id"), id);
         if let Some(hsts) = req.hsts {
             parts.headers.insert(
                 STRICT_TRANSPORT_SECURITY,
