@@ -8,8 +8,11 @@
 //!
 //! Each stream is checked (`request::h2::check`, or refused by Pingora's path exactly as
 //! before) and routed once; a whole dist file or its 304 is answered right here, from headers
-//! built at start-up, with no task and no proxy state machine; everything else is served
-//! by Pingora's path (`process_new_http`), with the record made here, so it behaves as before.
+//! built at start-up, with no task and no proxy state machine; an API call with a known body
+//! length goes over the per-thread keep-alive pool (`proxy::forward`), in a task of its own;
+//! everything else is served by Pingora's path (`process_new_http`), with the record made
+//! here, so it behaves as before. The same decisions as HTTP/1's short path, from the same
+//! functions (`EdgeState::quick_static`, `upstream::write_head`, `EdgeState::h2_record`).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};

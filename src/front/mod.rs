@@ -1,5 +1,5 @@
-//! The front door: every HTTP/1.x client connection starts here, as a Pingora `ServerApp`,
-//! and every request on it is read here, by the one parser (`crate::request`).
+//! The front door: every client connection starts here, as a Pingora `ServerApp`, and every
+//! HTTP/1.x request on it is read here, by the one parser (`crate::request`).
 //!
 //! For each request: read the head (within the header deadline), parse and validate it (or
 //! refuse it: 4xx/5xx and the connection closes), route it once (`crate::route`), read and
@@ -15,6 +15,7 @@
 //! Both paths decide with the same modules (route, static files, auth, the upstream builder)
 //! and account with the same per-request record, so the short path changes how fast an answer
 //! is, never what it is. `ops.short_path: false` sends every request through Pingora's path.
+//! HTTP/2 connections (ALPN `h2`) get the same two paths per stream (`h2`).
 
 mod h2;
 mod handover;
