@@ -27,7 +27,7 @@ use crate::proxy::upstream::{self, ForwardedIdentity, Outbound};
 use crate::proxy::Upstreams;
 use crate::request::client::{ClientAddr, RealIp};
 use crate::route::{Route, Router};
-use crate::static_files::{Answer, Conditions, Piece, StaticSite};
+use crate::static_files::{Answer, Conditions, Piece, Quick, StaticSite};
 
 /// Shared by Pingora's proxy (this file) and the front door (`front`), hence the `Arc`.
 #[derive(Clone)]
@@ -187,6 +187,56 @@ impl EdgeState {
             drop_underscore_headers: self.drop_underscore_headers,
             protected: &self.protected_headers,
         }
+    }
+
+    /// The record of an HTTP/2 request (read by the h2 server, not the front door's parser),
+    /// from `peer` (the connection's other end); `target` is the request target as it came.
+    pub fn h2_record(
+        &self,
+        req: &pingora::http::RequestHeader,
+        target: &str,
+        peer: &ClientAddr,
+        https: bool,
+    ) -> RequestRecord {
+        let request_id = request_id::accept(req.headers.get("x-request-id").map(|v| v.as_bytes()))
+            .unwrap_or_else(request_id::generate);
+        let client = self.real_ip.client(
+            peer,
+            req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+        );
+        let mut record = RequestRecord::start(self.access_log, request_id, client, || {
+            let field = |name: header::HeaderName| {
+                req.headers
+                    .get(name)
+                    .map_or_else(Bytes::new, |v| Bytes::copy_from_slice(v.as_bytes()))
+            };
+            LogFields {
+                method: Bytes::copy_from_slice(req.method.as_str().as_bytes()),
+                target: Bytes::copy_from_slice(target.as_bytes()),
+                version: version_label(req.version),
+                referer: field(header::REFERER),
+                user_agent: field(header::USER_AGENT),
+            }
+        });
+        record.https = https;
+        record
+    }
+
+    /// The short paths' static answer (HTTP/1 and HTTP/2): a whole dist file or its 304, from
+    /// headers built at start-up; `None` when Pingora's path must answer (another method, a
+    /// page load carrying an OAuth code to exchange, a range, a redirect, an error page).
+    pub fn quick_static(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        c: &Conditions,
+    ) -> Option<Quick<'_>> {
+        let head = method == "HEAD";
+        if !(head || method == "GET") || query.is_some_and(|q| q.contains("code=")) {
+            return None;
+        }
+        self.site.quick(path, c, head)
     }
 
     /// Ready = the dist has its index, and a backend answers (when backends are configured).
@@ -715,37 +765,13 @@ impl Edge {
     /// A record for a request that did not come through the front door.
     fn record_for(&self, session: &Session) -> RequestRecord {
         let req = session.req_header();
-        let request_id = request_id::accept(req.headers.get("x-request-id").map(|v| v.as_bytes()))
-            .unwrap_or_else(request_id::generate);
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or_else(ClientAddr::unknown, |a| self.real_ip.hop(a.ip()));
-        let client = self.real_ip.client(
-            &peer,
-            req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
-        );
-        let mut record = RequestRecord::start(self.access_log, request_id, client, || {
-            let field = |name: header::HeaderName| {
-                req.headers
-                    .get(name)
-                    .map_or_else(Bytes::new, |v| Bytes::copy_from_slice(v.as_bytes()))
-            };
-            LogFields {
-                method: Bytes::copy_from_slice(req.method.as_str().as_bytes()),
-                target: Bytes::copy_from_slice(
-                    req.uri
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .as_bytes(),
-                ),
-                version: version_label(req.version),
-                referer: field(header::REFERER),
-                user_agent: field(header::USER_AGENT),
-            }
-        });
-        record.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        record
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        self.h2_record(req, target, &peer, https)
     }
 
     /// `/.well-known/acme-challenge/<token>`, read from the ACME webroot at request time

@@ -731,3 +731,322 @@ fn a_broken_certificate_is_a_configuration_error() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("none.pem"));
 }
+
+/// The header lines of curl's last response, names lowercased, sorted; without `date` (it
+/// changes) and `connection` (HTTP/1 only).
+fn header_set(c: &Curl) -> Vec<(String, String)> {
+    let last = c
+        .head
+        .rsplit("\r\n\r\n")
+        .find(|h| !h.trim().is_empty())
+        .unwrap_or("");
+    let mut set: Vec<(String, String)> = last
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(k, _)| k != "date" && k != "connection")
+        .collect();
+    set.sort();
+    set
+}
+
+/// Every kind of static answer the short paths write (and a few Pingora's path writes), over
+/// HTTP/2 and HTTP/1.1: the same status, body and header lines, the request id included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_static_answers_are_http1s_header_for_header() {
+    let s = site(&[]).await;
+    let edge = &s.edge;
+    tokio::task::block_in_place(|| wait_compressed(edge));
+    let js = common::fixture_dist().join("assets");
+    let asset = std::fs::read_dir(&js)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".js"))
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .map(|e| format!("/assets/{}", e.file_name().to_string_lossy()))
+        .unwrap();
+    let etag = s.curl("a.test", "/", &["--http2"]).header("etag").unwrap();
+    let inm = format!("If-None-Match: {etag}");
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("/", vec![], "200"),
+        (
+            "/index.html",
+            vec!["-H", "Accept-Encoding: gzip, br"],
+            "200",
+        ),
+        // The identity asset is larger than what goes out inline.
+        (&asset, vec![], "200"),
+        (&asset, vec!["-H", "Accept-Encoding: gzip"], "200"),
+        (&asset, vec!["-H", "Accept-Encoding: br"], "200"),
+        ("/", vec!["-H", &inm], "304"),
+        ("/", vec!["-I"], "200"),
+        ("/pages/index/index", vec!["-H", "Accept: text/html"], "200"),
+        ("/MP_verify_abc123.txt", vec![], "200"),
+        ("/x/../index.html?v=1", vec![], "200"),
+        // Pingora's path: a miss, a range, a directory redirect, a method the dist refuses.
+        ("/missing.js", vec![], "404"),
+        ("/", vec!["-r", "0-9"], "206"),
+        ("/assets", vec![], "301"),
+        ("/", vec!["-X", "DELETE"], "405"),
+    ];
+    for (i, (target, args, status)) in cases.iter().enumerate() {
+        let id = format!("X-Request-ID: case-{i}");
+        let mut a1 = vec!["--http1.1", "-H", &id];
+        a1.extend(args.iter().copied());
+        let mut a2 = vec!["--http2", "-H", &id];
+        a2.extend(args.iter().copied());
+        let h1 = s.curl("a.test", target, &a1);
+        let h2 = s.curl("a.test", target, &a2);
+        assert_eq!(
+            h1.info,
+            format!("1.1 {status}"),
+            "{target} {args:?}: {}",
+            h1.stderr
+        );
+        assert_eq!(
+            h2.info,
+            format!("2 {status}"),
+            "{target} {args:?}: {}",
+            h2.stderr
+        );
+        if !args.contains(&"-I") {
+            // (curl -I writes the head as the body.)
+            assert_eq!(h1.body, h2.body, "{target} {args:?}");
+        }
+        assert_eq!(header_set(&h1), header_set(&h2), "{target} {args:?}");
+        assert_eq!(h2.header("x-request-id").as_deref(), Some(&id[14..]));
+    }
+    // The access log line of an HTTP/2 request: the target as sent, the protocol, the body
+    // bytes, the referer and the user agent.
+    let r = s.curl(
+        "a.test",
+        "/x/../index.html?v=2",
+        &["--http2", "-e", "https://ref.test/p", "-A", "h2-agent/1"],
+    );
+    assert_eq!(r.info, "2 200");
+    let line = format!(
+        "\"GET /x/../index.html?v=2 HTTP/2.0\" 200 {} \"https://ref.test/p\" \"h2-agent/1\"",
+        r.body.len()
+    );
+    let t = std::time::Instant::now();
+    while !s.edge.stdout().contains(&line) && t.elapsed().as_secs() < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        s.edge.stdout().contains(&line),
+        "{line}\n{}",
+        s.edge.stdout()
+    );
+}
+
+/// A backend that answers each whole request (`Content-Length` bodies) `200 ok`, and keeps
+/// every byte it received.
+async fn request_logging_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let wire = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let w = wire.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let w = w.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    w.lock().unwrap().extend_from_slice(&buf[..n]);
+                    pending.extend_from_slice(&buf[..n]);
+                    loop {
+                        let mut hs = [httparse::EMPTY_HEADER; 64];
+                        let mut req = httparse::Request::new(&mut hs);
+                        let Ok(httparse::Status::Complete(len)) = req.parse(&pending) else {
+                            break;
+                        };
+                        let body: usize = req
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                            .unwrap_or(0);
+                        if pending.len() < len + body {
+                            break;
+                        }
+                        pending.drain(..len + body);
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: backend\r\nconnection: x-hop\r\nx-hop: 1\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, wire)
+}
+
+/// An API call over HTTP/2 with a session: the backend gets exactly one request, byte for
+/// byte the one the edge builds (whichever path sends it, up to the case of header names): the normalised target, the client's
+/// end-to-end headers, `Host` from `:authority`, the forwarding headers, the verified identity
+/// and the edge's request id, one `Content-Length` and the body. The answer loses the
+/// backend's hop-by-hop headers and request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_api_calls_reach_the_backend_byte_for_byte() {
+    let (wire_addr, wire) = request_logging_backend().await;
+    let s = site(&[("WXEDGE_BACKEND", &format!("http://{wire_addr}"))]).await;
+    let jar = temp_dir("jar").join("jar");
+    let jar = jar.to_str().unwrap();
+    let start = s.curl("a.test", "/_wxedge/login?return=/", &["--http2", "-c", jar]);
+    let authorize = start
+        .header("location")
+        .unwrap()
+        .replace("#wechat_redirect", "&auto=alice");
+    let r = s.curl(
+        "a.test",
+        &authorize,
+        &["--http2", "-b", jar, "-c", jar, "-L"],
+    );
+    assert_eq!(r.info, "2 200", "{}", r.stderr);
+    let session = std::fs::read_to_string(jar)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 7 && f[5] == "wxedge_session").then(|| f[6].to_string())
+        })
+        .expect("a session cookie");
+    wire.lock().unwrap().clear();
+    let r = s.curl(
+        "a.test",
+        "/api/x/../echo?q=1",
+        &[
+            "--http2",
+            "-H",
+            "X-Request-ID: h2-bytes-1",
+            "-H",
+            "X-WX-OpenID: forged",
+            "-H",
+            "X-Custom: kept",
+            "-H",
+            &format!("Cookie: wxedge_session={session}; theme=dark"),
+            "--data-binary",
+            "hello",
+        ],
+    );
+    assert_eq!(r.info, "2 200", "{}", r.stderr);
+    assert_eq!(r.body, "ok");
+    assert_eq!(r.header("x-request-id").as_deref(), Some("h2-bytes-1"));
+    assert_eq!(r.header("x-hop"), None);
+    assert_eq!(
+        r.header("strict-transport-security").as_deref(),
+        Some("max-age=31536000")
+    );
+    let t = std::time::Instant::now();
+    while !wire.lock().unwrap().ends_with(b"hello") && t.elapsed().as_secs() < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got = String::from_utf8_lossy(&wire.lock().unwrap()).into_owned();
+    let openid = got
+        .lines()
+        .find_map(|l| l.strip_prefix("x-wx-openid: "))
+        .unwrap_or_else(|| panic!("no identity header in:\n{got}"))
+        .to_string();
+    assert_ne!(openid, "forged");
+    let curl_version = String::from_utf8_lossy(
+        &Command::new("curl")
+            .arg("--version")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_string();
+    let expected = format!(
+        "POST /api/echo?q=1 HTTP/1.1\r\n\
+user-agent: curl/{curl_version}\r\n\
+accept: */*\r\n\
+x-custom: kept\r\n\
+content-type: application/x-www-form-urlencoded\r\n\
+host: a.test:{port}\r\n\
+x-forwarded-for: 127.0.0.1\r\n\
+x-real-ip: 127.0.0.1\r\n\
+x-forwarded-proto: https\r\n\
+x-forwarded-host: a.test:{port}\r\n\
+x-wx-openid: {openid}\r\n\
+x-wx-scope: snsapi_base\r\n\
+cookie: theme=dark\r\n\
+x-request-id: h2-bytes-1\r\n\
+content-length: 5\r\n\r\nhello",
+        port = s.tls_port
+    );
+    // Pingora's HTTP/1 writer (`ops.short_path: false`) spells a few well-known names in
+    // title case; names are case-insensitive, everything else must match.
+    let lower_names = |s: &str| -> String {
+        s.split("\r\n")
+            .map(|l| match l.split_once(": ") {
+                Some((k, v)) => format!("{}: {v}", k.to_ascii_lowercase()),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    assert_eq!(lower_names(&got), expected);
+}
+
+/// On one HTTP/2 connection, refused streams (a path that climbs out, a forbidden byte) get
+/// their answer or reset while the streams beside them are answered, and the connection
+/// serves more afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_refusals_leave_sibling_streams_alone() {
+    let s = site(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.tls_port))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&s.pki.ca, &[b"h2"]));
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut pending = Vec::new();
+    for (path, status) in [
+        ("/", 200),
+        ("/a/%2e%2e/%2e%2e/etc/passwd", 400),
+        ("/api/ping", 200),
+        ("/api%2fx", 400),
+        ("/index.html", 200),
+        ("/x/..;/y", 400),
+        ("/_wxedge/healthz", 200),
+    ] {
+        let req = http::Request::get(format!("https://a.test{path}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        pending.push((path, status, resp));
+        client = client.ready().await.unwrap();
+    }
+    for (path, status, resp) in pending {
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        let mut body = resp.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        if status == 400 {
+            assert!(
+                String::from_utf8_lossy(&bytes).contains("bad_request"),
+                "{path}"
+            );
+        }
+    }
+    let req = http::Request::get("https://a.test/index.html")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+}

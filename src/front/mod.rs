@@ -1,5 +1,5 @@
-//! The front door: every HTTP/1.x client connection starts here, as a Pingora `ServerApp`,
-//! and every request on it is read here, by the one parser (`crate::request`).
+//! The front door: every client connection starts here, as a Pingora `ServerApp`, and every
+//! HTTP/1.x request on it is read here, by the one parser (`crate::request`).
 //!
 //! For each request: read the head (within the header deadline), parse and validate it (or
 //! refuse it: 4xx/5xx and the connection closes), route it once (`crate::route`), read and
@@ -15,7 +15,9 @@
 //! Both paths decide with the same modules (route, static files, auth, the upstream builder)
 //! and account with the same per-request record, so the short path changes how fast an answer
 //! is, never what it is. `ops.short_path: false` sends every request through Pingora's path.
+//! HTTP/2 connections (ALPN `h2`) get the same two paths per stream (`h2`).
 
+mod h2;
 mod handover;
 mod proxy_protocol;
 mod read;
@@ -249,10 +251,14 @@ impl Front {
         if let Some(https) = https {
             stream = tls::accept(https, stream, &mut conn.buf, &self.edge.limits).await?;
             if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
-                // Pingora's HTTP/2 server reads the requests; `Edge::request_filter` applies
-                // the same checks to each, and every answer comes from the same modules.
-                drop(conn);
-                ServerApp::process_new(&self.pingora, stream, shutdown).await;
+                // The h2 crate reads the streams; each is checked with the same rules and
+                // answered on the short path (`h2`) or by Pingora's path, as HTTP/1 requests.
+                if self.edge.short_path {
+                    self.serve_h2(stream, conn.peer, conn.https, shutdown).await;
+                } else {
+                    drop(conn);
+                    ServerApp::process_new(&self.pingora, stream, shutdown).await;
+                }
                 return None;
             }
         }
@@ -582,13 +588,9 @@ impl Front {
         record: &mut RequestRecord,
         keep_alive: bool,
     ) -> Option<Turn> {
-        if !req.is_get_or_head() || req.query.is_some_and(|q| q.contains("code=")) {
-            return None;
-        }
         let answer = self
             .edge
-            .site
-            .quick(&req.path, &req.conditions, req.is_head())?;
+            .quick_static(req.method, &req.path, req.query, &req.conditions)?;
         let out = &mut conn.out;
         out.clear();
         out.extend_from_slice(if answer.status == 304 {

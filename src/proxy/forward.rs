@@ -8,7 +8,10 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, STRICT_TRANSPORT_SECURITY};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::v2::server::HttpSession;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -318,20 +321,31 @@ struct ResponseHead {
     close_client: bool,
 }
 
-/// Read the backend's response head and write the client's version of it into `out`:
-/// hop-by-hop headers (and those the backend's `Connection` names) dropped, the edge's
-/// request id and `connection: close` when the client's connection ends. `None`: the head
-/// cannot be framed one way (conflicting lengths), a 502.
-fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<ResponseHead> {
+/// Parse a complete response head (as [`send_and_read_head`] buffered it) and hand its
+/// status line and header lines to `f`.
+fn with_response<R>(
+    buf: &[u8],
+    f: impl FnOnce(u16, Option<u8>, Option<&str>, &[httparse::Header]) -> Option<R>,
+) -> Option<R> {
     let mut hs = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut hs);
     resp.parse(buf).ok()?;
-    let status = resp.code?;
-    let mut upstream_keeps = resp.version == Some(1);
+    f(resp.code?, resp.version, resp.reason, resp.headers)
+}
+
+/// How the backend frames its response, and whether its connection stays usable. `None`: the
+/// head cannot be framed one way (conflicting lengths), a 502.
+fn framing_of(
+    status: u16,
+    version: Option<u8>,
+    hs: &[httparse::Header],
+    req: &Outgoing<'_>,
+) -> Option<ResponseHead> {
+    let mut upstream_keeps = version == Some(1);
     let mut framing = None;
     let mut length: Option<u64> = None;
     let mut bad_length = false;
-    for h in resp.headers.iter() {
+    for h in hs {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let chunked_last = h
                 .value
@@ -368,42 +382,66 @@ fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<Re
             None => Framing::UntilClose,
         })
     };
-    let close_client = req.close_client || framing == Framing::UntilClose;
-
-    out.clear();
-    headers::push_status_line(out, status, resp.reason);
-    let connection_values = || {
-        resp.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .map(|h| h.value)
-    };
-    for h in resp.headers.iter() {
-        let keep_te =
-            framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
-        if (headers::is_hop_by_hop(h.name) && !keep_te)
-            || headers::named_in_connection(h.name, connection_values())
-            || h.name.eq_ignore_ascii_case("x-request-id")
-            || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
-            || (req.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
-        {
-            continue;
-        }
-        push_header(out, h.name.as_bytes(), &[h.value]);
-    }
-    push_header(out, b"x-request-id", &[req.request_id.as_bytes()]);
-    if let Some(hsts) = req.hsts {
-        push_header(out, b"strict-transport-security", &[hsts]);
-    }
-    if close_client {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
     Some(ResponseHead {
         status,
         framing,
         upstream_keeps,
-        close_client,
+        close_client: req.close_client || framing == Framing::UntilClose,
+    })
+}
+
+/// The backend's header lines the client gets, in order: no hop-by-hop header (nor those the
+/// backend's `Connection` names), no `X-Request-ID` (the edge's goes instead), no length
+/// beside chunked framing, no `Strict-Transport-Security` when the edge sends its own.
+/// `chunked_te`: the client gets the chunked body as it is (HTTP/1), with its
+/// `Transfer-Encoding`.
+fn for_client<'h>(
+    hs: &'h [httparse::Header<'h>],
+    framing: Framing,
+    req: &Outgoing<'_>,
+    chunked_te: bool,
+    mut emit: impl FnMut(&'h str, &'h [u8]),
+) {
+    let connection_values = || {
+        hs.iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value)
+    };
+    let chunked = framing == Framing::Chunked;
+    for h in hs {
+        let keep_te = chunked_te && chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
+        if (headers::is_hop_by_hop(h.name) && !keep_te)
+            || headers::named_in_connection(h.name, connection_values())
+            || h.name.eq_ignore_ascii_case("x-request-id")
+            || (chunked && h.name.eq_ignore_ascii_case("content-length"))
+            || (req.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
+        {
+            continue;
+        }
+        emit(h.name, h.value);
+    }
+}
+
+/// Read the backend's response head and write the client's version of it into `out`:
+/// [`for_client`]'s lines, the edge's request id and `connection: close` when the client's
+/// connection ends. `None`: a head that cannot be framed one way, a 502.
+fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<ResponseHead> {
+    with_response(buf, |status, version, reason, hs| {
+        let head = framing_of(status, version, hs, req)?;
+        out.clear();
+        headers::push_status_line(out, status, reason);
+        for_client(hs, head.framing, req, true, |name, value| {
+            push_header(out, name.as_bytes(), &[value])
+        });
+        push_header(out, b"x-request-id", &[req.request_id.as_bytes()]);
+        if let Some(hsts) = req.hsts {
+            push_header(out, b"strict-transport-security", &[hsts]);
+        }
+        if head.close_client {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Some(head)
     })
 }
 
@@ -541,6 +579,148 @@ async fn relay_body<W: AsyncWrite + Unpin>(
         sent += body.len() as u64;
         if done {
             return Ok(sent);
+        }
+    }
+}
+
+/// Forward one request of an HTTP/2 client and relay the answer on its stream: the same
+/// backends, pool, retries and header rules as [`forward`]; the body unframed (HTTP/2 frames
+/// it itself: a chunked one is decoded) and written as the client's window allows, each part
+/// within the send timeout.
+pub async fn forward_h2(
+    ups: &Upstreams,
+    req: &Outgoing<'_>,
+    client: &mut HttpSession,
+) -> Result<Relayed, Error> {
+    let (mut up, head_len) = exchange(ups, req).await.map_err(Error::Before)?;
+    let parsed = with_response(&up.buf[..head_len], |status, version, _, hs| {
+        let head = framing_of(status, version, hs, req)?;
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = http::StatusCode::from_u16(status).ok()?;
+        parts.version = http::Version::HTTP_2;
+        let mut valid = true;
+        for_client(hs, head.framing, req, false, |name, value| {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    parts.headers.append(n, v);
+                }
+                _ => valid = false,
+            }
+        });
+        let mut id = HeaderValue::from_str(req.request_id).ok()?;
+        // Never indexed: a value used once would evict the HPACK table's useful entries.
+        id.set_sensitive(true);
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-request-id"), id);
+        if let Some(hsts) = req.hsts {
+            parts.headers.insert(
+                STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_bytes(hsts).ok()?,
+            );
+        }
+        valid.then(|| (head, ResponseHeader::from(parts)))
+    });
+    let Some((mut head, resp)) = parsed else {
+        return Err(Error::Before(Failure {
+            backend: Some(up.backend),
+            ..BAD_GATEWAY
+        }));
+    };
+    up.buf.advance(head_len);
+    client.set_write_timeout(Some(req.send_timeout));
+    let no_body = matches!(head.framing, Framing::Empty | Framing::Length(0));
+    if client
+        .write_response_header(Box::new(resp), no_body)
+        .is_err()
+    {
+        return Err(broken(&head, &up, 0));
+    }
+    let sent = if no_body {
+        if !up.buf.is_empty() {
+            // The backend sent more than the response: do not trust the connection again.
+            head.upstream_keeps = false;
+        }
+        0
+    } else {
+        relay_body_h2(ups, &mut up, &mut head, client).await?
+    };
+    if head.upstream_keeps && head.framing != Framing::UntilClose {
+        put_idle(up.addr, up.stream);
+    }
+    Ok(Relayed {
+        status: head.status,
+        body_bytes: sent,
+        backend: up.backend,
+        client_reusable: true,
+    })
+}
+
+/// The body of [`forward_h2`]'s answer, as it arrives; how many body bytes were sent.
+async fn relay_body_h2(
+    ups: &Upstreams,
+    up: &mut Answered,
+    head: &mut ResponseHead,
+    client: &mut HttpSession,
+) -> Result<u64, Error> {
+    let framing = head.framing;
+    let mut sent: u64 = 0;
+    let mut chunks = Chunked::default();
+    let mut left = match framing {
+        Framing::Length(l) => l,
+        _ => u64::MAX,
+    };
+    let mut available = std::mem::take(&mut up.buf);
+    let mut eof = false;
+    loop {
+        let mut done = eof;
+        let data = match framing {
+            Framing::Length(_) => {
+                let take = available.len().min(left as usize);
+                left -= take as u64;
+                done = left == 0;
+                if take < available.len() {
+                    head.upstream_keeps = false;
+                }
+                available.split_to(take).freeze()
+            }
+            Framing::Chunked => {
+                let mut decoded = Vec::with_capacity(available.len());
+                match chunks.feed(&available, Some(&mut decoded)) {
+                    Ok(Some(end)) => {
+                        done = true;
+                        if end < available.len() {
+                            head.upstream_keeps = false;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Err(broken(head, up, sent)),
+                }
+                Bytes::from(decoded)
+            }
+            Framing::UntilClose | Framing::Empty => available.split().freeze(),
+        };
+        if !data.is_empty() || done {
+            let len = data.len() as u64;
+            if client.write_body(data, done).await.is_err() {
+                return Err(broken(head, up, sent));
+            }
+            sent += len;
+        }
+        if done {
+            return Ok(sent);
+        }
+        available = BytesMut::with_capacity(16 * 1024);
+        match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut available)).await {
+            Ok(Ok(0)) if framing == Framing::UntilClose => {
+                eof = true;
+                head.upstream_keeps = false;
+            }
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(broken(head, up, sent)),
         }
     }
 }

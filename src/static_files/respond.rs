@@ -80,8 +80,10 @@ pub struct Quick<'a> {
     pub status: u16,
     /// `name: value\r\n` lines, `Content-Length` included for 200 (also for HEAD).
     pub head: &'a [u8],
+    /// The same headers as a map, for HTTP/2 answers (cloned, not rebuilt, per request).
+    pub headers: &'a HeaderMap,
     /// Empty for 304 and HEAD.
-    pub body: &'a [u8],
+    pub body: &'a Bytes,
     /// The same bytes in a memory file, for `sendfile(2)` (large bodies only).
     pub body_file: Option<&'a std::fs::File>,
     pub encoding: Encoding,
@@ -92,6 +94,8 @@ pub struct Quick<'a> {
 pub struct Prebuilt {
     ok: Bytes,
     not_modified: Bytes,
+    ok_map: HeaderMap,
+    not_modified_map: HeaderMap,
     body_file: Option<std::sync::Arc<std::fs::File>>,
 }
 
@@ -293,6 +297,14 @@ fn push_representation_headers(headers: &mut Vec<(HeaderName, HeaderValue)>, var
     }
 }
 
+fn header_map(headers: &[(HeaderName, HeaderValue)]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        map.append(k.clone(), v.clone());
+    }
+    map
+}
+
 fn serialize(headers: &[(HeaderName, HeaderValue)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     for (k, v) in headers {
@@ -310,8 +322,10 @@ pub fn prebuild(file: &StaticFile, variants: &[Variant]) -> Vec<Prebuilt> {
     variants
         .iter()
         .map(|variant| {
-            let not_modified = serialize(&validator_headers(file, variant));
-            let mut headers = validator_headers(file, variant);
+            let validators = validator_headers(file, variant);
+            let not_modified = serialize(&validators);
+            let not_modified_map = header_map(&validators);
+            let mut headers = validators;
             push_representation_headers(&mut headers, variant);
             headers.push((header::CONTENT_TYPE, file.content_type.clone()));
             headers.push((header::CONTENT_LENGTH, HeaderValue::from(variant.len)));
@@ -324,11 +338,15 @@ pub fn prebuild(file: &StaticFile, variants: &[Variant]) -> Vec<Prebuilt> {
             Prebuilt {
                 ok: Bytes::from(serialize(&headers)),
                 not_modified: Bytes::from(not_modified),
+                ok_map: header_map(&headers),
+                not_modified_map,
                 body_file,
             }
         })
         .collect()
 }
+
+static EMPTY: Bytes = Bytes::new();
 
 /// The answer without building anything, when it is a whole in-memory file or a 304 (no
 /// `Range`, `If-Match` or `If-Unmodified-Since` involved); `None` means: ask [`plan`].
@@ -350,7 +368,8 @@ pub fn quick<'a>(file: &'a StaticFile, c: &Conditions, head: bool) -> Option<Qui
         return Some(Quick {
             status: 304,
             head: &prebuilt.not_modified,
-            body: &[],
+            headers: &prebuilt.not_modified_map,
+            body: &EMPTY,
             body_file: None,
             encoding: variant.encoding,
         });
@@ -361,7 +380,8 @@ pub fn quick<'a>(file: &'a StaticFile, c: &Conditions, head: bool) -> Option<Qui
     Some(Quick {
         status: 200,
         head: &prebuilt.ok,
-        body: if head { &[] } else { bytes },
+        headers: &prebuilt.ok_map,
+        body: if head { &EMPTY } else { bytes },
         body_file: if head {
             None
         } else {
