@@ -57,19 +57,19 @@ impl Report {
     pub fn lines(&self) -> Vec<String> {
         let mut lines = vec![
             format!(
-                "compress: {}: {} text files of compress_min_bytes or more, {} KiB",
+                "compress: {}: {} text files of compress_min_bytes or more, {}",
                 self.root.display(),
                 self.files,
-                self.source_bytes / 1024
+                size(self.source_bytes)
             ),
             format!(
                 "compress: {} twins written, {} up to date, {} not worth it (saved less than a tenth), {} shipped twins checked and kept, {} shipped twins replaced (did not decode to their file), {} removed (their file is gone)",
                 self.written, self.current, self.not_worth, self.adopted, self.replaced, self.removed
             ),
             format!(
-                "compress: twins now hold gzip {} KiB, br {} KiB; manifest {} {}",
-                self.gzip_bytes / 1024,
-                self.brotli_bytes / 1024,
+                "compress: twins now hold gzip {}, br {}; manifest {} {}",
+                size(self.gzip_bytes),
+                size(self.brotli_bytes),
                 compress::MANIFEST,
                 if self.manifest_written {
                     "written"
@@ -82,6 +82,15 @@ impl Report {
             lines.push(format!("compress: FAILED {f}"));
         }
         lines
+    }
+}
+
+/// Bytes as people read them: `680 B`, `1.1 KiB`, `95.4 MiB`.
+fn size(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
 
