@@ -10,7 +10,16 @@
 # (scripts/container-test.sh does both and tests the result). Use --format docker with buildah: the OCI
 # image format has no HEALTHCHECK.
 #
-# Images built FROM this one can keep their nginx-era `COPY dist/ /usr/share/nginx/html` lines.
+# Images built FROM this one can keep their nginx-era `COPY dist/ /usr/share/nginx/html` lines. The
+# image's own dist gets its gzip/br twins here, at build time (`wxedge compress`); a dist copied in later
+# is compressed by the edge in the background after it starts (served uncompressed meanwhile, and kept
+# in /var/cache/wxedge for the next start), unless the derived image runs the same step after its COPY:
+#   COPY dist/ /usr/share/nginx/html/
+#   USER root
+#   RUN ["/usr/local/bin/wxedge", "compress", "/usr/share/nginx/html"]
+#   USER 10001:10001
+# (a twin this step wrote for a file the COPY replaced is never served: the edge checks each against
+# the content hash recorded in /usr/share/nginx/html/.wxedge-compressed).
 # Reload like `nginx -s reload`: docker exec <container> wxedge reload -c /etc/wxedge/wxedge.yaml
 # No secrets are baked in: pass WeChat app secrets, cookie keys etc. as environment variables at run time.
 
@@ -55,15 +64,22 @@ COPY --from=build /wxedge /usr/local/bin/wxedge
 COPY dist/ /usr/share/nginx/html/
 COPY conf/ /etc/wxedge/
 
-# Port 80 as non-root: file capability cap_net_bind_service on the binary only. The pid file and the
-# upgrade socket go to /tmp (see conf/wxedge.yaml), which stays world-writable.
-RUN setcap cap_net_bind_service=+ep /usr/local/bin/wxedge \
+# The dist's gzip and br twins, made now with the edge's own encoder (gzip 9, brotli 10), so the edge
+# starts with every variant and nothing to compress. Port 80 as non-root: file capability
+# cap_net_bind_service on the binary only. The pid file and the upgrade socket go to /tmp (see
+# conf/wxedge.yaml), which stays world-writable. /var/cache/wxedge: variants the edge makes itself (of a
+# dist copied or mounted later), kept by content hash for the next start; mount a volume there to keep
+# them across container upgrades too.
+RUN /usr/local/bin/wxedge compress -c /etc/wxedge/wxedge.yaml /usr/share/nginx/html \
+ && setcap cap_net_bind_service=+ep /usr/local/bin/wxedge \
  && apt-get purge -y --auto-remove libcap2-bin \
  && chmod -R a+rX /usr/share/nginx/html /etc/wxedge \
+ && install -d -o "${WXEDGE_UID}" -g "${WXEDGE_GID}" -m 0755 /var/cache/wxedge \
  && chmod 1777 /tmp
 
 ENV WXEDGE_LISTEN=0.0.0.0:80 \
-    WXEDGE_DIST=/usr/share/nginx/html
+    WXEDGE_DIST=/usr/share/nginx/html \
+    WXEDGE_COMPRESS_CACHE=/var/cache/wxedge
 
 USER ${WXEDGE_UID}:${WXEDGE_GID}
 # 443: with WXEDGE_TLS_LISTEN=0.0.0.0:443 and the certificate files mounted, e.g.

@@ -13,7 +13,8 @@
 # Checks: hadolint; image config (non-root USER, EXPOSE 80, STOPSIGNAL, HEALTHCHECK, CMD, env defaults,
 # no secrets); file capability on the binary; without WX_APPID the shipped conf refuses to start; the
 # edge started with the image's CMD as user wxedge serves
-# dist/index.html at /, the MP_verify token from WX_MP_VERIFY, /_wxedge/healthz; it runs with the wxedge
+# dist/index.html at /, the MP_verify token from WX_MP_VERIFY, /_wxedge/healthz; the dist's gzip/br twins made at
+# build time (manifest, twins decode, nothing to compress at start, the br twin served), the cache dir's owner; it runs with the wxedge
 # uid and no capability but cap_net_bind_service; the image's HEALTHCHECK command passes while it runs and
 # fails when it does not; `wxedge reload` inside the running container under load (a new dist, then a
 # broken config refused with its reason, then the good one again): no request fails, the supervisor (the
@@ -165,6 +166,8 @@ checks = [
         (c.get("Entrypoint"), c.get("Cmd"))),
     ("ENV WXEDGE_LISTEN=0.0.0.0:80", env.get("WXEDGE_LISTEN") == "0.0.0.0:80", env.get("WXEDGE_LISTEN")),
     ("ENV WXEDGE_DIST=/usr/share/nginx/html", env.get("WXEDGE_DIST") == "/usr/share/nginx/html", env.get("WXEDGE_DIST")),
+    ("ENV WXEDGE_COMPRESS_CACHE=/var/cache/wxedge", env.get("WXEDGE_COMPRESS_CACHE") == "/var/cache/wxedge",
+        env.get("WXEDGE_COMPRESS_CACHE")),
     ("no secrets in ENV", not [k for k in env if re.search(r"SECRET|PASSWORD|SESSION_KEY|TOKEN|MP_VERIFY", k)],
         [k for k in env if re.search(r"SECRET|PASSWORD|SESSION_KEY|TOKEN|MP_VERIFY", k)]),
 ]
@@ -220,6 +223,23 @@ if [ -f dist/index.html ] && cmp -s dist/index.html "$MNT/usr/share/nginx/html/i
     pass "dist/ copied to /usr/share/nginx/html (index.html identical)"
 else
     fail "dist/index.html not identical in /usr/share/nginx/html"
+fi
+# Twins made at build time by `wxedge compress`: the manifest, and each gzip twin it lists decodes to its file.
+if twins=$(python3 - "$MNT/usr/share/nginx/html" <<'EOF'
+import gzip, os, sys
+root = sys.argv[1]
+lines = [l.split(" ", 2) for l in open(os.path.join(root, ".wxedge-compressed")).read().splitlines()
+         if l and not l.startswith("#")]
+gz = [p for _, t, p in lines if t != "-" and p.endswith(".gz")]
+bad = [p for p in gz if gzip.decompress(open(root + p, "rb").read()) != open(root + p[:-3], "rb").read()]
+print("%d twins listed, %d gzip twins checked%s" % (len(lines), len(gz), ", not decoding: " + " ".join(bad) if bad else ""))
+sys.exit(1 if bad or not gz else 0)
+EOF
+); then pass "dist twins made at build time (wxedge compress): $twins"; else fail "dist twins made at build time: $twins"; fi
+if [ "$(stat -c %u "$MNT/var/cache/wxedge" 2>/dev/null)" = "$WX_UID" ]; then
+    pass "/var/cache/wxedge (compress_cache) belongs to user wxedge"
+else
+    fail "/var/cache/wxedge missing or not owned by uid $WX_UID"
 fi
 conf_file=${RUN_CMD[-1]}
 if [ -f "$MNT$conf_file" ]; then pass "conf $conf_file present"; else fail "conf $conf_file (from CMD) missing: is conf/wxedge.yaml in the repo?"; fi
@@ -376,6 +396,20 @@ if start_edge main "127.0.0.1:$PORT"; then
     # healthz
     code=$(curl -sS -o "$WORK/healthz.got" -w '%{http_code}' --max-time 10 "$BASE/_wxedge/healthz")
     if [ "$code" = 200 ]; then pass "GET /_wxedge/healthz -> 200"; else fail "GET /_wxedge/healthz -> $code"; fi
+
+    # The build-time twins: nothing to compress at start, the br twin served byte for byte.
+    ready=$(curl -sS --max-time 10 "$BASE/_wxedge/readyz")
+    if python3 -c 'import json,sys; v=json.loads(sys.argv[1]); sys.exit(0 if v["files_to_compress"] == 0 and v["stale_twins_ignored"] == 0 else 1)' "$ready" 2>/dev/null; then
+        pass "readyz at start: nothing to compress, no stale twin (the image's twins are used)"
+    else
+        fail "readyz at start: $ready"
+    fi
+    curl -sS -o "$WORK/favicon.br" -D "$WORK/favicon.head" -H 'Accept-Encoding: br' --max-time 10 "$BASE/favicon.ico"
+    if grep -qi '^content-encoding: br' "$WORK/favicon.head" && cmp -s "$WORK/favicon.br" "$MNT/usr/share/nginx/html/favicon.ico.br"; then
+        pass "GET /favicon.ico with Accept-Encoding: br -> the build-time twin"
+    else
+        fail "GET /favicon.ico with Accept-Encoding: br: $(tr -d '\r' <"$WORK/favicon.head" | tr '\n' ' ')"
+    fi
 
     # non-root processes (the supervisor and the server under it), no capability but cap_net_bind_service
     mapfile -t EDGE_PIDS < <(wxedge_pids "$RUN_PID")

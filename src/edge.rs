@@ -243,14 +243,35 @@ impl EdgeState {
     fn readiness(&self) -> (bool, serde_json::Value) {
         let dist = self.site.has_index();
         let backends = self.upstreams.is_empty() || self.upstreams.healthy_count() > 0;
-        let (compressed, to_compress) = self.site.tree.compression_progress();
+        let tree = &self.site.tree;
+        let (compressed, to_compress) = tree.compression_progress();
+        let mut waiting_for = Vec::new();
+        if !dist {
+            waiting_for.push("index.html in the dist");
+        }
+        if !backends {
+            waiting_for.push("a backend that accepts connections");
+        }
+        let cache = tree.cache.as_ref().map(|c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            serde_json::json!({
+                "dir": c.dir.display().to_string(),
+                "hits": c.hits.load(Relaxed),
+                "misses": c.misses.load(Relaxed),
+                "written": c.writes.load(Relaxed),
+            })
+        });
         let body = serde_json::json!({
             "ready": dist && backends,
+            "waiting_for": waiting_for,
             "dist_loaded": dist,
-            "files": self.site.tree.files.len(),
-            // Not waited for: files are served as they are until their variants are made.
+            "files": tree.files.len(),
+            // Not waited for: files are served as they are (or with their twins) until their
+            // variants are made.
             "compressed_files": compressed,
             "files_to_compress": to_compress,
+            "stale_twins_ignored": tree.stale_twins.len(),
+            "compress_cache": cache,
             "backends_total": self.upstreams.len(),
             "backends_healthy": self.upstreams.healthy_count(),
         });

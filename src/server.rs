@@ -42,6 +42,14 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Write gzip and br twins beside the dist's text files ahead of time (at image build time),
+    /// with a manifest the edge checks them against; run again, it redoes only what changed.
+    Compress {
+        /// The dist folder (default: the configured dist)
+        dir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// `-c` after the subcommand, as ops type it (`wxedge reload -c conf`).
@@ -138,6 +146,15 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
             "dist: {to_compress} text files get gzip and br variants in the background (served as they are meanwhile)"
         ));
     }
+    if let Some(cache) = &t.cache {
+        use std::sync::atomic::Ordering::Relaxed;
+        lines.push(format!(
+            "compress_cache: {} ({} variants found, {} to make)",
+            cache.dir.display(),
+            cache.hits.load(Relaxed),
+            cache.misses.load(Relaxed)
+        ));
+    }
     if t.mp_verify.is_empty() {
         lines.push(
             "mp_verify: none (set WX_MP_VERIFY=token to serve /MP_verify_<token>.txt)".into(),
@@ -227,16 +244,61 @@ impl pingora::services::background::BackgroundService for Compressor {
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
                 libc::setpriority(libc::PRIO_PROCESS, tid, 19);
             }
-            edge.site.tree.compress_pending();
-            edge.site.tree.compression_progress().1
-        });
-        if let Ok(files) = work.await {
+            let tree = &edge.site.tree;
+            tree.compress_pending();
+            let files = tree.compression_progress().1;
             if files > 0 {
                 log::info!(
                     "dist: compressed variants of {files} files ready after {:.1} s",
                     started.elapsed().as_secs_f64()
                 );
             }
+            let removed = tree.prune_cache();
+            if let Some(cache) = &tree.cache {
+                if files > 0 || removed > 0 {
+                    log::info!(
+                        "compress_cache: {} variants kept in {} for the next start, {removed} entries unused for a day removed",
+                        cache.writes.load(std::sync::atomic::Ordering::Relaxed),
+                        cache.dir.display()
+                    );
+                }
+            }
+        });
+        let _ = work.await;
+    }
+}
+
+/// The process environment, with `WXEDGE_DIST` replaced when `compress DIR` names the dist.
+struct DistOverride {
+    dist: Option<String>,
+}
+
+impl config::EnvSource for DistOverride {
+    fn var(&self, name: &str) -> Option<String> {
+        match (&self.dist, name) {
+            (Some(d), "WXEDGE_DIST") => Some(d.clone()),
+            _ => config::EnvSource::var(&ProcessEnv, name),
+        }
+    }
+}
+
+/// `wxedge compress`: exit 0 when every twin is written or current, 1 when some failed.
+fn compress(config: &Config) -> i32 {
+    let started = std::time::Instant::now();
+    match crate::static_files::precompress::run(
+        &config.settings.dist,
+        &config.settings.static_files,
+    ) {
+        Ok(report) => {
+            for line in report.lines() {
+                println!("{line}");
+            }
+            println!("compress: {:.1} s", started.elapsed().as_secs_f64());
+            i32::from(!report.failed.is_empty())
+        }
+        Err(e) => {
+            eprintln!("wxedge compress: {e}");
+            1
         }
     }
 }
@@ -245,10 +307,22 @@ impl pingora::services::background::BackgroundService for Compressor {
 pub fn main(cli: Cli) -> i32 {
     init_logging();
     let mut opt = cli.opt;
-    if let Some(Command::Supervise { target, .. } | Command::Reload { target }) = &cli.command {
+    if let Some(
+        Command::Supervise { target, .. }
+        | Command::Reload { target }
+        | Command::Compress { target, .. },
+    ) = &cli.command
+    {
         opt.conf = target.conf.clone().or(opt.conf);
     }
-    let config = match config::load(opt.conf.as_deref(), &ProcessEnv) {
+    // `compress DIR` works on DIR whatever the configured dist (which may not exist at build time).
+    let env = DistOverride {
+        dist: match &cli.command {
+            Some(Command::Compress { dir: Some(d), .. }) => Some(d.display().to_string()),
+            _ => None,
+        },
+    };
+    let config = match config::load(opt.conf.as_deref(), &env) {
         Ok(c) => c,
         // As `nginx -s reload`: a config that does not load is not sent to the running edge.
         Err(e) if matches!(cli.command, Some(Command::Reload { .. })) => {
@@ -263,6 +337,7 @@ pub fn main(cli: Cli) -> i32 {
     use crate::ops::supervisor;
     match cli.command {
         Some(Command::Healthcheck) => return healthcheck(&config),
+        Some(Command::Compress { .. }) => return compress(&config),
         Some(Command::Reload { .. }) => return supervisor::reload(&config.server.build()),
         Some(Command::Supervise { daemon, .. }) => {
             let conf = opt.conf.as_deref();

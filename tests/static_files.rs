@@ -464,3 +464,265 @@ fn a_big_dist_answers_at_once_and_is_compressed_in_the_background() {
     let r = get(&edge, &last, &[("Accept-Encoding", "gzip")]);
     assert_eq!(r.header("content-encoding"), Some("gzip"));
 }
+
+/// `/_wxedge/readyz` as JSON.
+fn readyz(edge: &EdgeProc) -> serde_json::Value {
+    let r = raw(
+        edge.addr(),
+        b"GET /_wxedge/readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// Runs `wxedge compress` with these arguments; its exit status and stdout.
+fn compress_command(args: &[&str]) -> (i32, String) {
+    let mut all = vec!["compress"];
+    all.extend_from_slice(args);
+    let (mut cmd, _) = command(&[], &all);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(b), &mut out).unwrap();
+    out
+}
+
+fn unbrotli(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut &b[..], &mut out).unwrap();
+    out
+}
+
+/// A dist with two text files worth compressing, a tiny one and an image.
+fn text_dist(tag: &str) -> (std::path::PathBuf, String, String) {
+    let dist = temp_dir(tag);
+    std::fs::write(dist.join("index.html"), "<html></html>").unwrap();
+    std::fs::create_dir_all(dist.join("assets")).unwrap();
+    let js = "function hello(){return 'wxedge';}\n".repeat(300);
+    let css = ".a{color:red}\n".repeat(300);
+    std::fs::write(dist.join("assets/app-1a2b3c4D.js"), &js).unwrap();
+    std::fs::write(dist.join("assets/app-1a2b3c4D.css"), &css).unwrap();
+    std::fs::write(dist.join("tiny.css"), ".a{}").unwrap();
+    std::fs::copy(
+        fixture_dist().join("static/logo.png"),
+        dist.join("logo.png"),
+    )
+    .unwrap();
+    (dist, js, css)
+}
+
+/// `wxedge compress DIR` writes gzip and br twins (decoding to their file) and a manifest; run
+/// again it writes nothing; the edge then starts with every variant and nothing to compress.
+#[test]
+fn compress_subcommand_writes_twins_the_edge_serves_at_once() {
+    let (dist, js, css) = text_dist("ahead");
+    let d = dist.to_str().unwrap();
+    let (code, out) = compress_command(&[d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 twins written, 0 up to date"), "{out}");
+    for (file, text) in [
+        ("assets/app-1a2b3c4D.js", &js),
+        ("assets/app-1a2b3c4D.css", &css),
+    ] {
+        let gz = std::fs::read(dist.join(format!("{file}.gz"))).unwrap();
+        let br = std::fs::read(dist.join(format!("{file}.br"))).unwrap();
+        assert_eq!(gunzip(&gz), text.as_bytes(), "{file}.gz");
+        assert_eq!(unbrotli(&br), text.as_bytes(), "{file}.br");
+    }
+    assert!(
+        !dist.join("tiny.css.gz").exists(),
+        "below compress_min_bytes"
+    );
+    assert!(
+        !dist.join("logo.png.gz").exists(),
+        "images are not compressed"
+    );
+    assert!(dist.join(".wxedge-compressed").is_file());
+
+    // Idempotent: nothing changed, nothing written.
+    let (code, out) = compress_command(&[d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("0 twins written, 4 up to date")
+            && out.contains("manifest .wxedge-compressed unchanged"),
+        "{out}"
+    );
+    // The configured dist is the default directory (`-c` honoured the same way).
+    let (code, out) = {
+        let (mut cmd, _) = command(&[("WXEDGE_DIST", d)], &["compress"]);
+        let o = cmd.output().unwrap();
+        (
+            o.status.code().unwrap(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 up to date"), "{out}");
+
+    let edge = spawn_edge(&[("WXEDGE_DIST", d)], &[]);
+    wait_healthy(&edge);
+    let v = readyz(&edge);
+    assert_eq!(v["files_to_compress"], 0, "nothing left to compress: {v}");
+    assert_eq!(v["stale_twins_ignored"], 0, "{v}");
+    let js_path = "/assets/app-1a2b3c4D.js";
+    let b = get(&edge, js_path, &[("Accept-Encoding", "gzip, br")]);
+    assert_eq!(b.header("content-encoding"), Some("br"));
+    assert_eq!(
+        b.body,
+        std::fs::read(dist.join("assets/app-1a2b3c4D.js.br")).unwrap()
+    );
+    let g = get(&edge, js_path, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(gunzip(&g.body), js.as_bytes());
+    assert_eq!(
+        get(&edge, "/.wxedge-compressed", &[]).status,
+        404,
+        "the manifest is never served"
+    );
+}
+
+/// A twin `wxedge compress` wrote is never served once its file has changed (a later `COPY
+/// dist/` over the image's): the edge serves the file as it is, then compresses it anew.
+#[test]
+fn a_twin_older_than_its_file_is_never_served() {
+    let (dist, js, _) = text_dist("stale");
+    let d = dist.to_str().unwrap();
+    assert_eq!(compress_command(&[d]).0, 0);
+    // Same length, different bytes: only the content hash can tell.
+    let js2 = js.replace("hello", "HELLO");
+    assert_eq!(js2.len(), js.len());
+    std::fs::write(dist.join("assets/app-1a2b3c4D.js"), &js2).unwrap();
+
+    let edge = spawn_edge(&[("WXEDGE_DIST", d)], &[]);
+    wait_healthy(&edge);
+    let path = "/assets/app-1a2b3c4D.js";
+    for enc in ["gzip", "br"] {
+        let r = get(&edge, path, &[("Accept-Encoding", enc)]);
+        let body = match r.header("content-encoding") {
+            None => r.body.clone(),
+            Some("gzip") => gunzip(&r.body),
+            Some("br") => unbrotli(&r.body),
+            Some(other) => panic!("{other}"),
+        };
+        assert_eq!(body, js2.as_bytes(), "{enc} before the background work");
+    }
+    let v = readyz(&edge);
+    assert_eq!(v["stale_twins_ignored"], 2, "{v}");
+    assert!(v["files_to_compress"].as_u64().unwrap() >= 1, "{v}");
+    wait_compressed(&edge);
+    let g = get(&edge, path, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(g.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&g.body), js2.as_bytes(), "compressed anew");
+    let b = get(&edge, path, &[("Accept-Encoding", "br")]);
+    assert_eq!(unbrotli(&b.body), js2.as_bytes());
+    // The CSS did not change: its twins are still served.
+    let css = get(
+        &edge,
+        "/assets/app-1a2b3c4D.css",
+        &[("Accept-Encoding", "br")],
+    );
+    assert_eq!(
+        css.body,
+        std::fs::read(dist.join("assets/app-1a2b3c4D.css.br")).unwrap()
+    );
+    let log = edge.stderr();
+    assert!(
+        log.matches("made from an older version").count() == 1
+            && log.contains("/assets/app-1a2b3c4D.js.gz"),
+        "one line naming the stale twins:\n{log}"
+    );
+
+    // `wxedge compress` again makes them current.
+    let (code, out) = compress_command(&[d]);
+    assert_eq!(code, 0);
+    assert!(out.contains("2 twins written, 2 up to date"), "{out}");
+    assert_eq!(
+        gunzip(&std::fs::read(dist.join("assets/app-1a2b3c4D.js.gz")).unwrap()),
+        js2.as_bytes()
+    );
+}
+
+/// Variants made in the background are kept in `compress_cache` by content: the next start
+/// (a restart or an upgrade) serves them at once, with no background work, and counts the hits.
+#[test]
+fn the_compress_cache_is_reused_by_the_next_start() {
+    let (dist, js, _) = text_dist("cache");
+    let d = dist.to_str().unwrap().to_string();
+    let cache = temp_dir("cache-dir").join("not-yet-made");
+    let c = cache.to_str().unwrap().to_string();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("WXEDGE_DIST", d.as_str()),
+        ("WXEDGE_COMPRESS_CACHE", c.as_str()),
+        ("WXEDGE_METRICS_LISTEN", metrics.as_str()),
+    ];
+    let path = "/assets/app-1a2b3c4D.js";
+
+    let first = start_edge(&env);
+    let v = readyz(&first);
+    assert_eq!(v["files_to_compress"], 2, "{v}");
+    assert_eq!(v["compress_cache"]["misses"], 4, "{v}");
+    let made_br = get(&first, path, &[("Accept-Encoding", "br")]).body;
+    // The cache is written before the work is counted done.
+    assert_eq!(v["compress_cache"]["written"], 4, "{v}");
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, 4, "two encodings of two files");
+    drop(first);
+
+    let second = spawn_edge(&env, &[]);
+    wait_healthy(&second);
+    let v = readyz(&second);
+    assert_eq!(v["files_to_compress"], 0, "no background work: {v}");
+    assert_eq!(v["compress_cache"]["hits"], 4, "{v}");
+    assert_eq!(v["compress_cache"]["misses"], 0, "{v}");
+    let b = get(&second, path, &[("Accept-Encoding", "br")]);
+    assert_eq!(b.header("content-encoding"), Some("br"));
+    assert_eq!(b.body, made_br, "the same variant, from the cache");
+    assert_eq!(unbrotli(&b.body), js.as_bytes());
+    let m = raw(
+        metrics.parse().unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .text();
+    assert!(
+        m.contains("wxedge_compress_cache_total{result=\"hit\"} 4"),
+        "{m}"
+    );
+    assert!(second.stderr().contains("4 variants found, 0 to make"));
+}
+
+/// A compression cache that cannot be made or written never keeps the edge from starting or
+/// from compressing: it says so once and goes on without it.
+#[test]
+fn an_unwritable_compress_cache_does_not_break_start_up() {
+    let (dist, js, _) = text_dist("cache-ro");
+    let blocker = temp_dir("cache-blocker").join("a-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let cache = blocker.join("cache");
+    let edge = start_edge(&[
+        ("WXEDGE_DIST", dist.to_str().unwrap()),
+        ("WXEDGE_COMPRESS_CACHE", cache.to_str().unwrap()),
+    ]);
+    let g = get(
+        &edge,
+        "/assets/app-1a2b3c4D.js",
+        &[("Accept-Encoding", "gzip")],
+    );
+    assert_eq!(g.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&g.body), js.as_bytes());
+    let log = edge.stderr();
+    assert_eq!(
+        log.matches("compress_cache: cannot write").count(),
+        1,
+        "said once:\n{log}"
+    );
+}

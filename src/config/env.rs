@@ -144,6 +144,9 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_COMPRESS_MIN_BYTES", |s, n, v| {
         Ok(s.static_files.compress_min_bytes = number(n, v)?)
     }),
+    ("WXEDGE_COMPRESS_CACHE", |s, _, v| {
+        Ok(s.static_files.compress_cache = v.trim().into())
+    }),
     ("WXEDGE_CACHE_CONTROL", |s, n, v| {
         Ok(s.static_files.cache_control = cache_rules(n, v)?)
     }),

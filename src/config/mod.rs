@@ -125,8 +125,12 @@ pub struct StaticSettings {
     pub memory_max_bytes: u64,
     /// Files larger than this are served from disk.
     pub memory_max_file_bytes: u64,
-    /// Text files at least this large get gzip and br variants made at start-up.
+    /// Text files at least this large get gzip and br variants (in the background after start-up,
+    /// or ahead of time by `wxedge compress`).
     pub compress_min_bytes: u64,
+    /// A directory where variants made in the background are kept by content, for the next start
+    /// and other versions; empty = none.
+    pub compress_cache: String,
     /// `Cache-Control` overrides by path prefix; the longest matching prefix wins.
     pub cache_control: Vec<CacheRule>,
 }
@@ -354,6 +358,7 @@ impl Default for StaticSettings {
             memory_max_bytes: 256 << 20,
             memory_max_file_bytes: 16 << 20,
             compress_min_bytes: 1024,
+            compress_cache: String::new(),
             cache_control: vec![],
         }
     }

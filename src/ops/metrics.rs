@@ -48,6 +48,8 @@ pub struct Metrics {
     pub redis_duration: HistogramVec,
     /// Requests whose session was refused because it had been revoked.
     pub revoked_sessions_refused: IntCounter,
+    /// Compression cache look-ups and writes by result (hit, miss, written, write_error).
+    pub compress_cache: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -116,6 +118,12 @@ impl Metrics {
                 "wxedge_static_responses_total",
                 "Static answers by encoding",
                 &["encoding"],
+            ),
+            compress_cache: counter_vec(
+                &r,
+                "wxedge_compress_cache_total",
+                "Compression cache look-ups (hit, miss) and writes (written, write_error) per variant",
+                &["result"],
             ),
             wechat_exchanges: counter_vec(
                 &r,
@@ -239,6 +247,11 @@ pub fn record_static_hit(encoding: &'static str) {
             .or_insert_with(|| METRICS.static_hits.with_label_values(&[encoding]))
             .inc()
     });
+}
+
+/// Count one compression cache look-up or write (start-up and background work only).
+pub fn record_compress_cache(result: &'static str) {
+    METRICS.compress_cache.with_label_values(&[result]).inc();
 }
 
 /// Status as a label without allocating for the common ones.

@@ -2,7 +2,6 @@
 //! encoded variants are computed here so the request path only looks things up.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -11,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::HeaderValue;
 
+use super::compress::{self, Cache, Cached, Digest, Manifest, TwinCheck};
 use crate::config::{CacheRule, StaticSettings};
 
 /// Where a variant's bytes live.
@@ -140,6 +140,11 @@ pub struct Tree {
     pending: Vec<Pending>,
     /// How many of `pending` are done.
     pub compressed_files: AtomicUsize,
+    /// The compression cache (`compress_cache`), and the entries this dist uses in it.
+    pub cache: Option<Cache>,
+    cache_used: HashSet<String>,
+    /// Twins written by `wxedge compress` for a file that changed since: never served.
+    pub stale_twins: Vec<String>,
 }
 
 /// A file whose gzip and br variants are still to be made.
@@ -147,6 +152,7 @@ pub struct Tree {
 struct Pending {
     clean: String,
     data: Bytes,
+    digest: Digest,
     gzip: bool,
     brotli: bool,
 }
@@ -161,23 +167,20 @@ impl Tree {
     }
 
     /// Make the gzip and br variants that load left for later, one file at a time (so the
-    /// extra memory is one file's compressed copies), each taken from the memory budget. Until
-    /// a file's variants are ready it is served as it is (identity, or a shipped twin).
+    /// extra memory is one file's compressed copies), each taken from the memory budget and kept
+    /// in the compression cache when there is one. Until a file's variants are ready it is
+    /// served as it is (identity, or a shipped twin).
     pub fn compress_pending(&self) {
         for p in &self.pending {
             let made: Vec<Variant> = [(p.brotli, Encoding::Brotli), (p.gzip, Encoding::Gzip)]
                 .into_iter()
                 .filter(|(want, _)| *want)
                 .filter_map(|(_, enc)| {
-                    let c = if enc == Encoding::Gzip {
-                        gzip(&p.data)
-                    } else {
-                        brotli(&p.data)
-                    };
-                    // Not worth a variant when it saves less than a tenth.
-                    if c.len() * 10 >= p.data.len() * 9 {
-                        return None;
+                    let c = compress::encode(enc, &p.data);
+                    if let Some(cache) = &self.cache {
+                        cache.put(p.digest, enc, c.as_deref());
                     }
+                    let c = c?;
                     let len = c.len() as u64;
                     let taken = self.memory_bytes.fetch_update(
                         Ordering::Relaxed,
@@ -194,6 +197,18 @@ impl Tree {
             }
             self.compressed_files.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// After the background work: the cache's entries this dist uses get a fresh date, and
+    /// those no version has used for [`compress::CACHE_KEEP_UNUSED`] are removed.
+    pub fn prune_cache(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| {
+            c.prune(
+                &self.cache_used,
+                SystemTime::now(),
+                compress::CACHE_KEEP_UNUSED,
+            )
+        })
     }
 }
 
@@ -307,33 +322,11 @@ fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     UNIX_EPOCH + std::time::Duration::from_secs(secs)
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 3),
-        flate2::Compression::best(),
-    );
-    enc.write_all(data).expect("writing to memory");
-    enc.finish().expect("writing to memory")
-}
-
-fn brotli(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() / 3);
-    // A window no larger than the file: the same output for small files, far less memory at start-up.
-    let lgwin = (usize::BITS - data.len().max(1).leading_zeros()).clamp(16, 22) as i32;
-    let params = brotli::enc::BrotliEncoderParams {
-        quality: 10,
-        lgwin,
-        size_hint: data.len(),
-        ..Default::default()
-    };
-    brotli::BrotliCompress(&mut &data[..], &mut out, &params).expect("writing to memory");
-    out
-}
-
 /// Read the dist tree. Symlinks are followed only when they stay inside the root.
 ///
 /// The life of a load: walk the dist, smallest files first take the memory budget, each file is
-/// read and classified with its variants, then the MP_verify files are listed and completed.
+/// read and classified with its variants (shipped twins checked against `wxedge compress`'s
+/// manifest, then the compression cache), then the MP_verify files are listed and completed.
 pub fn load(
     root: &Path,
     opts: &StaticSettings,
@@ -347,37 +340,71 @@ pub fn load(
     found.sort_by_key(|f| f.meta.len());
     // Precompressed twins shipped by the build (`a.js.br`, `a.js.gz`) are found by name.
     let by_name: HashMap<&str, &DistFile> = found.iter().map(|f| (f.clean.as_str(), f)).collect();
-    let mut budget = Budget::new(opts);
+    let mut ctx = LoadContext {
+        by_name,
+        manifest: Manifest::read(&root),
+        cache: (!opts.compress_cache.is_empty())
+            .then(|| Cache::new(Path::new(&opts.compress_cache))),
+        budget: Budget::new(opts),
+        opts,
+        cache_used: HashSet::new(),
+        stale_twins: Vec::new(),
+    };
     let mut tree = Tree {
         dirs,
         ..Tree::default()
     };
     for f in &found {
-        let (file, pending) = load_file(f, &by_name, opts, &mut budget)?;
+        let (file, pending) = load_file(f, &mut ctx)?;
         if matches!(file.identity().body, Body::Disk(_)) {
             tree.disk_files += 1;
         }
         tree.files.insert(f.clean.clone(), file);
         tree.pending.extend(pending);
     }
-    tree.memory_bytes = AtomicU64::new(budget.used());
+    tree.memory_bytes = AtomicU64::new(ctx.budget.used());
     tree.memory_max_bytes = opts.memory_max_bytes;
+    ctx.stale_twins.sort();
+    if !ctx.stale_twins.is_empty() {
+        let shown: Vec<&str> = ctx.stale_twins.iter().take(5).map(|s| s.as_str()).collect();
+        log::warn!(
+            "dist: {} twins written by `wxedge compress` were made from an older version of their file and are not served (compressed in the background instead; run `wxedge compress` again after changing the dist): {}{}",
+            ctx.stale_twins.len(),
+            shown.join(", "),
+            if ctx.stale_twins.len() > shown.len() { ", …" } else { "" }
+        );
+    }
+    tree.stale_twins = ctx.stale_twins;
+    tree.cache = ctx.cache;
+    tree.cache_used = ctx.cache_used;
     add_mp_verify(&mut tree, mp_verify_tokens);
     Ok(tree)
 }
 
+/// What loading one file looks at besides the file: the other files (its twins), the manifest
+/// of `wxedge compress`, the compression cache and the memory budget.
+struct LoadContext<'a> {
+    by_name: HashMap<&'a str, &'a DistFile>,
+    manifest: Manifest,
+    cache: Option<Cache>,
+    budget: Budget,
+    opts: &'a StaticSettings,
+    cache_used: HashSet<String>,
+    stale_twins: Vec<String>,
+}
+
 /// A regular file of the dist, found by the walk and not read yet.
-struct DistFile {
+pub(super) struct DistFile {
     /// Clean URL path, `/assets/a.js`.
-    clean: String,
+    pub clean: String,
     /// Canonical path, inside the root.
-    real: PathBuf,
-    meta: std::fs::Metadata,
+    pub real: PathBuf,
+    pub meta: std::fs::Metadata,
 }
 
 /// Walks the dist, following symlinks, into its directories (`/` included) and its regular
 /// files. Unreadable entries are skipped with a warning instead of failing the start-up.
-fn walk(root: &Path) -> (HashSet<String>, Vec<DistFile>) {
+pub(super) fn walk(root: &Path) -> (HashSet<String>, Vec<DistFile>) {
     let mut dirs = HashSet::from(["/".to_string()]);
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(root).follow_links(true).min_depth(1) {
@@ -483,34 +510,72 @@ impl Budget {
 }
 
 /// One dist file made servable: its type and cache policy, its validators, its identity body (in
-/// memory or on disk) and the twins the build shipped, headers prebuilt; and, for text worth
+/// memory or on disk) and its compressed variants as far as they exist already (shipped twins
+/// that check out, compression cache entries), headers prebuilt; and, for text worth
 /// compressing, what is left for [`Tree::compress_pending`] (nothing is compressed here, so the
 /// listener opens at once whatever the dist's size).
 fn load_file(
     f: &DistFile,
-    by_name: &HashMap<&str, &DistFile>,
-    opts: &StaticSettings,
-    budget: &mut Budget,
+    ctx: &mut LoadContext,
 ) -> Result<(StaticFile, Option<Pending>), LoadError> {
     let (essence, content_type) = content_type_for(&f.clean);
     let modified = truncate_to_seconds(f.meta.modified().unwrap_or(UNIX_EPOCH));
-    let (identity, data) = identity_variant(f, modified, budget)?;
+    let (identity, data) = identity_variant(f, modified, &mut ctx.budget)?;
     let mut variants = vec![identity];
-    let mut missing = Vec::new();
-    // Precompressed twins shipped by the build win; the rest is compressed later.
-    for (ext, enc) in [(".br", Encoding::Brotli), (".gz", Encoding::Gzip)] {
-        match by_name.get(format!("{}{ext}", f.clean).as_str()) {
-            Some(twin) => variants.extend(shipped_variant(enc, twin, budget)),
-            None => missing.push(enc),
-        }
-    }
+    // The file's digest, made once and only when a twin or the cache needs it.
+    let mut source: Option<Option<Digest>> = None;
+    let mut digest = |f: &DistFile| -> Option<Digest> {
+        *source.get_or_insert_with(|| match &data {
+            Some(d) => Some(Digest::of(d)),
+            None => Digest::of_file(&f.real).ok(),
+        })
+    };
     let worth = data
         .as_ref()
-        .filter(|d| is_compressible(&essence) && d.len() as u64 >= opts.compress_min_bytes);
+        .filter(|d| is_compressible(&essence) && d.len() as u64 >= ctx.opts.compress_min_bytes);
+    let mut missing = Vec::new();
+    for (enc, ext) in compress::ENCODINGS {
+        let twin_path = format!("{}.{ext}", f.clean);
+        // Twins shipped by the build, or written by `wxedge compress` and still current, win.
+        if let Some(twin) = ctx.by_name.get(twin_path.as_str()).copied() {
+            match shipped_variant(enc, twin, &twin_path, ctx, &mut digest, f) {
+                Twin::Served(v) => {
+                    variants.push(v);
+                    continue;
+                }
+                // Unreadable, or beyond the memory budget: served without it.
+                Twin::Unused => continue,
+                // Made from another version of the file: compressed anew.
+                Twin::Stale => ctx.stale_twins.push(twin_path.clone()),
+            }
+        } else if ctx.manifest.entries.contains_key(&twin_path)
+            && digest(f).is_some_and(|d| ctx.manifest.not_worth(&twin_path, d))
+        {
+            // `wxedge compress` found it not worth a twin.
+            continue;
+        }
+        // Then what an earlier run (or another version) left in the compression cache.
+        if let (Some(cache), Some(_)) = (&ctx.cache, worth) {
+            let d = digest(f).expect("in memory");
+            ctx.cache_used.insert(Cache::name(d, enc));
+            match cache.get(d, enc) {
+                Some(Cached::Variant(b)) => {
+                    if ctx.budget.try_take(b.len() as u64) {
+                        variants.push(memory_variant(enc, b));
+                    }
+                    continue;
+                }
+                Some(Cached::NotWorth) => continue,
+                None => {}
+            }
+        }
+        missing.push(enc);
+    }
     let pending = match worth {
         Some(d) if !missing.is_empty() => Some(Pending {
             clean: f.clean.clone(),
             data: d.clone(),
+            digest: digest(f).expect("in memory"),
             gzip: missing.contains(&Encoding::Gzip),
             brotli: missing.contains(&Encoding::Brotli),
         }),
@@ -518,7 +583,7 @@ fn load_file(
     };
     let file = StaticFile::new(
         content_type,
-        cache_control_for(&f.clean, &essence, &opts.cache_control),
+        cache_control_for(&f.clean, &essence, &ctx.opts.cache_control),
         modified,
         variants,
         pending.is_some(),
@@ -574,21 +639,56 @@ fn disk_identity(f: &DistFile, modified: SystemTime) -> Variant {
     }
 }
 
-/// A precompressed twin shipped by the build (`a.js.br`): in memory when the budget admits it
-/// (and it can be read), else served from disk.
-fn shipped_variant(enc: Encoding, twin: &DistFile, budget: &mut Budget) -> Option<Variant> {
-    if !budget.admits(twin.meta.len()) {
-        return Some(Variant {
+/// A precompressed twin beside its file (`a.js.br`): in memory when the budget admits it (and
+/// it can be read), else served from disk. A twin `wxedge compress` listed in its manifest is
+/// checked first: made from another version of the file, it is never served.
+fn shipped_variant(
+    enc: Encoding,
+    twin: &DistFile,
+    twin_path: &str,
+    ctx: &mut LoadContext,
+    source: &mut impl FnMut(&DistFile) -> Option<Digest>,
+    file: &DistFile,
+) -> Twin {
+    let bytes = if ctx.budget.admits(twin.meta.len()) {
+        match std::fs::read(&twin.real) {
+            Ok(b) => Some(Bytes::from(b)),
+            Err(_) => return Twin::Unused,
+        }
+    } else {
+        None
+    };
+    if ctx.manifest.entries.contains_key(twin_path) {
+        let twin_digest = match &bytes {
+            Some(b) => Some(Digest::of(b)),
+            None => Digest::of_file(&twin.real).ok(),
+        };
+        let (Some(twin_digest), Some(source)) = (twin_digest, source(file)) else {
+            return Twin::Unused;
+        };
+        if ctx.manifest.check(twin_path, twin_digest, source) == TwinCheck::Stale {
+            return Twin::Stale;
+        }
+    }
+    let Some(bytes) = bytes else {
+        return Twin::Served(Variant {
             encoding: enc,
             len: twin.meta.len(),
             body: Body::Disk(twin.real.clone()),
             etag: etag(twin.meta.len() ^ 0x5eed, &format!("-{}d", enc.token())),
         });
+    };
+    match ctx.budget.try_take(bytes.len() as u64) {
+        true => Twin::Served(memory_variant(enc, bytes)),
+        false => Twin::Unused,
     }
-    let bytes = Bytes::from(std::fs::read(&twin.real).ok()?);
-    budget
-        .try_take(bytes.len() as u64)
-        .then(|| memory_variant(enc, bytes))
+}
+
+/// What became of a twin found beside its file.
+enum Twin {
+    Served(Variant),
+    Unused,
+    Stale,
 }
 
 /// MP_verify files prove domain ownership to WeChat: the dist's are listed, and each configured
