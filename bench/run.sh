@@ -8,7 +8,9 @@
 #                                the configuration ops run: access logs on for both servers (nginx:
 #                                `access_log` to a file, one write per request, as its official
 #                                image; wxedge: its default combined log on stdout, redirected to
-#                                a file); the report judges issue 11's targets
+#                                a file); the report judges issue 11's targets, and a last
+#                                step measures the log line's own CPU (the same wxedge with the
+#                                log off, alternating on index.html)
 #   bash bench/run.sh --flamegraphs DIR
 #                                after measuring, profile each case on each server with `perf`
 #                                (DWARF call graphs) and write DIR/<case>-<server>.svg flame graphs
@@ -555,6 +557,49 @@ for s in nginx wxedge; do
 done
 if [ -n "$OUT_FILE" ]; then
   { printf '\n### Memory per idle keep-alive connection\n\n```\n'; cat "$T/idle.txt"; printf '```\n'; } >> "$OUT_FILE"
+fi
+
+# The access log's own cost (issue 11: at most 0.5 us of CPU per line), production profile only:
+# the same wxedge binary and settings with the log off, on another port, against the one with
+# it on, on index.html, alternating, the same rounds and duration as the cases; the difference in
+# CPU per request is what a line costs (formatting on the request thread, and the writer).
+if [ "$PROFILE" = production ]; then
+  read -r NOLOG_PORT < <(free_ports 1)
+  WX_ACCESS_LOG=off start_wxedge wxedge-nolog "$NOLOG_PORT" WX_MP_VERIFY="$MP_TOKEN"
+  NOLOG_PID="$STARTED_PID"
+  : > "$T/logcost.tsv"
+  for round in $(seq 1 "$ROUNDS"); do
+    for which in on off on off; do
+      pid="$WXEDGE_PID"; port="$WXEDGE_PORT"
+      [ "$which" = off ] && { pid="$NOLOG_PID"; port="$NOLOG_PORT"; }
+      raw="$T/raw/logcost-$round-$which.txt"
+      read -r u0 s0 < <(cpu_split "$pid")
+      wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" -H 'Host: bench.local' \
+        "http://127.0.0.1:$port/index.html" > "$raw" 2>&1 || die "wrk failed (log cost, $which)"
+      read -r u1 s1 < <(cpu_split "$pid")
+      read -r rps _ _ reqs _ _ < <(wrk_stats "$raw")
+      printf '%s\t%s\t%s\n' "$round" "$which" "$(per_req $((u1 + s1 - u0 - s0)) "$reqs")" >> "$T/logcost.tsv"
+    done
+  done
+  kill "$NOLOG_PID" 2>/dev/null || true; wait "$NOLOG_PID" 2>/dev/null || true
+  python3 - "$T/logcost.tsv" > "$T/logcost.txt" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+by = {}
+for r, which, cpu in rows:
+    by.setdefault(r, {}).setdefault(which, []).append(float(cpu))
+diffs = [statistics.mean(v["on"]) - statistics.mean(v["off"]) for v in by.values()]
+on = statistics.median(statistics.mean(v["on"]) for v in by.values())
+off = statistics.median(statistics.mean(v["off"]) for v in by.values())
+d = statistics.median(diffs)
+print(f"access log line: {d:.2f} us of CPU per line (index.html, CPU per request with the log on {on:.2f} us, off {off:.2f} us; "
+      f"median of {len(diffs)} round(s), per-round differences: {', '.join(f'{x:.2f}' for x in diffs)})")
+print(f"target: at most 0.5 us per line: {'met' if d <= 0.5 else 'missed'}")
+PY
+  sed 's/^/[bench] /' "$T/logcost.txt" >&2
+  if [ -n "$OUT_FILE" ]; then
+    { printf '\n### The access log line'"'"'s cost\n\n```\n'; cat "$T/logcost.txt"; printf '```\n'; } >> "$OUT_FILE"
+  fi
 fi
 
 # Logins at scale (issue 11): N page loads, each with its own code on its own connection,

@@ -1050,3 +1050,40 @@ async fn http2_refusals_leave_sibling_streams_alone() {
     let (resp, _) = client.send_request(req, true).unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
 }
+
+/// HTTP/2 browsers send each cookie as a field of its own; the HTTP/1.1 backend gets one
+/// `Cookie` line (RFC 9113 §8.2.3), or it may read only the first cookie: when the login
+/// strips the edge's cookies from them, and when the cookies pass as they are (login off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_http2_cookies_reach_the_backend_as_one_line() {
+    for login in ["true", "false"] {
+        let s = site(&[("WXEDGE_WECHAT_LOGIN", login)]).await;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.tls_port))
+            .await
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config(&s.pki.ca, &[b"h2"]));
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (client, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get("https://a.test/api/crumbs")
+            .header("cookie", "theme=dark")
+            .header("accept", "*/*")
+            .header("cookie", "lang=zh")
+            .header("cookie", "cart=3")
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200, "login {login}");
+        let seen = s.backend.seen().pop().unwrap();
+        assert_eq!(seen.target, "/api/crumbs");
+        let cookies: Vec<&str> = seen
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies, ["theme=dark; lang=zh; cart=3"], "login {login}");
+    }
+}

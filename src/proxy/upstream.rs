@@ -68,6 +68,7 @@ where
     let mut client_host = None;
     let mut upgrade = None;
     let rewrites_cookie = out.identity.upstream_cookie.is_some();
+    let mut cookies_sent = false;
     for (name, value) in client.clone() {
         if name.eq_ignore_ascii_case("x-forwarded-for") && prev_xff.is_none() {
             prev_xff = Some(value);
@@ -86,6 +87,22 @@ where
             || (rewrites_cookie && name.eq_ignore_ascii_case("cookie"))
             || headers::named_in_connection(name, connection_values())
         {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("cookie") {
+            // HTTP/2 clients send each cookie as a field of its own (RFC 9113 §8.2.3); an
+            // HTTP/1.1 backend gets them as one line, as a browser sends them (RFC 6265 §5.4).
+            if !cookies_sent {
+                cookies_sent = true;
+                let mut parts: Vec<&[u8]> = Vec::new();
+                for (_, v) in client.clone().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")) {
+                    if !parts.is_empty() {
+                        parts.push(b"; ");
+                    }
+                    parts.push(v);
+                }
+                emit(name, &parts);
+            }
             continue;
         }
         emit(name, &[value]);
@@ -317,5 +334,31 @@ mod tests {
         assert_eq!(h.get("content-length").unwrap(), "5");
         assert_eq!(h.get("x-request-id").unwrap(), "rid");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
+    }
+
+    #[test]
+    fn split_cookie_fields_go_upstream_as_one_line() {
+        let (lb, protected) = (trusted_lb(), vec![]);
+        let f = forwarding(&lb, &protected);
+        let identity = ForwardedIdentity::default();
+        let out = Outbound {
+            forwarding: &f,
+            identity: &identity,
+            request_id: "rid",
+            body_len: None,
+            streamed_body: false,
+            upgrade: false,
+        };
+        let client: Vec<(&str, &[u8])> = vec![
+            ("cookie", b"a=1"),
+            ("accept", b"*/*"),
+            ("cookie", b"b=2"),
+            ("cookie", b"c=3"),
+        ];
+        let mut buf = Vec::new();
+        write_head(&mut buf, "GET", "/api/x", client.iter().map(|(k, v)| (*k, *v)), &out);
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(text.matches("cookie:").count(), 1, "{text}");
+        assert!(text.contains("cookie: a=1; b=2; c=3\r\naccept: */*\r\n"), "{text}");
     }
 }
