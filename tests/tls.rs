@@ -188,8 +188,12 @@ impl Site {
     }
 }
 
-/// A backend that answers every request `200` and keeps every byte it received.
-async fn byte_logging_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+/// A backend that keeps every byte it received and answers `reply` once per whole request,
+/// as `complete` finds them (it removes them from what is pending and says how many).
+async fn logging_backend(
+    reply: &'static [u8],
+    complete: fn(&mut Vec<u8>) -> usize,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let wire = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -198,30 +202,35 @@ async fn byte_logging_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) 
         while let Ok((mut sock, _)) = listener.accept().await {
             let w = w.clone();
             tokio::spawn(async move {
+                let mut pending = Vec::new();
                 let mut buf = [0u8; 65536];
-                let mut answered = 0;
                 while let Ok(n) = sock.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
-                    // One answer per chunked body's end seen.
-                    let ends = {
-                        let mut all = w.lock().unwrap();
-                        all.extend_from_slice(&buf[..n]);
-                        all.windows(5).filter(|x| x == b"0\r\n\r\n").count()
-                    };
-                    let todo = ends.saturating_sub(answered);
-                    for _ in 0..todo {
-                        let _ = sock
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
+                    w.lock().unwrap().extend_from_slice(&buf[..n]);
+                    pending.extend_from_slice(&buf[..n]);
+                    for _ in 0..complete(&mut pending) {
+                        let _ = sock.write_all(reply).await;
                     }
-                    answered += todo;
                 }
             });
         }
     });
     (addr, wire)
+}
+
+/// A backend that answers `200` once per chunked body's end, and keeps every byte it received.
+async fn byte_logging_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+    logging_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", |pending| {
+        let mut ends = 0;
+        while let Some(at) = pending.windows(5).position(|x| x == b"0\r\n\r\n") {
+            pending.drain(..at + 5);
+            ends += 1;
+        }
+        ends
+    })
+    .await
 }
 
 fn curl_plain(port: u16, host: &str, target: &str) -> Curl {
@@ -601,6 +610,19 @@ fn client_config(ca: &Path, alpn: &[&[u8]]) -> Arc<tokio_rustls::rustls::ClientC
     Arc::new(config)
 }
 
+/// An HTTP/2 client over TLS to the site's HTTPS listener, trusting its CA, ready to send.
+async fn h2_client(s: &Site) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.tls_port))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&s.pki.ca, &[b"h2"]));
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    client.ready().await.unwrap()
+}
+
 async fn tls_after_proxy_header(
     addr: SocketAddr,
     ca: &Path,
@@ -839,50 +861,34 @@ async fn http2_static_answers_are_http1s_header_for_header() {
     );
 }
 
-/// A backend that answers each whole request (`Content-Length` bodies) `200 ok`, and keeps
-/// every byte it received.
+/// A backend that answers each whole request (`Content-Length` bodies) `200 ok`, with
+/// hop-by-hop headers and a request id of its own, and keeps every byte it received.
 async fn request_logging_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let wire = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let w = wire.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let w = w.clone();
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 65536];
-                while let Ok(n) = sock.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    w.lock().unwrap().extend_from_slice(&buf[..n]);
-                    pending.extend_from_slice(&buf[..n]);
-                    loop {
-                        let mut hs = [httparse::EMPTY_HEADER; 64];
-                        let mut req = httparse::Request::new(&mut hs);
-                        let Ok(httparse::Status::Complete(len)) = req.parse(&pending) else {
-                            break;
-                        };
-                        let body: usize = req
-                            .headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                            .unwrap_or(0);
-                        if pending.len() < len + body {
-                            break;
-                        }
-                        pending.drain(..len + body);
-                        let _ = sock
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: backend\r\nconnection: x-hop\r\nx-hop: 1\r\n\r\nok")
-                            .await;
-                    }
+    logging_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: backend\r\nconnection: x-hop\r\nx-hop: 1\r\n\r\nok",
+        |pending| {
+            let mut done = 0;
+            loop {
+                let mut hs = [httparse::EMPTY_HEADER; 64];
+                let mut req = httparse::Request::new(&mut hs);
+                let Ok(httparse::Status::Complete(len)) = req.parse(pending) else {
+                    return done;
+                };
+                let body: usize = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                    .unwrap_or(0);
+                if pending.len() < len + body {
+                    return done;
                 }
-            });
-        }
-    });
-    (addr, wire)
+                pending.drain(..len + body);
+                done += 1;
+            }
+        },
+    )
+    .await
 }
 
 /// An API call over HTTP/2 with a session: the backend gets exactly one request, byte for
@@ -1001,15 +1007,7 @@ content-length: 5\r\n\r\nhello",
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_refusals_leave_sibling_streams_alone() {
     let s = site(&[]).await;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.tls_port))
-        .await
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_config(&s.pki.ca, &[b"h2"]));
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("a.test").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let (client, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let mut client = h2_client(&s).await;
     let mut pending = Vec::new();
     for (path, status) in [
         ("/", 200),
@@ -1058,15 +1056,7 @@ async fn http2_refusals_leave_sibling_streams_alone() {
 async fn split_http2_cookies_reach_the_backend_as_one_line() {
     for login in ["true", "false"] {
         let s = site(&[("WXEDGE_WECHAT_LOGIN", login)]).await;
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.tls_port))
-            .await
-            .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_config(&s.pki.ca, &[b"h2"]));
-        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("a.test").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (client, conn) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
+        let mut client = h2_client(&s).await;
         let req = http::Request::get("https://a.test/api/crumbs")
             .header("cookie", "theme=dark")
             .header("accept", "*/*")
