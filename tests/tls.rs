@@ -222,14 +222,17 @@ async fn logging_backend(
 
 /// A backend that answers `200` once per chunked body's end, and keeps every byte it received.
 async fn byte_logging_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
-    logging_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", |pending| {
-        let mut ends = 0;
-        while let Some(at) = pending.windows(5).position(|x| x == b"0\r\n\r\n") {
-            pending.drain(..at + 5);
-            ends += 1;
-        }
-        ends
-    })
+    logging_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        |pending| {
+            let mut ends = 0;
+            while let Some(at) = pending.windows(5).position(|x| x == b"0\r\n\r\n") {
+                pending.drain(..at + 5);
+                ends += 1;
+            }
+            ends
+        },
+    )
     .await
 }
 

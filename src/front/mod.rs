@@ -203,8 +203,14 @@ impl Front {
                 None => return,
             };
             let closing = conn.served.then_some(&mut conn.closing);
-            match read::quiet_read(&mut stream, &mut conn.buf, &mut conn.out, quiet_for, closing)
-                .await
+            match read::quiet_read(
+                &mut stream,
+                &mut conn.buf,
+                &mut conn.out,
+                quiet_for,
+                closing,
+            )
+            .await
             {
                 Ok(n) if n > 0 => {}
                 _ => return,

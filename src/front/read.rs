@@ -32,10 +32,14 @@ fn take_buffers(buf: &mut BytesMut, out: &mut Vec<u8>) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if buf.capacity() == 0 {
-            *buf = p.0.pop().unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER));
+            *buf =
+                p.0.pop()
+                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER));
         }
         if out.capacity() == 0 {
-            *out = p.1.pop().unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
+            *out =
+                p.1.pop()
+                    .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
         }
     });
     if buf.capacity() < READ_BUFFER / 2 {

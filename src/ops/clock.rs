@@ -36,6 +36,9 @@ mod tests {
             .unwrap()
             .as_secs();
         let coarse = unix_secs();
-        assert!(coarse + 1 >= fine && coarse <= fine + 1, "{coarse} vs {fine}");
+        assert!(
+            coarse + 1 >= fine && coarse <= fine + 1,
+            "{coarse} vs {fine}"
+        );
     }
 }

@@ -72,7 +72,9 @@ mod tests {
         let other = std::thread::spawn(generate).join().unwrap();
         let mut all: Vec<String> = (0..1000).map(|_| generate()).collect();
         all.extend([a, b, other]);
-        assert!(all.iter().all(|id| id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit())));
+        assert!(all
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit())));
         let n = all.len();
         all.sort();
         all.dedup();

@@ -95,7 +95,10 @@ where
             if !cookies_sent {
                 cookies_sent = true;
                 let mut parts: Vec<&[u8]> = Vec::new();
-                for (_, v) in client.clone().filter(|(n, _)| n.eq_ignore_ascii_case("cookie")) {
+                for (_, v) in client
+                    .clone()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                {
                     if !parts.is_empty() {
                         parts.push(b"; ");
                     }
@@ -356,9 +359,18 @@ mod tests {
             ("cookie", b"c=3"),
         ];
         let mut buf = Vec::new();
-        write_head(&mut buf, "GET", "/api/x", client.iter().map(|(k, v)| (*k, *v)), &out);
+        write_head(
+            &mut buf,
+            "GET",
+            "/api/x",
+            client.iter().map(|(k, v)| (*k, *v)),
+            &out,
+        );
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(text.matches("cookie:").count(), 1, "{text}");
-        assert!(text.contains("cookie: a=1; b=2; c=3\r\naccept: */*\r\n"), "{text}");
+        assert!(
+            text.contains("cookie: a=1; b=2; c=3\r\naccept: */*\r\n"),
+            "{text}"
+        );
     }
 }
