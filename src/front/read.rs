@@ -105,8 +105,8 @@ pub enum Idle {
 /// for [`KEEP_BUFFERS_FOR`] gives its request loop back too (`Idle::Quiet`).
 ///
 /// When Pingora starts shutting down (after an upgrade handed the listeners over, or on
-/// SIGTERM), idle connections close within [`KEEP_BUFFERS_FOR`], as Pingora's own do, so clients move on instead
-/// of racing this process's exit. Connections with a request under way finish it first, and
+/// SIGTERM), idle connections close within [`KEEP_BUFFERS_FOR`], as Pingora's own do, so
+/// clients move on instead of racing this process's exit. Connections with a request under way finish it first, and
 /// so do new ones (`shutdown` is `None` until a connection's first request): one accepted just
 /// before the listener closed has its request in the socket already, and closing it unread
 /// would reset it.
