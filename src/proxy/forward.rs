@@ -465,15 +465,7 @@ pub async fn forward<W: AsyncWrite + Unpin>(
     if client.flush().await.is_err() {
         return Err(broken(&head, &up, sent));
     }
-    if head.upstream_keeps && head.framing != Framing::UntilClose {
-        put_idle(up.addr, up.stream);
-    }
-    Ok(Relayed {
-        status: head.status,
-        body_bytes: sent,
-        backend: up.backend,
-        client_reusable: !head.close_client,
-    })
+    Ok(relayed(up, &head, sent, !head.close_client))
 }
 
 fn broken(head: &ResponseHead, up: &Answered, body_bytes: u64) -> Error {
@@ -648,15 +640,20 @@ pub async fn forward_h2(
     } else {
         relay_body_h2(ups, &mut up, &mut head, client).await?
     };
+    Ok(relayed(up, &head, sent, true))
+}
+
+/// The answer is relayed: pool the backend connection when its response allows it.
+fn relayed(up: Answered, head: &ResponseHead, sent: u64, client_reusable: bool) -> Relayed {
     if head.upstream_keeps && head.framing != Framing::UntilClose {
         put_idle(up.addr, up.stream);
     }
-    Ok(Relayed {
+    Relayed {
         status: head.status,
         body_bytes: sent,
         backend: up.backend,
-        client_reusable: true,
-    })
+        client_reusable,
+    }
 }
 
 /// The body of [`forward_h2`]'s answer, as it arrives; how many body bytes were sent.
