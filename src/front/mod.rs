@@ -21,6 +21,7 @@ mod h2;
 mod handover;
 mod proxy_protocol;
 mod read;
+mod socket;
 mod threads;
 mod tls;
 mod write;
@@ -336,7 +337,7 @@ impl Front {
         if let Some(source) = proxy_protocol::read_header(stream, &mut conn.buf, deadline).await? {
             conn.peer = self.edge.real_ip.hop(source.ip());
             // Pingora's HTTP/2 server takes the client from the socket digest: make it this one.
-            proxy_protocol::set_peer(stream, source);
+            socket::set_peer(stream, source);
         }
         Ok(())
     }

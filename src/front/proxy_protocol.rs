@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Buf, BytesMut};
-use pingora::protocols::{SocketDigest, Stream};
+use pingora::protocols::Stream;
 use ppp::{v1, v2, HeaderResult, PartialResult};
 use tokio::io::AsyncReadExt;
 
@@ -56,30 +56,4 @@ fn v2_source(a: &v2::Addresses) -> Option<SocketAddr> {
         v2::Addresses::IPv6(a) => Some((IpAddr::V6(a.source_address), a.source_port).into()),
         v2::Addresses::Unspecified | v2::Addresses::Unix(_) => None,
     }
-}
-
-/// Make `source` the connection's peer in its socket digest, where Pingora's own HTTP/2
-/// server (and anything else reading the digest) takes the client from.
-pub fn set_peer(stream: &mut Stream, source: SocketAddr) {
-    use std::os::fd::AsRawFd;
-    let Some(fd) = stream
-        .as_any()
-        .downcast_ref::<pingora::protocols::l4::stream::Stream>()
-        .map(|s| s.as_raw_fd())
-    else {
-        return;
-    };
-    let local = stream
-        .get_socket_digest()
-        .and_then(|d| d.local_addr().cloned());
-    let digest = SocketDigest::from_raw_fd(fd);
-    let _ = digest
-        .peer_addr
-        .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
-            source,
-        )));
-    if let Some(local) = local {
-        let _ = digest.local_addr.set(Some(local));
-    }
-    stream.set_socket_digest(digest);
 }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pingora::protocols::Stream;
 
+use super::socket::Socket;
+
 const MAX_THREADS: usize = 256;
 
 static LOAD: [AtomicUsize; MAX_THREADS] = [const { AtomicUsize::new(0) }; MAX_THREADS];
@@ -89,23 +91,25 @@ pub fn share_the_cpu() {
 /// runs each connection on a random one; the socket stays registered with the accepting one,
 /// so every readiness event would cross threads (an eventfd write and a wake-up per request).
 /// A duplicate of the descriptor, registered here, keeps each connection on one thread, like
-/// an nginx worker. Costs a few system calls per connection, none per request.
+/// an nginx worker. Costs a few system calls per connection, none per request. The result is
+/// the front door's own small [`Socket`] (TCP only; anything else is returned as it came).
 pub fn rehome(stream: Stream) -> Stream {
     use pingora::protocols::l4::stream::Stream as TcpStreamL4;
     use std::os::fd::{AsRawFd, FromRawFd};
-    let peer = stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().cloned());
-    // TCP only (a Unix socket would need a UnixStream).
-    if !stream.as_any().is::<TcpStreamL4>() || peer.as_ref().and_then(|p| p.as_inet()).is_none() {
+    let addresses = stream.get_socket_digest().and_then(|d| {
+        let peer = d.peer_addr()?.as_inet().copied()?;
+        let local = d.local_addr()?.as_inet().copied()?;
+        Some((peer, local))
+    });
+    let Some((peer, local)) = addresses else {
         return stream;
-    }
-    let local = stream
-        .get_socket_digest()
-        .and_then(|d| d.local_addr().cloned());
-    let fd = match stream.as_any().downcast_ref::<TcpStreamL4>() {
-        Some(s) => s.as_raw_fd(),
-        None => return stream,
+    };
+    let Some(fd) = stream
+        .as_any()
+        .downcast_ref::<TcpStreamL4>()
+        .map(|s| s.as_raw_fd())
+    else {
+        return stream;
     };
     // SAFETY: `fd` is open (owned by `stream`); the duplicate is owned by the new std stream.
     let dup = unsafe { libc::dup(fd) };
@@ -120,16 +124,7 @@ pub fn rehome(stream: Stream) -> Stream {
     // lives on in the duplicate.
     drop(stream);
     let _ = tokio_stream.set_nodelay(true);
-    let mut rehomed = TcpStreamL4::from(tokio_stream);
-    let digest = pingora::protocols::SocketDigest::from_raw_fd(rehomed.as_raw_fd());
-    if let Some(p) = peer {
-        let _ = digest.peer_addr.set(Some(p));
-    }
-    if let Some(l) = local {
-        let _ = digest.local_addr.set(Some(l));
-    }
-    pingora::protocols::GetSocketDigest::set_socket_digest(&mut rehomed, digest);
-    Box::new(rehomed)
+    Box::new(Socket::new(tokio_stream, peer, local))
 }
 
 #[cfg(test)]

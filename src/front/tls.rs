@@ -3,7 +3,6 @@
 //! served by the same loop as plain HTTP.
 
 use bytes::BytesMut;
-use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
 
 use crate::edge::{ClientLimits, HttpsEdge};
@@ -17,8 +16,8 @@ pub async fn accept(
     read_ahead: &mut BytesMut,
     limits: &ClientLimits,
 ) -> Option<Stream> {
-    // Listeners hand over TCP streams; the handshake needs the concrete type.
-    let mut tcp = *stream.into_any().downcast::<TcpStream>().ok()?;
+    // The handshake needs Pingora's TCP stream type.
+    let mut tcp = super::socket::into_pingora_tcp(stream)?;
     if !read_ahead.is_empty() {
         // Bytes read past a PROXY header are the start of the client's hello.
         tcp.rewind(&read_ahead.split());

@@ -35,11 +35,7 @@ pub async fn send_file(
     file: &std::fs::File,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let Some(fd) = stream
-        .as_any()
-        .downcast_ref::<pingora::protocols::l4::stream::Stream>()
-        .map(|s| s.as_raw_fd())
-    else {
+    let Some(fd) = super::socket::tcp_fd(stream) else {
         return write_all_vectored(stream, &mut [IoSlice::new(head), IoSlice::new(body)]).await;
     };
     // The stream's own write buffer is empty here: every earlier answer was flushed.
