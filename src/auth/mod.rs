@@ -7,6 +7,7 @@ pub mod compat;
 pub mod pages;
 mod relay;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::ops::RouteClass;
 use crate::proxy::headers::canonical;
 use crate::proxy::upstream::ForwardedIdentity;
 use crate::session::{
-    looks_like_login_state, now_unix, safe_return_path, Identity, Session, SessionCodec,
+    cookies, looks_like_login_state, now_unix, safe_return_path, Identity, Session, SessionCodec,
     SessionKeys,
 };
 use crate::shared::{Redis, RedisCodeCache, Revocations};
@@ -196,15 +197,6 @@ fn without_code(path: &str, query: Option<&str>) -> String {
     } else {
         format!("{path}?{}", rest.join("&"))
     }
-}
-
-/// Whether one of the `Cookie` headers holds a cookie called `name`.
-fn has_cookie(cookies: &[&[u8]], name: &str) -> bool {
-    cookies.iter().any(|v| {
-        cookie::Cookie::split_parse(String::from_utf8_lossy(v))
-            .flatten()
-            .any(|c| c.name() == name)
-    })
 }
 
 impl Login {
@@ -411,27 +403,25 @@ impl Login {
         format!("{proto}://{host}")
     }
 
-    fn identity_headers(&self, s: &Session) -> Vec<(String, HeaderValue)> {
+    fn identity_headers(&self, s: &Session) -> Vec<(HeaderName, HeaderValue)> {
         let id = &s.identity;
-        let mut out = Vec::with_capacity(4);
+        // Header values must be ASCII: nicknames and avatars are percent-encoded UTF-8.
+        fn encoded(v: &Option<String>) -> Option<Cow<'_, str>> {
+            v.as_deref()
+                .map(|v| Cow::from(utf8_percent_encode(v, NON_ALPHANUMERIC)))
+        }
+        let mut out = Vec::with_capacity(self.header_names.len());
         for (name, field) in &self.header_names {
             let value = match field {
-                Field::OpenId => Some(id.openid.clone()),
-                Field::UnionId => id.unionid.clone(),
-                Field::Scope => (!id.scope.is_empty()).then(|| id.scope.clone()),
-                Field::Snapshot => id.snapshot.then(|| "1".to_string()),
-                // Header values must be ASCII: nicknames are percent-encoded UTF-8.
-                Field::Nickname => id
-                    .nickname
-                    .as_ref()
-                    .map(|v| utf8_percent_encode(v, NON_ALPHANUMERIC).to_string()),
-                Field::Avatar => id
-                    .avatar
-                    .as_ref()
-                    .map(|v| utf8_percent_encode(v, NON_ALPHANUMERIC).to_string()),
+                Field::OpenId => Some(Cow::from(id.openid.as_str())),
+                Field::UnionId => id.unionid.as_deref().map(Cow::from),
+                Field::Scope => (!id.scope.is_empty()).then(|| Cow::from(id.scope.as_str())),
+                Field::Snapshot => id.snapshot.then_some(Cow::from("1")),
+                Field::Nickname => encoded(&id.nickname),
+                Field::Avatar => encoded(&id.avatar),
             };
             if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                out.push((name.as_str().to_string(), v));
+                out.push((name.clone(), v));
             }
         }
         out
@@ -576,7 +566,7 @@ impl Login {
             Ok(identity) => {
                 let (s, set) = self.codec.issue(&identity, now);
                 out.push(set);
-                if has_cookie(&req.cookies, RETRY_MARKER) {
+                if cookies::has(&req.cookies, RETRY_MARKER) {
                     out.push(self.marker_cookie(false));
                 }
                 *current = Some(s);
@@ -603,29 +593,13 @@ impl Login {
         current: Option<&Session>,
         cookies: &[&[u8]],
         proxied: bool,
-    ) -> (Vec<(String, HeaderValue)>, Option<Option<String>>) {
+    ) -> (Vec<(HeaderName, HeaderValue)>, Option<Option<String>>) {
         let identity_headers = current
             .map(|s| self.identity_headers(s))
             .unwrap_or_default();
-        let upstream_cookie = if cookies.is_empty() || !proxied {
-            None
-        } else {
-            let joined = cookies
-                .iter()
-                .map(|v| String::from_utf8_lossy(v))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let stripped = self.codec.strip_cookie(&joined);
-            // Also keep the edge's retry marker to itself.
-            let stripped = stripped.and_then(|c| {
-                let kept: Vec<&str> = c
-                    .split("; ")
-                    .filter(|p| p.split('=').next() != Some(RETRY_MARKER))
-                    .collect();
-                (!kept.is_empty()).then(|| kept.join("; "))
-            });
-            Some(stripped)
-        };
+        // Also keep the edge's retry marker to itself.
+        let upstream_cookie = (!cookies.is_empty() && proxied)
+            .then(|| self.codec.strip_cookie(cookies, &[RETRY_MARKER]));
         (identity_headers, upstream_cookie)
     }
 
@@ -635,7 +609,7 @@ impl Login {
     fn callback_failed(&self, req: &AuthRequest, label: &str, out: &mut SetCookies) -> Reply {
         let clean = without_code(req.path, req.query);
         let config_error = matches!(label, "40125" | "40013" | "40002");
-        if !config_error && !has_cookie(&req.cookies, RETRY_MARKER) {
+        if !config_error && !cookies::has(&req.cookies, RETRY_MARKER) {
             out.push(self.marker_cookie(true));
             return Reply::redirect(clean);
         }

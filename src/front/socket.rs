@@ -188,16 +188,23 @@ mod tests {
         let (_client, server) = pair().await;
         let peer: SocketAddr = "203.0.113.7:4000".parse().unwrap();
         let local = server.local_addr().unwrap();
-        let mut stream: Stream = Box::new(Socket::new(server, "127.0.0.1:1".parse().unwrap(), local));
+        let mut stream: Stream =
+            Box::new(Socket::new(server, "127.0.0.1:1".parse().unwrap(), local));
         assert!(tcp_fd(&stream).is_some());
         // A PROXY header's client replaces the socket's peer.
         set_peer(&mut stream, peer);
         let d = stream.get_socket_digest().unwrap();
         assert_eq!(d.peer_addr().and_then(|a| a.as_inet().copied()), Some(peer));
-        assert_eq!(d.local_addr().and_then(|a| a.as_inet().copied()), Some(local));
+        assert_eq!(
+            d.local_addr().and_then(|a| a.as_inet().copied()),
+            Some(local)
+        );
         let tcp = into_pingora_tcp(stream).unwrap();
         let d = tcp.get_socket_digest().unwrap();
         assert_eq!(d.peer_addr().and_then(|a| a.as_inet().copied()), Some(peer));
-        assert_eq!(d.local_addr().and_then(|a| a.as_inet().copied()), Some(local));
+        assert_eq!(
+            d.local_addr().and_then(|a| a.as_inet().copied()),
+            Some(local)
+        );
     }
 }

@@ -251,27 +251,66 @@ async fn send_and_read_head(
         if n == 0 {
             return Err((BAD_GATEWAY, buf.is_empty()));
         }
-        loop {
-            let mut hs = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut resp = httparse::Response::new(&mut hs);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let code = resp.code.unwrap_or(0);
-                    if (100..200).contains(&code) && code != 101 {
-                        // Interim answers (100 Continue, 103 Early Hints) are not relayed.
-                        buf.advance(len);
-                        continue;
+        // Only the end of the head is found here; it is parsed once, by `response_head`.
+        while let Some(len) = head_end(&buf) {
+            match status_code(&buf) {
+                Some(code) if (100..200).contains(&code) && code != 101 => {
+                    // Interim answers (100 Continue, 103 Early Hints) are not relayed, but
+                    // must be well-formed heads all the same.
+                    let mut hs = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+                    match httparse::Response::new(&mut hs).parse(&buf[..len]) {
+                        Ok(httparse::Status::Complete(n)) if n == len => buf.advance(len),
+                        _ => return Err((BAD_GATEWAY, false)),
                     }
-                    if code == 101 {
-                        return Err((BAD_GATEWAY, false));
-                    }
-                    return Ok((stream, buf, len));
                 }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => break,
-                _ => return Err((BAD_GATEWAY, false)),
+                Some(101) => return Err((BAD_GATEWAY, false)),
+                // Anything else, well-formed or not, is `response_head`'s to judge.
+                _ => return Ok((stream, buf, len)),
             }
         }
+        if buf.len() >= MAX_RESPONSE_HEAD || !could_be_status_line(&buf) {
+            return Err((BAD_GATEWAY, false));
+        }
     }
+}
+
+/// The empty lines httparse skips before a status line.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
+}
+
+/// Where the response head at the start of `buf` ends: just after its first empty line
+/// (`\r\n` or a bare `\n`, as httparse accepts them).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let start = leading_empty_lines(buf);
+    memchr::memchr_iter(b'\n', &buf[start..]).find_map(|i| match &buf[start + i + 1..] {
+        [b'\n', ..] => Some(start + i + 2),
+        [b'\r', b'\n', ..] => Some(start + i + 3),
+        _ => None,
+    })
+}
+
+/// The status code of the head's `HTTP/1.x NNN` status line, if it has one.
+fn status_code(buf: &[u8]) -> Option<u16> {
+    match &buf[leading_empty_lines(buf)..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', d @ ..] if d.len() >= 3 => {
+            let d = &d[..3];
+            d.iter()
+                .all(u8::is_ascii_digit)
+                .then(|| d.iter().fold(0, |n, b| n * 10 + u16::from(b - b'0')))
+        }
+        _ => None,
+    }
+}
+
+/// Whether what the backend sent so far can still become a status line: anything else is a
+/// 502 at once, not after the read timeout.
+fn could_be_status_line(buf: &[u8]) -> bool {
+    let rest = &buf[leading_empty_lines(buf)..];
+    let n = rest.len().min(7);
+    rest[..n] == b"HTTP/1."[..n]
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) {
@@ -719,5 +758,40 @@ async fn relay_body_h2(
             Ok(Ok(n)) if n > 0 => {}
             _ => return Err(broken(head, up, sent)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_ends_at_the_first_empty_line_whatever_its_line_endings() {
+        let h = b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody\r\n\r\n";
+        assert_eq!(head_end(h), Some(25));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\nA: 1\n\nbody"), Some(22));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: 1\r\n"), None);
+        // httparse skips empty lines before the status line; so does the search.
+        assert_eq!(head_end(b"\r\n\r\nHTTP/1.1 204 No\r\n\r\n"), Some(23));
+        assert_eq!(head_end(b"\r\n"), None);
+        assert_eq!(head_end(b""), None);
+        // The end found is where httparse finds it.
+        let mut hs = [httparse::EMPTY_HEADER; 4];
+        let parsed = httparse::Response::new(&mut hs).parse(h).unwrap();
+        assert_eq!(parsed, httparse::Status::Complete(25));
+    }
+
+    #[test]
+    fn status_codes_and_status_lines_in_the_making() {
+        assert_eq!(status_code(b"HTTP/1.1 103 Early Hints\r\n"), Some(103));
+        assert_eq!(status_code(b"\r\nHTTP/1.0 200 OK\r\n"), Some(200));
+        assert_eq!(status_code(b"HTTP/1.1 2x0 OK\r\n"), None);
+        assert_eq!(status_code(b"HTTP/2 200\r\n"), None);
+        assert_eq!(status_code(b"HTTP/1.1 20"), None);
+        assert!(could_be_status_line(b""));
+        assert!(could_be_status_line(b"\r\nHTT"));
+        assert!(could_be_status_line(b"HTTP/1.1 200 O"));
+        assert!(!could_be_status_line(b"SSH-2.0-OpenSSH"));
+        assert!(!could_be_status_line(b"HTTP/2 200"));
     }
 }

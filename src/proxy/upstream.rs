@@ -7,7 +7,7 @@
 //! answered it), no spoofable identity (strip and inject from one list of names), no
 //! `X-Request-ID` or forwarding header the edge sets itself, and the session cookie removed.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
 use super::headers::{self, Forwarding};
@@ -17,7 +17,7 @@ use super::headers::{self, Forwarding};
 pub struct ForwardedIdentity {
     pub authenticated: bool,
     /// Identity headers to send upstream (name, value).
-    pub headers: Vec<(String, HeaderValue)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `None`: pass the client's `Cookie` unchanged; `Some(None)`: drop it; `Some(Some(v))`: send `v`.
     pub upstream_cookie: Option<Option<String>>,
 }
@@ -112,7 +112,7 @@ where
     }
     headers::forwarding_headers(f, prev_xff, client_host, |name, parts| emit(name, parts));
     for (name, value) in &out.identity.headers {
-        emit(name, &[value.as_bytes()]);
+        emit(name.as_str(), &[value.as_bytes()]);
     }
     if let Some(Some(cookie)) = &out.identity.upstream_cookie {
         emit("cookie", &[cookie.as_bytes()]);
@@ -249,7 +249,10 @@ mod tests {
     fn strips_then_injects_from_one_list() {
         let identity = ForwardedIdentity {
             authenticated: true,
-            headers: vec![("X-WX-OpenID".into(), HeaderValue::from_static("o-1"))],
+            headers: vec![(
+                HeaderName::from_static("x-wx-openid"),
+                HeaderValue::from_static("o-1"),
+            )],
             upstream_cookie: Some(Some("a=1".into())),
         };
         let text = built(&identity, 5, false);
@@ -263,7 +266,7 @@ mod tests {
             "x-real-ip: 198.51.100.1",
             "x-forwarded-proto: http",
             "x-forwarded-host: h5.example.com",
-            "X-WX-OpenID: o-1",
+            "x-wx-openid: o-1",
             "cookie: a=1",
             "x-request-id: rid",
             "content-length: 5",

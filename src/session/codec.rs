@@ -11,6 +11,7 @@ use std::time::Duration;
 use cookie::{Cookie, CookieJar, Key};
 use serde::{Deserialize, Serialize};
 
+use super::cookies;
 use super::keys::SessionKeys;
 
 pub const DEFAULT_COOKIE_NAME: &str = "wxedge_session";
@@ -234,27 +235,16 @@ impl SessionCodec {
         Some(p)
     }
 
-    /// The `Cookie` header value without our session, login and relay cookies, for the backend;
-    /// `None` when nothing else remains (then drop the header).
-    pub fn strip_cookie(&self, cookie_header_value: &str) -> Option<String> {
-        // Pairs are kept byte for byte as the browser sent them; only their names are parsed.
-        let kept: Vec<&str> = cookie_header_value
-            .split(';')
-            .map(str::trim)
-            .filter(|pair| !pair.is_empty())
-            .filter(|pair| {
-                cookie::Cookie::parse(*pair).map_or(true, |c| {
-                    c.name() != self.cookie_name
-                        && c.name() != self.login_cookie_name
-                        && c.name() != super::login::RELAY_COOKIE_NAME
-                })
-            })
-            .collect();
-        if kept.is_empty() {
-            None
-        } else {
-            Some(kept.join("; "))
-        }
+    /// The request's `Cookie` header values as one, without our session, login and relay
+    /// cookies and those `also` names, for the backend; `None` when nothing else remains (then
+    /// drop the header).
+    pub fn strip_cookie<S: AsRef<[u8]>>(&self, headers: &[S], also: &[&str]) -> Option<String> {
+        cookies::without(headers, |name| {
+            name == self.cookie_name
+                || name == self.login_cookie_name
+                || name == super::login::RELAY_COOKIE_NAME
+                || also.contains(&name)
+        })
     }
 
     fn seal_session(&self, s: &Session) -> String {
@@ -298,29 +288,16 @@ fn legacy_id(openid: &str, issued_at: u64) -> String {
 
 /// Values of the cookies called `name` in the given `Cookie` header values: UTF-8, at most
 /// [`MAX_COOKIE_VALUE`] bytes, surrounding quotes removed, at most [`MAX_CANDIDATES`] of them.
-pub(crate) fn cookie_values<'a, S: AsRef<[u8]>>(headers: &'a [S], name: &str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    for h in headers {
-        let Ok(text) = std::str::from_utf8(h.as_ref()) else {
-            continue;
-        };
-        // The `cookie` crate splits and parses the pairs (borrowing, nothing decoded).
-        for c in Cookie::split_parse(text).flatten() {
-            let Some(v) = c.value_raw() else { continue };
-            let v = v
-                .strip_prefix('"')
+pub(crate) fn cookie_values<'a, S: AsRef<[u8]>>(headers: &'a [S], name: &'a str) -> Vec<&'a str> {
+    cookies::values(headers, name)
+        .map(|v| {
+            v.strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v);
-            if c.name() != name || v.is_empty() || v.len() > MAX_COOKIE_VALUE {
-                continue;
-            }
-            out.push(v);
-            if out.len() == MAX_CANDIDATES {
-                return out;
-            }
-        }
-    }
-    out
+                .unwrap_or(v)
+        })
+        .filter(|v| !v.is_empty() && v.len() <= MAX_COOKIE_VALUE)
+        .take(MAX_CANDIDATES)
+        .collect()
 }
 
 /// AES-256-GCM seal of `plaintext` under the cookie `name` (private jar format:
@@ -640,27 +617,33 @@ mod tests {
     fn strip_cookie_removes_ours_only() {
         let c = codec();
         assert_eq!(
-            c.strip_cookie("a=1; wxedge_session=XYZ; b=2"),
+            c.strip_cookie(&["a=1; wxedge_session=XYZ; b=2"], &[]),
             Some("a=1; b=2".into())
         );
         assert_eq!(
-            c.strip_cookie(" wxedge_login=q ;wxedge_session=XYZ;c=3 "),
+            c.strip_cookie(&[" wxedge_login=q ;wxedge_session=XYZ;c=3 "], &[]),
             Some("c=3".into())
         );
-        assert_eq!(c.strip_cookie("wxedge_session=XYZ; wxedge_login=1"), None);
-        assert_eq!(c.strip_cookie("wxedge_relay=R; d=4"), Some("d=4".into()));
-        assert_eq!(c.strip_cookie(""), None);
-        assert_eq!(c.strip_cookie(" ; ;"), None);
+        assert_eq!(
+            c.strip_cookie(&["wxedge_session=XYZ; wxedge_login=1"], &[]),
+            None
+        );
+        assert_eq!(
+            c.strip_cookie(&["wxedge_relay=R; d=4"], &[]),
+            Some("d=4".into())
+        );
+        assert_eq!(c.strip_cookie(&[""], &[]), None);
+        assert_eq!(c.strip_cookie(&[" ; ;"], &[]), None);
         // Similar names are not ours.
         assert_eq!(
-            c.strip_cookie("wxedge_session2=1; xwxedge_session=2"),
+            c.strip_cookie(&["wxedge_session2=1; xwxedge_session=2"], &[]),
             Some("wxedge_session2=1; xwxedge_session=2".into())
         );
         // Value containing '=' is kept whole.
-        assert_eq!(c.strip_cookie("t=a=b"), Some("t=a=b".into()));
+        assert_eq!(c.strip_cookie(&["t=a=b"], &[]), Some("t=a=b".into()));
         let custom = codec().with_login_cookie_name("lg");
         assert_eq!(
-            custom.strip_cookie("lg=1; wxedge_login=2"),
+            custom.strip_cookie(&["lg=1; wxedge_login=2"], &[]),
             Some("wxedge_login=2".into())
         );
     }

@@ -5,6 +5,7 @@
 //!   also the short-lived `wxedge_login` nonce cookie of the edge-started login
 //!   ([`SessionCodec::new_login`] / [`SessionCodec::finish_login`]) and the removal of both cookies
 //!   from the `Cookie` header forwarded to the backend ([`SessionCodec::strip_cookie`]).
+//! * [`cookies`]: finding cookies in the request's `Cookie` header.
 //! * [`safe_return_path`]: the open-redirect guard for `?return=`; [`allowed_redirect`] the login
 //!   relay's, for absolute URLs on allowlisted [`Origin`]s.
 //! * [`TicketCodec`]: the login relay's single-use, audience-bound identity tickets.
@@ -12,6 +13,7 @@
 //! Nothing here depends on Pingora: header values go in and out as strings.
 
 mod codec;
+pub mod cookies;
 mod keys;
 mod login;
 mod return_path;
