@@ -25,7 +25,10 @@ pub struct LogFields {
 
 /// A head field as text (httparse checked it is visible ASCII or obs-text).
 fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(b)
+    match std::str::from_utf8(b) {
+        Ok(s) => s.into(),
+        Err(_) => String::from_utf8_lossy(b),
+    }
 }
 
 #[derive(Debug)]

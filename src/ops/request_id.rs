@@ -46,7 +46,8 @@ pub fn generate() -> String {
     let mut id = [0u8; 32];
     hex_into(&mut id[..16], hi);
     hex_into(&mut id[16..], lo);
-    String::from_utf8_lossy(&id).into_owned()
+    // Hex digits: always UTF-8.
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 fn hex_into(out: &mut [u8], v: u64) {

@@ -3,12 +3,12 @@
 //! as a session cookie or the other way round).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cookie::{Cookie, CookieJar, Key};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::cookies;
@@ -82,7 +82,8 @@ thread_local! {
     // Cookie values this thread has opened, by codec: opening one costs an AES-GCM decryption,
     // base64 and JSON (several µs), and a browser sends the same value with every API call.
     // Only values that opened are kept, compared in full; expiry is still checked on every use.
-    static OPENED: RefCell<HashMap<u64, Opened>> = RefCell::new(HashMap::new());
+    // Keyed by a seeded xxh3 of the value, so the map needs no hashing of its own.
+    static OPENED: RefCell<FxHashMap<u64, Opened>> = RefCell::new(FxHashMap::default());
 }
 /// (codec id, the cookie value, what it opened to), by a hash of the value.
 type Opened = (u64, Box<str>, Rc<Payload>);
