@@ -10,7 +10,10 @@
 #                                image; wxedge: its default combined log on stdout, redirected to
 #                                a file); the report judges issue 11's targets, and a last
 #                                step measures the log line's own CPU (the same wxedge with the
-#                                log off, alternating on index.html)
+#                                log off, alternating on index.html) and, in a full run, its
+#                                instructions under valgrind (bench/log_instructions.py: repeatable
+#                                where the CPU difference is noisy), for wrk's bare request and for
+#                                a WeChat browser's (User-Agent, Referer)
 #   bash bench/run.sh --flamegraphs DIR
 #                                after measuring, profile each case on each server with `perf`
 #                                (DWARF call graphs) and write DIR/<case>-<server>.svg flame graphs
@@ -93,6 +96,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v gzip >/dev/null || missing+=(gzip)
 if [ -z "${WXEDGE_BIN:-}" ] && ! command -v cmake >/dev/null; then missing+=(cmake); fi
 if [ -n "$FLAME_DIR" ] && ! command -v perf >/dev/null; then missing+=(linux-perf); fi
+if [ "$PROFILE" = production ] && [ "$MODE" = full ] && ! command -v valgrind >/dev/null; then missing+=(valgrind); fi
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 if [ -n "$FLAME_DIR" ]; then
   command -v perf >/dev/null || die "--flamegraphs needs perf (Debian: linux-perf)"
@@ -578,7 +582,8 @@ if [ "$PROFILE" = production ]; then
         "http://127.0.0.1:$port/index.html" > "$raw" 2>&1 || die "wrk failed (log cost, $which)"
       read -r u1 s1 < <(cpu_split "$pid")
       read -r rps _ _ reqs _ _ < <(wrk_stats "$raw")
-      printf '%s\t%s\t%s\n' "$round" "$which" "$(per_req $((u1 + s1 - u0 - s0)) "$reqs")" >> "$T/logcost.tsv"
+      printf '%s\t%s\t%s\t%s\n' "$round" "$which" "$(per_req $((u1 + s1 - u0 - s0)) "$reqs")" \
+        "$(per_req $((u1 - u0)) "$reqs")" >> "$T/logcost.tsv"
     done
   done
   kill "$NOLOG_PID" 2>/dev/null || true; wait "$NOLOG_PID" 2>/dev/null || true
@@ -586,8 +591,11 @@ if [ "$PROFILE" = production ]; then
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 by = {}
-for r, which, cpu in rows:
+user_off = []
+for r, which, cpu, user in rows:
     by.setdefault(r, {}).setdefault(which, []).append(float(cpu))
+    if which == "off":
+        user_off.append(float(user))
 diffs = [statistics.mean(v["on"]) - statistics.mean(v["off"]) for v in by.values()]
 on = statistics.median(statistics.mean(v["on"]) for v in by.values())
 off = statistics.median(statistics.mean(v["off"]) for v in by.values())
@@ -595,7 +603,15 @@ d = statistics.median(diffs)
 print(f"access log line: {d:.2f} us of CPU per line (index.html, CPU per request with the log on {on:.2f} us, off {off:.2f} us; "
       f"median of {len(diffs)} round(s), per-round differences: {', '.join(f'{x:.2f}' for x in diffs)})")
 print(f"target: at most 0.5 us per line: {'met' if d <= 0.5 else 'missed'}")
+open(sys.argv[1] + ".user_off", "w").write(f"{statistics.median(user_off):.2f}")
 PY
+  # The same question in instructions, which repeat run after run (valgrind; minutes, not seconds).
+  if [ "$MODE" = full ] && command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+    python3 "$BENCH_DIR/log_instructions.py" --bin "$BIN" --dist "$T/dist-wxedge" \
+      --env WX_MP_VERIFY="$MP_TOKEN" --env WXEDGE_BACKEND="http://127.0.0.1:$BACKEND_PORT" \
+      --user-us-per-request "$(cat "$T/logcost.tsv.user_off")" >> "$T/logcost.txt" \
+      || log "WARNING: the log line's instruction count failed (bench/log_instructions.py)"
+  fi
   sed 's/^/[bench] /' "$T/logcost.txt" >&2
   if [ -n "$OUT_FILE" ]; then
     { printf '\n### The access log line'"'"'s cost\n\n```\n'; cat "$T/logcost.txt"; printf '```\n'; } >> "$OUT_FILE"
