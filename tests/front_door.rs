@@ -313,6 +313,46 @@ fn backend_garbage_is_a_502_and_a_body_cut_short_closes_the_client() {
 }
 
 #[test]
+fn the_backend_head_is_judged_once_whole_and_never_waited_for_when_it_cannot_be_one() {
+    let backend = ScriptedBackend::start(Arc::new(|_m: &str, target: &str| {
+        match target {
+        // Not HTTP, no empty line, and the connection stays open: nothing more could help.
+        "/api/not-http" => (b"SSH-2.0-OpenSSH_9.2\r\n".to_vec(), false),
+        // Bare LF line ends, as httparse (and nginx) accept them.
+        "/api/lf" => (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok".to_vec(), false),
+        // An interim answer that is not a well-formed head.
+        "/api/bad-interim" => (
+            b"HTTP/1.1 103 Early Hints\r\nno colon here\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+            true,
+        ),
+        // A good one, then the answer.
+        "/api/hints" => (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+            false,
+        ),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false),
+    }
+    }));
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let started = std::time::Instant::now();
+    let r = Client::connect(edge.addr()).send(&get("/api/not-http"));
+    assert_eq!(r.status, 502);
+    if short_path_setting() != "false" {
+        // Not after the backend read timeout (60 s).
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+    let r = Client::connect(edge.addr()).send(&get("/api/lf"));
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let r = Client::connect(edge.addr()).send(&get("/api/bad-interim"));
+    assert_eq!(r.status, 502, "{}", r.text());
+    let r = Client::connect(edge.addr()).send(&get("/api/hints"));
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(r.header("link"), None, "interim answers are not relayed");
+}
+
+#[test]
 fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
     // The backend closes every connection after one answer without saying so, as a backend
     // with a short keep-alive timeout does: the edge pools each and finds it dead next time.
