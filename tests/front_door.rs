@@ -314,26 +314,21 @@ fn backend_garbage_is_a_502_and_a_body_cut_short_closes_the_client() {
 
 #[test]
 fn the_backend_head_is_judged_once_whole_and_never_waited_for_when_it_cannot_be_one() {
-    let backend = ScriptedBackend::start(Arc::new(|_m: &str, target: &str| {
-        match target {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let after = |interim: &[u8]| [interim, OK].concat();
+    let backend = ScriptedBackend::start(Arc::new(move |_m: &str, target: &str| match target {
         // Not HTTP, no empty line, and the connection stays open: nothing more could help.
         "/api/not-http" => (b"SSH-2.0-OpenSSH_9.2\r\n".to_vec(), false),
         // Bare LF line ends, as httparse (and nginx) accept them.
         "/api/lf" => (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok".to_vec(), false),
         // An interim answer that is not a well-formed head.
-        "/api/bad-interim" => (
-            b"HTTP/1.1 103 Early Hints\r\nno colon here\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                .to_vec(),
-            true,
-        ),
+        "/api/bad-interim" => (after(b"HTTP/1.1 103 Early Hints\r\nno colon\r\n\r\n"), true),
         // A good one, then the answer.
         "/api/hints" => (
-            b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                .to_vec(),
+            after(b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n"),
             false,
         ),
-        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false),
-    }
+        _ => (OK.to_vec(), false),
     }));
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let started = std::time::Instant::now();
