@@ -21,3 +21,12 @@ pub(crate) mod shared;
 pub mod static_files;
 pub(crate) mod tls;
 pub(crate) mod wechat;
+
+/// The access log's request path (a request's record, dropped), for its benchmark alone
+/// (`benches/log_line.rs`); everything else in `ops` stays private.
+#[doc(hidden)]
+pub mod access_log_bench {
+    pub use crate::ops::access_log::{flush, init, Format};
+    pub use crate::ops::record::{LogFields, RequestRecord};
+    pub use crate::ops::RouteClass;
+}

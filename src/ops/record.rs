@@ -23,16 +23,6 @@ pub struct LogFields {
     pub user_agent: Bytes,
 }
 
-/// A head field as text (httparse checked it is visible ASCII or obs-text).
-fn text(b: &Bytes) -> std::borrow::Cow<'_, str> {
-    // ASCII (nearly every user agent and referer) is checked faster than UTF-8 in general.
-    if b.is_ascii() {
-        // SAFETY: ASCII is UTF-8.
-        return unsafe { std::str::from_utf8_unchecked(b) }.into();
-    }
-    String::from_utf8_lossy(b)
-}
-
 #[derive(Debug)]
 pub struct RequestRecord {
     started: Instant,
@@ -93,13 +83,13 @@ impl Drop for RequestRecord {
             *format,
             &Entry {
                 client: &self.client.client,
-                method: &text(&l.method),
-                target: &text(&l.target),
+                method: &l.method,
+                target: &l.target,
                 version: l.version,
                 status: self.status,
                 bytes: self.body_bytes as usize,
-                referer: &text(&l.referer),
-                user_agent: &text(&l.user_agent),
+                referer: &l.referer,
+                user_agent: &l.user_agent,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream: self.upstream.unwrap_or("-"),
                 request_id: &self.request_id,
