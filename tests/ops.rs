@@ -280,6 +280,132 @@ fn every_request_is_one_whole_log_line_even_across_sigterm() {
     }
 }
 
+/// A log nobody reads (a stalled pipe) never holds a request up: every request is answered
+/// while the pipe is full, the lines that did not fit are counted in
+/// `wxedge_access_log_dropped_lines_total`, and once the pipe drains, the lines that come out
+/// plus that count are exactly the requests served: none is lost without being counted.
+#[test]
+fn a_stalled_log_pipe_never_blocks_a_request_and_counts_every_line_it_drops() {
+    use std::io::{BufRead, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 4;
+    const EACH: usize = 1000;
+    const BATCH: usize = 50;
+    // ~3 KB lines: 12 MB of log, well past what can wait (the 64 KiB pipe, the writer's batch
+    // of 1 MiB and 64 queued blocks of 64 KiB).
+    let pad = "p".repeat(3000);
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (mut cmd, dir) = command(
+        &[
+            ("WXEDGE_LISTEN", listen.as_str()),
+            ("WXEDGE_METRICS_LISTEN", metrics.as_str()),
+            ("WXEDGE_THREADS", "2"),
+        ],
+        &[],
+    );
+    cmd.stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("wxedge binary");
+    // Not read until every request is answered.
+    let log_pipe = child.stdout.take().unwrap();
+    let edge = EdgeProc {
+        port,
+        child,
+        dir,
+        stdout: Default::default(),
+        stderr: Default::default(),
+    };
+    wait_healthy(&edge);
+    let addr = edge.addr();
+
+    let body = std::fs::read(fixture_dist().join("index.html")).unwrap();
+    let tail = body[body.len() - body.len().min(64)..].to_vec();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (pad, tail) = (pad.clone(), tail.clone());
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                // A request held up by the log would stall here: fail instead of hanging.
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut buf = vec![0u8; 65536];
+                for batch in 0..EACH / BATCH {
+                    let mut requests = Vec::new();
+                    for i in 0..BATCH {
+                        let i = batch * BATCH + i;
+                        requests.extend_from_slice(
+                            format!(
+                                "GET /index.html?c={c}&i={i}&pad={pad} HTTP/1.1\r\nHost: t\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    s.write_all(&requests).unwrap();
+                    let mut got = Vec::new();
+                    while got.windows(tail.len()).filter(|w| *w == &tail[..]).count() < BATCH {
+                        let n = s
+                            .read(&mut buf)
+                            .expect("an answer while the log is stalled");
+                        assert!(n > 0, "closed early");
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    let metrics_addr: std::net::SocketAddr = metrics.parse().unwrap();
+    let dropped = || -> usize {
+        let r = raw(
+            metrics_addr,
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let text = String::from_utf8(r.body).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("wxedge_access_log_dropped_lines_total "))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert!(dropped() > 0, "12 MB of lines cannot all wait in memory");
+
+    // Drain the pipe: what comes out plus what was counted is every request served.
+    let logged = Arc::new(AtomicUsize::new(0));
+    let counter = logged.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(log_pipe).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("&pad=") {
+                assert!(
+                    line.starts_with("127.0.0.1 - - [") && line.ends_with('"'),
+                    "a whole line"
+                );
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut seen = (0, 0);
+    while t.elapsed() < Duration::from_secs(30) {
+        seen = (logged.load(Ordering::Relaxed), dropped());
+        if seen.0 + seen.1 == CLIENTS * EACH {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        seen.0 + seen.1,
+        CLIENTS * EACH,
+        "lines logged {} + lines counted as dropped {} = requests served",
+        seen.0,
+        seen.1
+    );
+}
+
 /// `max_connections` (nginx's `worker_connections`): past it, a new client connection is
 /// closed at once and counted, the open ones keep working, and a place that frees up is
 /// taken again. The start-up log reports the limit and the open-file limits.

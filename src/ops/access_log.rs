@@ -4,19 +4,23 @@
 //! Lines cost almost nothing on the request path, like nginx's `access_log ... buffer=64k
 //! flush=1s`: each thread formats its lines into its own buffer (no allocation per line),
 //! whole buffers go to one writer thread at 64 KiB or at least every second, and that thread
-//! alone writes them, in single `write_all`s, so lines are never torn or interleaved. A log
+//! alone writes them, in single `write_all`s, so lines are never torn or interleaved. The
+//! writer is woken when [`WAKE_AT_BLOCKS`] blocks wait, by the once-a-second flush, or by
+//! [`flush`]: a wake-up per 64 KiB block cost as much as formatting a fifth of its lines. A log
 //! that cannot keep up (a slow pipe, a full disk) never blocks a request: past
 //! [`QUEUED_BLOCKS`] blocks waiting, new blocks are dropped and counted
 //! (`wxedge_access_log_dropped_lines_total`). [`flush`] writes everything out before the
 //! process exits (drain after SIGTERM, graceful upgrade).
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crossbeam_utils::CachePadded;
 use once_cell::sync::OnceCell;
 
 use super::metrics::METRICS;
@@ -60,6 +64,10 @@ pub struct Entry<'a> {
 const BLOCK_BYTES: usize = 64 * 1024;
 /// Blocks waiting for the writer before new ones are dropped (4 MiB).
 pub const QUEUED_BLOCKS: usize = 64;
+/// Blocks waiting that wake the writer (256 KiB); fewer wait for the next second's flush.
+const WAKE_AT_BLOCKS: usize = 4;
+/// Blocks written by one `writev` at most (1 MiB).
+const MAX_BATCH_BLOCKS: usize = 16;
 /// Emptied block buffers kept for reuse (512 KiB at most).
 const SPARE_BLOCKS: usize = 8;
 /// Lines never wait longer than this in a thread's buffer.
@@ -72,6 +80,11 @@ struct Pending {
     lines: u64,
 }
 
+/// A thread's pending lines on cache lines of their own: allocated next to the writer's
+/// channel (both are made by the first line), they shared a line with what the writer thread
+/// updates for every block, and each line's first touch of its buffer waited for that line.
+type ThreadBuffer = CachePadded<Mutex<Pending>>;
+
 enum Job {
     Block(Pending),
     /// Everything sent before this is written: say so.
@@ -80,19 +93,22 @@ enum Job {
 
 struct Log {
     jobs: SyncSender<Job>,
+    /// Blocks sent and not yet taken by the writer.
+    waiting: Arc<AtomicUsize>,
+    writer: std::thread::Thread,
     /// Written blocks' buffers, emptied, for threads to fill again: a block's 64 KiB are
     /// allocated once, not once per block (an allocation that size is fresh pages to fault
     /// in, and memory freed on another thread than the one that allocated it).
     spare: Mutex<Vec<Vec<u8>>>,
     /// Every thread's pending lines, so the flusher and [`flush`] can reach them.
-    threads: Mutex<Vec<Arc<Mutex<Pending>>>>,
+    threads: Mutex<Vec<Arc<ThreadBuffer>>>,
 }
 
 static LOG: OnceCell<Log> = OnceCell::new();
 
 thread_local! {
-    static MINE: Arc<Mutex<Pending>> = {
-        let mine = Arc::new(Mutex::new(Pending::default()));
+    static MINE: Arc<ThreadBuffer> = {
+        let mine = Arc::new(CachePadded::new(Mutex::new(Pending::default())));
         if let Some(log) = LOG.get() {
             log.threads.lock().unwrap_or_else(|e| e.into_inner()).push(mine.clone());
         }
@@ -130,9 +146,13 @@ fn start(path: Option<&Path>) -> std::io::Result<Log> {
         None => Box::new(std::io::stdout()),
     };
     let (jobs, queue) = sync_channel(QUEUED_BLOCKS);
-    std::thread::Builder::new()
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let taken = waiting.clone();
+    let writer = std::thread::Builder::new()
         .name("wxedge-access-log".into())
-        .spawn(move || write_blocks(out, queue))?;
+        .spawn(move || write_blocks(out, queue, &taken))?
+        .thread()
+        .clone();
     std::thread::Builder::new()
         .name("wxedge-log-flush".into())
         .spawn(|| loop {
@@ -141,25 +161,68 @@ fn start(path: Option<&Path>) -> std::io::Result<Log> {
         })?;
     Ok(Log {
         jobs,
+        waiting,
+        writer,
         spare: Mutex::new(Vec::new()),
         threads: Mutex::new(Vec::new()),
     })
 }
 
-fn write_blocks(mut out: Box<dyn Write + Send>, queue: Receiver<Job>) {
-    for job in queue {
-        match job {
-            Job::Block(mut p) => {
-                if out.write_all(&p.bytes).and_then(|()| out.flush()).is_err() {
-                    METRICS.access_log_dropped.inc_by(p.lines);
+fn write_blocks(mut out: Box<dyn Write + Send>, queue: Receiver<Job>, waiting: &AtomicUsize) {
+    // Blocks taken from the queue, written together in one `writev`.
+    let mut batch: Vec<Pending> = Vec::new();
+    loop {
+        match queue.try_recv() {
+            Ok(Job::Block(p)) => {
+                waiting.fetch_sub(1, Ordering::Relaxed);
+                batch.push(p);
+                if batch.len() < MAX_BATCH_BLOCKS {
+                    continue;
                 }
-                p.bytes.clear();
-                give_back(p.bytes);
             }
-            Job::Sync(done) => {
+            Ok(Job::Sync(done)) => {
+                write_batch(&mut *out, &mut batch);
                 let _ = done.send(());
+                continue;
             }
+            Err(TryRecvError::Empty) if batch.is_empty() => {
+                // Until a sender, the flusher or `flush` wakes it (or the second is over).
+                std::thread::park_timeout(FLUSH_EVERY);
+                continue;
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => return write_batch(&mut *out, &mut batch),
         }
+        write_batch(&mut *out, &mut batch);
+    }
+}
+
+/// Write whole blocks, in order, with as few system calls as the destination takes; the
+/// lines of blocks not wholly written are counted as dropped. The buffers go back for reuse.
+fn write_batch<W: Write + ?Sized>(out: &mut W, batch: &mut Vec<Pending>) {
+    let mut slices: Vec<IoSlice> = batch.iter().map(|p| IoSlice::new(&p.bytes)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => break,
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    // Blocks before the one `rest` starts in were written whole; a failed flush loses them all.
+    let whole = if out.flush().is_err() {
+        0
+    } else {
+        batch.len() - rest.len()
+    };
+    drop(slices);
+    for (i, mut p) in batch.drain(..).enumerate() {
+        if i >= whole {
+            METRICS.access_log_dropped.inc_by(p.lines);
+        }
+        p.bytes.clear();
+        give_back(p.bytes);
     }
 }
 
@@ -183,7 +246,11 @@ fn fresh_block(log: &Log) -> Vec<u8> {
 fn send(log: &Log, block: Pending) {
     let lines = block.lines;
     match log.jobs.try_send(Job::Block(block)) {
-        Ok(()) => {}
+        Ok(()) => {
+            if log.waiting.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AT_BLOCKS {
+                log.writer.unpark();
+            }
+        }
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             METRICS.access_log_dropped.inc_by(lines)
         }
@@ -203,6 +270,7 @@ fn hand_over_all() {
             send(log, block);
         }
     }
+    log.writer.unpark();
 }
 
 /// Write out every line logged so far, waiting up to `limit` for the writer.
@@ -211,6 +279,7 @@ pub fn flush(limit: Duration) {
     hand_over_all();
     let (done, wait) = sync_channel(1);
     if log.jobs.send(Job::Sync(done)).is_ok() {
+        log.writer.unpark();
         let _ = wait.recv_timeout(limit);
     }
 }
@@ -220,11 +289,8 @@ pub fn write(format: Format, e: &Entry) {
     if format == Format::Off {
         return;
     }
-    // Combined lines show seconds; JSON lines keep the precise time.
-    let now = match format {
-        Format::Combined => super::clock::now_secs(),
-        _ => SystemTime::now(),
-    };
+    // Both formats show whole seconds: the coarse clock is enough.
+    let now = super::clock::unix_secs();
     let Some(log) = running() else {
         let mut line = Vec::with_capacity(256);
         format_into(&mut line, format, e, now);
@@ -256,27 +322,36 @@ const SECRET_PARAMS: &[&str] = &[
     "ticket",
 ];
 
-/// Whether a query key names a secret: length first, as nearly every key is rejected by it.
+/// Whether a query key names a secret (`eq_ignore_ascii_case` compares lengths first).
 fn is_secret_param(key: &[u8]) -> bool {
-    (4..=13).contains(&key.len())
-        && SECRET_PARAMS
-            .iter()
-            .any(|s| key.eq_ignore_ascii_case(s.as_bytes()))
+    SECRET_PARAMS
+        .iter()
+        .any(|s| key.eq_ignore_ascii_case(s.as_bytes()))
+}
+
+/// The first `needle` in `hay`: memchr's vector search costs ~70 instructions to start, more
+/// than a byte loop over a short field (a path, a query's pair).
+fn find(needle: u8, hay: &[u8]) -> Option<usize> {
+    if hay.len() < 32 {
+        hay.iter().position(|&b| b == needle)
+    } else {
+        memchr::memchr(needle, hay)
+    }
 }
 
 /// `/p?code=abc&state=x` → `/p?code=REDACTED&state=x`, appended to `out` through `push`,
 /// which is called once for each run without a secret (once for nearly every target): a
 /// line's cost is mostly per call, not per byte.
 fn push_redacted(out: &mut Vec<u8>, target: &[u8], push: fn(&mut Vec<u8>, &[u8])) {
-    let Some(query) = memchr::memchr(b'?', target) else {
+    let Some(query) = find(b'?', target) else {
         return push(out, target);
     };
     // `target[plain_from..]` is pushed as it is, up to the next secret value.
     let mut plain_from = 0;
     let mut piece = query + 1;
     while piece <= target.len() {
-        let end = memchr::memchr(b'&', &target[piece..]).map_or(target.len(), |i| piece + i);
-        let key_end = memchr::memchr(b'=', &target[piece..end]).map_or(end, |i| piece + i);
+        let end = find(b'&', &target[piece..]).map_or(target.len(), |i| piece + i);
+        let key_end = find(b'=', &target[piece..end]).map_or(end, |i| piece + i);
         if is_secret_param(&target[piece..key_end]) {
             push(out, &target[plain_from..key_end]);
             out.extend_from_slice(b"=REDACTED");
@@ -307,39 +382,49 @@ fn escaped(b: u8) -> bool {
 /// Whether `bytes` must go the slow way: a byte to escape, or any non-ASCII (which is checked
 /// for UTF-8). Nearly no field does, so this is the whole cost of quoting a User-Agent: 16
 /// bytes a step with SSE2 (part of every x86_64), where a byte loop costs ~2.5 instructions
-/// a byte.
+/// a byte; a field shorter than 16 bytes is checked as one padded block.
 #[cfg(target_arch = "x86_64")]
 fn needs_care(bytes: &[u8]) -> bool {
-    use std::arch::x86_64::*;
     if bytes.len() < 16 {
-        return bytes.iter().any(|&b| escaped(b) || !b.is_ascii());
+        let mut block = [b'a'; 16];
+        block[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: `block` is 16 bytes.
+        return unsafe { block_needs_care(block.as_ptr()) };
     }
-    // SAFETY: SSE2 is baseline on x86_64; every load reads 16 bytes inside `bytes` (the last
-    // one starts at `len - 16`, overlapping the one before it).
+    let last = bytes.len() - 16;
+    let mut at = 0;
+    // SAFETY: every block read starts at most at `len - 16` (the last one overlaps the one
+    // before it), so it is inside `bytes`.
     unsafe {
-        let quote = _mm_set1_epi8(b'"' as i8);
-        let backslash = _mm_set1_epi8(b'\\' as i8);
-        let del = _mm_set1_epi8(0x7f);
-        let control_max = _mm_set1_epi8(0x1f);
-        let hit = |at: usize| {
-            let v = _mm_loadu_si128(bytes.as_ptr().add(at).cast());
-            // An unsigned byte is a control character when max(b, 0x1f) is 0x1f.
-            let control = _mm_cmpeq_epi8(_mm_max_epu8(v, control_max), control_max);
-            let marks = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
-            let any = _mm_or_si128(_mm_or_si128(control, marks), _mm_cmpeq_epi8(v, del));
-            // movemask(v) is the top bits: the non-ASCII bytes.
-            (_mm_movemask_epi8(any) | _mm_movemask_epi8(v)) != 0
-        };
-        let last = bytes.len() - 16;
-        let mut at = 0;
         while at < last {
-            if hit(at) {
+            if block_needs_care(bytes.as_ptr().add(at)) {
                 return true;
             }
             at += 16;
         }
-        hit(last)
+        block_needs_care(bytes.as_ptr().add(last))
     }
+}
+
+/// [`needs_care`] for the 16 bytes at `p`.
+///
+/// # Safety
+/// `p` must point to 16 readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_needs_care(p: *const u8) -> bool {
+    use std::arch::x86_64::*;
+    // SSE2 is baseline on x86_64; the caller vouches for the 16 bytes.
+    let v = _mm_loadu_si128(p.cast());
+    let control_max = _mm_set1_epi8(0x1f);
+    // An unsigned byte is a control character when max(b, 0x1f) is 0x1f.
+    let control = _mm_cmpeq_epi8(_mm_max_epu8(v, control_max), control_max);
+    let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+    let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+    let del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+    let any = _mm_or_si128(_mm_or_si128(control, del), _mm_or_si128(quote, backslash));
+    // movemask(v) is the top bits: the non-ASCII bytes.
+    (_mm_movemask_epi8(any) | _mm_movemask_epi8(v)) != 0
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -381,10 +466,7 @@ fn push_quoted(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// `25/Nov/2026:02:00:00 +0000` (UTC: containers run in UTC, and UTC needs no tz database).
-fn push_clf_time(out: &mut Vec<u8>, now: SystemTime) {
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+fn push_clf_time(out: &mut Vec<u8>, secs: u64) {
     CLF_TIME.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
@@ -402,7 +484,8 @@ fn push_clf_time(out: &mut Vec<u8>, now: SystemTime) {
 }
 
 /// Append one line (with its newline) in `format`.
-pub fn format_into(out: &mut Vec<u8>, format: Format, e: &Entry, now: SystemTime) {
+/// `now` is the time in seconds since the Unix epoch.
+pub fn format_into(out: &mut Vec<u8>, format: Format, e: &Entry, now: u64) {
     match format {
         Format::Off => {}
         Format::Combined => {
@@ -438,7 +521,7 @@ pub fn format_into(out: &mut Vec<u8>, format: Format, e: &Entry, now: SystemTime
         }
         Format::Json => {
             let line = serde_json::json!({
-                "time": httpdate::fmt_http_date(now),
+                "time": httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(now)),
                 "client": e.client,
                 "method": text(e.method),
                 "path": redact(&text(e.target)),
@@ -477,7 +560,7 @@ mod tests {
         }
     }
 
-    fn line(format: Format, e: &Entry, t: SystemTime) -> String {
+    fn line(format: Format, e: &Entry, t: u64) -> String {
         let mut out = Vec::new();
         format_into(&mut out, format, e, t);
         String::from_utf8(out).unwrap()
@@ -485,7 +568,7 @@ mod tests {
 
     #[test]
     fn combined_format_and_redaction() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let t = 1_795_000_000;
         let l = line(
             Format::Combined,
             &entry("/p?code=SECRETCODE&state=STATE"),
@@ -540,6 +623,70 @@ mod tests {
         assert_eq!(quoted(b"a\xffb\xe5\x8c"), "a\\xFFb\\xE5\\x8C");
         assert_eq!(quoted(b"\xe5\x8c\x97\t"), "北\\x09");
         assert_eq!(quoted(b"plain"), "plain");
+    }
+
+    /// A destination taking at most `per_call` bytes a call, and failing once `capacity` is used.
+    struct Trickle {
+        got: Vec<u8>,
+        per_call: usize,
+        capacity: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = self.capacity - self.got.len();
+            if room == 0 {
+                return Err(std::io::Error::other("disk full"));
+            }
+            let n = buf.len().min(self.per_call).min(room);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn blocks(texts: &[&str]) -> Vec<Pending> {
+        texts
+            .iter()
+            .map(|t| Pending {
+                bytes: t.as_bytes().to_vec(),
+                lines: t.matches('\n').count() as u64,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_written_whole_and_in_order_or_its_unwritten_lines_are_counted() {
+        let texts = ["a 1\nb 2\n", "c 3\n", "d 4\ne 5\nf 6\n"];
+        let dropped = METRICS.access_log_dropped.get();
+        // A pipe taking 3 bytes a call: everything arrives, in order.
+        let mut slow = Trickle {
+            got: Vec::new(),
+            per_call: 3,
+            capacity: usize::MAX,
+        };
+        let mut batch = blocks(&texts);
+        write_batch(&mut slow, &mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(String::from_utf8(slow.got).unwrap(), texts.concat());
+        assert_eq!(METRICS.access_log_dropped.get(), dropped);
+
+        // A disk full after 10 bytes: the first block (8 bytes) is whole, the other two are not.
+        let mut full = Trickle {
+            got: Vec::new(),
+            per_call: 3,
+            capacity: 10,
+        };
+        let mut batch = blocks(&texts);
+        write_batch(&mut full, &mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(
+            METRICS.access_log_dropped.get(),
+            dropped + 4,
+            "c, d, e and f"
+        );
     }
 
     #[test]

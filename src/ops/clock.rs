@@ -3,7 +3,7 @@
 //! and the vDSO hands out without reading the TSC (nginx caches its time the same way, once
 //! per event-loop turn). Durations keep using `Instant`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, from the coarse clock (at most a tick behind).
 pub fn unix_secs() -> u64 {
@@ -18,11 +18,6 @@ pub fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// [`unix_secs`] as a `SystemTime`.
-pub fn now_secs() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(unix_secs())
 }
 
 #[cfg(test)]
