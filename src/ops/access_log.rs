@@ -245,13 +245,16 @@ fn fresh_block(log: &Log) -> Vec<u8> {
 /// Give a block to the writer, or count its lines as dropped when the writer is behind.
 fn send(log: &Log, block: Pending) {
     let lines = block.lines;
+    // Counted before it is sent, so the writer never takes it off the count first.
+    let waiting = log.waiting.fetch_add(1, Ordering::Relaxed) + 1;
     match log.jobs.try_send(Job::Block(block)) {
         Ok(()) => {
-            if log.waiting.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AT_BLOCKS {
+            if waiting >= WAKE_AT_BLOCKS {
                 log.writer.unpark();
             }
         }
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            log.waiting.fetch_sub(1, Ordering::Relaxed);
             METRICS.access_log_dropped.inc_by(lines)
         }
     }
