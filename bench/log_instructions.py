@@ -15,13 +15,14 @@ off, measured under load), the line's share of that in microseconds. No threshol
 
 import argparse
 import glob
-import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from readiness import wait_compressed
 
 WECHAT_UA = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -57,26 +58,6 @@ def exchange(sock, req, n):
             if not data:
                 sys.exit("log_instructions: the edge closed the connection")
             buf += data
-
-
-def wait_for_compression(port, deadline):
-    """Background compression would land in the counted window: wait until it is done."""
-    while True:
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-            s.sendall(b"GET /_wxedge/readyz HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
-        body = answer.partition(b"\r\n\r\n")[2]
-        try:
-            ready = json.loads(body)
-            if ready.get("compressed_files") == ready.get("files_to_compress"):
-                return
-        except ValueError:
-            pass
-        if time.monotonic() > deadline:
-            sys.exit("log_instructions: background compression did not finish in time")
-        time.sleep(0.5)
 
 
 def free_port():
@@ -120,7 +101,7 @@ def instructions(args, log_on, req, workdir):
                     tail = open(err.name, errors="replace").read()[-2000:]
                     sys.exit(f"log_instructions: wxedge under valgrind did not start:\n{tail}")
                 time.sleep(0.5)
-        wait_for_compression(port, deadline)
+        wait_compressed(port, deadline, "log_instructions")
         exchange(sock, req, args.warmup)
         control = lambda flag: subprocess.run(
             ["callgrind_control", flag, str(proc.pid)], check=True, capture_output=True)

@@ -25,6 +25,8 @@ import tempfile
 import time
 import urllib.parse
 
+from readiness import wait_compressed
+
 SESSION_COOKIE = "wxedge_session"
 
 
@@ -117,26 +119,6 @@ def wait_healthy(port, proc, log):
     sys.exit("logins: wxedge did not become healthy")
 
 
-def wait_compressed(port, deadline_s=180):
-    """The dist's background compression (gzip-9 and brotli-10 of every text file, at low
-    priority) would share the cores with the burst and land in its CPU: wait until it is done."""
-    deadline = time.time() + deadline_s
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(b"GET /_wxedge/readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                answer = b""
-                while chunk := s.recv(65536):
-                    answer += chunk
-            ready = json.loads(answer.partition(b"\r\n\r\n")[2])
-            if ready.get("compressed_files") == ready.get("files_to_compress"):
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    sys.exit("logins: the dist's background compression did not finish")
-
-
 async def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True)
@@ -172,7 +154,7 @@ async def main():
     failed = False
     try:
         wait_healthy(port, proc, log)
-        wait_compressed(port)
+        wait_compressed(port, time.monotonic() + 180, "logins")
         # Warm-up: connections to WeChat's stand-in and the edge's code paths.
         await burst(port, [f"warm-{i}" for i in range(20)])
 
