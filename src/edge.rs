@@ -99,8 +99,11 @@ pub struct RequestCtx {
     record: Option<RequestRecord>,
     pub request_id: String,
     class: RouteClass,
-    /// Backends tried for this request, in order.
-    tried: Vec<usize>,
+    /// The backend this request was (last) sent to.
+    backend: Option<usize>,
+    /// Backends that refused a connection for this request: a retry goes elsewhere. A pooled
+    /// connection that died is retried on the same backend (it never saw the request).
+    refused: Vec<usize>,
     /// Who the backend is told is calling, decided in request_filter.
     identity: ForwardedIdentity,
     /// `Set-Cookie` values for whatever response this request gets (session, login nonce).
@@ -412,11 +415,13 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let idx = self
-            .upstreams
-            .pick(&ctx.tried)
+        // A retry after a pooled connection died goes back to the same backend, as on the
+        // short path; after a refused connection, to the next one.
+        let same = ctx.backend.filter(|i| !ctx.refused.contains(i));
+        let idx = same
+            .or_else(|| self.upstreams.pick(&ctx.refused))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend left to try"))?;
-        ctx.tried.push(idx);
+        ctx.backend = Some(idx);
         Ok(Box::new(self.upstreams.peer(idx)))
     }
 
@@ -427,7 +432,8 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(&idx) = ctx.tried.last() {
+        if let Some(idx) = ctx.backend {
+            ctx.refused.push(idx);
             self.upstreams.mark_down(idx);
             log::warn!(
                 "backend {} unreachable: {:?}",
@@ -437,7 +443,7 @@ impl ProxyHttp for Edge {
         }
         METRICS.backend_errors.with_label_values(&["connect"]).inc();
         // Nothing was sent yet, so any other backend may take the request.
-        e.set_retry(ctx.tried.len() < self.upstreams.len());
+        e.set_retry(ctx.refused.len() < self.upstreams.len());
         e
     }
 
@@ -470,7 +476,7 @@ impl ProxyHttp for Edge {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(&idx) = ctx.tried.last() {
+        if let Some(idx) = ctx.backend {
             self.upstreams.mark_up(idx);
         }
         Ok(())
@@ -617,7 +623,7 @@ impl ProxyHttp for Edge {
                 .response_written()
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0);
-            record.upstream = ctx.tried.last().map(|&i| self.upstreams.authority(i));
+            record.upstream = ctx.backend.map(|i| self.upstreams.authority(i));
             record.answered(ctx.class, status, session.body_bytes_sent() as u64);
         }
     }

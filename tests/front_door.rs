@@ -69,43 +69,54 @@ impl ScriptedBackend {
 
 fn serve(mut sock: TcpStream, seen: Received, script: Script) {
     let mut buf = Vec::new();
-    loop {
-        let end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match sock.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let len = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse::<usize>().unwrap())
-            })
-            .unwrap_or(0);
-        while buf.len() < end + len {
-            let mut chunk = [0u8; 4096];
-            match sock.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[end..end + len].to_vec();
-        buf.drain(..end + len);
-        let mut first = head.split(' ');
-        let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-        seen.lock().unwrap().push((head.clone(), body));
-        let (answer, close) = script(method, target);
+    while let Some((method, target, head, body)) = read_request(&mut sock, &mut buf) {
+        seen.lock().unwrap().push((head, body));
+        let (answer, close) = script(&method, &target);
         if sock.write_all(&answer).is_err() || close {
             return;
         }
     }
+}
+
+/// The next request on `sock` (method, target, head, body), or `None` when it ends first.
+fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, String, String, Vec<u8>)> {
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[end..end + len].to_vec();
+    buf.drain(..end + len);
+    let mut first = head.split(' ');
+    let (method, target) = (
+        first.next().unwrap_or("").to_string(),
+        first.next().unwrap_or("").to_string(),
+    );
+    Some((method, target, head, body))
 }
 
 /// A client connection kept open across requests, reading each answer by its framing.
@@ -372,6 +383,57 @@ fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
     for (i, (_, body)) in seen.iter().enumerate() {
         assert_eq!(body, format!("{{\"n\":{i}}}").as_bytes());
     }
+}
+
+#[test]
+fn a_pooled_connection_closed_as_the_request_arrives_is_retried_on_the_same_backend() {
+    // The race behind the test above, made certain: the backend answers the first request of
+    // each connection, then reads the next one and closes without a word (its keep-alive
+    // timer fired as the request crossed it). It never acted on that request, so the edge
+    // sends it again on a fresh connection, whatever the method, to the same backend.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    let answered: Received = Arc::new(Mutex::new(Vec::new()));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (a, d) = (answered.clone(), dropped.clone());
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            let (a, d) = (a.clone(), d.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some((_, _, head, body)) = read_request(&mut sock, &mut buf) {
+                    a.lock().unwrap().push((head, body));
+                    let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+                if read_request(&mut sock, &mut buf).is_some() {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let edge = start_edge(&[("WXEDGE_BACKEND", &format!("http://{backend}"))]);
+    let mut c = Client::connect(edge.addr());
+    for i in 0..10 {
+        let body = format!("{{\"n\":{i}}}");
+        let req = format!(
+            "POST /api/save HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let r = c.send(req.as_bytes());
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+    }
+    let seen = answered.lock().unwrap().clone();
+    let bodies: Vec<String> = seen
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_eq!(bodies, expected, "each request answered once, in order");
+    assert!(
+        dropped.load(Ordering::SeqCst) >= 1,
+        "the edge reused a pooled connection at least once (else this tests nothing)"
+    );
 }
 
 #[test]
