@@ -30,7 +30,7 @@ apt_install() {
 
 build_wxedge() {  # sets BIN: WXEDGE_BIN as given, or target/release/wxedge built incrementally
   if [ -n "${WXEDGE_BIN:-}" ]; then
-    BIN="$WXEDGE_BIN"
+    BIN="$(realpath "$WXEDGE_BIN")"   # absolute: some steps run from another directory
     log "using WXEDGE_BIN=$BIN (no build)"
   else
     log "cargo build --release --locked (incremental)"

@@ -627,12 +627,13 @@ PY
 fi
 
 # Logins at scale (issue 11): N page loads, each with its own code on its own connection,
-# released at once against a WeChat stand-in outside the edge (bench/logins.py), then N loads of
-# one code (one WeChat call). Fails on a failed login, reports the 1 s target as a verdict.
+# released at once against a WeChat stand-in outside the edge, then N loads of one code (one WeChat
+# call). benches/logins.rs: a compiled driver, the stand-in in a process of its own (the Python
+# one took as much CPU as the edge). Fails on a failed login, reports the 1 s target as a verdict.
 LOGINS="${BENCH_LOGINS:-2000}"; [ "$MODE" = smoke ] && LOGINS=200
-python3 "$BENCH_DIR/logins.py" --bin "$BIN" --dist "$DIST_SRC" --loads "$LOGINS" \
-  --latency-ms "$OAUTH_LATENCY_MS" --threads "$WX_THREADS" | tee "$T/logins.txt" >&2 \
-  || die "logins at scale failed (above)"
+(cd "$ROOT" && cargo bench --locked --quiet --bench logins -- --bin "$BIN" --dist "$DIST_SRC" \
+  --loads "$LOGINS" --latency-ms "$OAUTH_LATENCY_MS" --threads "$WX_THREADS") \
+  | tee "$T/logins.txt" >&2 || die "logins at scale failed (above)"
 if [ -n "$OUT_FILE" ]; then
   { printf '\n### Logins at scale\n\n```\n'; sed 's/^\[logins\] //' "$T/logins.txt"; printf '```\n'; } >> "$OUT_FILE"
 fi
