@@ -68,6 +68,29 @@ fn combined_access_log_redacts_codes_and_skips_health() {
     }
 }
 
+#[test]
+fn header_bytes_that_are_not_utf8_are_logged_escaped_not_dropped() {
+    // obs-text (RFC 9110 allows it in field values): an old client's Latin-1 User-Agent, a
+    // Referer with raw UTF-8 and a stray byte. Lines stay UTF-8; nothing is lost or forged.
+    let edge = start_edge(&[]);
+    let r = raw(
+        edge.addr(),
+        b"GET /index.html HTTP/1.1\r\nHost: h\r\nUser-Agent: caf\xe9 \"1\"\r\n\
+          Referer: http://h5.test/\xe5\x8c\x97\xff?code=X1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let log = wait_for(&edge, "GET /index.html");
+    let line = log
+        .lines()
+        .find(|l| l.contains("GET /index.html"))
+        .expect("logged");
+    assert!(
+        line.ends_with("\"http://h5.test/北\\xFF?code=REDACTED\" \"caf\\xE9 \\\"1\\\"\""),
+        "{line}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn json_access_log_request_ids_and_metrics() {
     let wx = FakeWechat::start().await;

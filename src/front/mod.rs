@@ -448,11 +448,10 @@ impl Front {
                     user_agent: Bytes::new(),
                 };
             };
-            let field =
-                |v: Option<&str>| v.map_or_else(Bytes::new, |v| head.slice_ref(v.as_bytes()));
+            let field = |v: Option<&[u8]>| v.map_or_else(Bytes::new, |v| head.slice_ref(v));
             LogFields {
-                method: field(Some(r.method)),
-                target: field(Some(r.target)),
+                method: field(Some(r.method.as_bytes())),
+                target: field(Some(r.target.as_bytes())),
                 version: r.version_label(),
                 referer: field(r.referer),
                 user_agent: field(r.user_agent),

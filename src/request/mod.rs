@@ -74,8 +74,9 @@ pub struct Request<'b, 'h> {
     pub keep_alive: bool,
     pub conditions: Conditions<'b>,
     pub request_id: Option<&'b [u8]>,
-    pub referer: Option<&'b str>,
-    pub user_agent: Option<&'b str>,
+    /// Raw bytes: only logged (escaped there), so obs-text is kept rather than lost.
+    pub referer: Option<&'b [u8]>,
+    pub user_agent: Option<&'b [u8]>,
     pub host: Option<&'b [u8]>,
 }
 
@@ -235,11 +236,15 @@ fn validate<'b, 'h>(
             6 if n.eq_ignore_ascii_case("expect") => {
                 r.expects_continue |= v.trim_ascii().eq_ignore_ascii_case(b"100-continue")
             }
-            7 if n.eq_ignore_ascii_case("referer") => first!(r.referer),
+            7 if n.eq_ignore_ascii_case("referer") => {
+                r.referer.get_or_insert(v);
+            }
             7 if n.eq_ignore_ascii_case("upgrade") => upgrade_header = true,
             8 if n.eq_ignore_ascii_case("if-match") => first!(c.if_match),
             8 if n.eq_ignore_ascii_case("if-range") => first!(c.if_range),
-            10 if n.eq_ignore_ascii_case("user-agent") => first!(r.user_agent),
+            10 if n.eq_ignore_ascii_case("user-agent") => {
+                r.user_agent.get_or_insert(v);
+            }
             10 if n.eq_ignore_ascii_case("connection") => {
                 close |= has_token(v, "close");
                 keep_alive_token |= has_token(v, "keep-alive");
