@@ -358,13 +358,9 @@ fn the_backend_head_is_judged_once_whole_and_never_waited_for_when_it_cannot_be_
     assert_eq!(r.header("link"), None, "interim answers are not relayed");
 }
 
-#[test]
-fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
-    // The backend closes every connection after one answer without saying so, as a backend
-    // with a short keep-alive timeout does: the edge pools each and finds it dead next time.
-    let backend = ScriptedBackend::answering("ok", true);
-    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
-    let mut c = Client::connect(edge.addr());
+/// Ten POSTs on one client connection, bodies `{"n":0}` to `{"n":9}`: each must be `200 ok`.
+fn ten_saves_answered_ok(edge: SocketAddr) {
+    let mut c = Client::connect(edge);
     for i in 0..10 {
         let body = format!("{{\"n\":{i}}}");
         let req = format!(
@@ -374,6 +370,15 @@ fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
         let r = c.send(req.as_bytes());
         assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
     }
+}
+
+#[test]
+fn a_pooled_connection_the_backend_dropped_is_retried_once_on_a_fresh_one() {
+    // The backend closes every connection after one answer without saying so, as a backend
+    // with a short keep-alive timeout does: the edge pools each and finds it dead next time.
+    let backend = ScriptedBackend::answering("ok", true);
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    ten_saves_answered_ok(edge.addr());
     let seen = backend.requests();
     assert_eq!(
         seen.len(),
@@ -413,16 +418,7 @@ fn a_pooled_connection_closed_as_the_request_arrives_is_retried_on_the_same_back
         }
     });
     let edge = start_edge(&[("WXEDGE_BACKEND", &format!("http://{backend}"))]);
-    let mut c = Client::connect(edge.addr());
-    for i in 0..10 {
-        let body = format!("{{\"n\":{i}}}");
-        let req = format!(
-            "POST /api/save HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let r = c.send(req.as_bytes());
-        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
-    }
+    ten_saves_answered_ok(edge.addr());
     let seen = answered.lock().unwrap().clone();
     let bodies: Vec<String> = seen
         .iter()
