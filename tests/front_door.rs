@@ -330,6 +330,12 @@ fn the_backend_head_is_judged_once_whole_and_never_waited_for_when_it_cannot_be_
     let backend = ScriptedBackend::start(Arc::new(move |_m: &str, target: &str| match target {
         // Not HTTP, no empty line, and the connection stays open: nothing more could help.
         "/api/not-http" => (b"SSH-2.0-OpenSSH_9.2\r\n".to_vec(), false),
+        // A bare CR ends no line (RFC 9112 §2.2): no head can follow, and the backend
+        // keeps the connection open.
+        "/api/bare-cr" => (
+            b"HTTP/1.1 200 OK\rContent-Length: 2\r\r\nok".to_vec(),
+            false,
+        ),
         // Bare LF line ends, as httparse (and nginx) accept them.
         "/api/lf" => (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok".to_vec(), false),
         // An interim answer that is not a well-formed head.
@@ -349,6 +355,10 @@ fn the_backend_head_is_judged_once_whole_and_never_waited_for_when_it_cannot_be_
         // Not after the backend read timeout (60 s).
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
+    let started = std::time::Instant::now();
+    let r = Client::connect(edge.addr()).send(&get("/api/bare-cr"));
+    assert_eq!(r.status, 502);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let r = Client::connect(edge.addr()).send(&get("/api/lf"));
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
     let r = Client::connect(edge.addr()).send(&get("/api/bad-interim"));

@@ -268,7 +268,7 @@ async fn send_and_read_head(
                 _ => return Ok((stream, buf, len)),
             }
         }
-        if buf.len() >= MAX_RESPONSE_HEAD || !could_be_status_line(&buf) {
+        if buf.len() >= MAX_RESPONSE_HEAD || !could_be_status_line(&buf) || has_bare_cr(&buf) {
             return Err((BAD_GATEWAY, false));
         }
     }
@@ -311,6 +311,14 @@ fn could_be_status_line(buf: &[u8]) -> bool {
     let rest = &buf[leading_empty_lines(buf)..];
     let n = rest.len().min(7);
     rest[..n] == b"HTTP/1."[..n]
+}
+
+/// Whether the head so far has a CR that is not followed by LF: it ends no line (RFC 9112
+/// §2.2), so no complete head can follow; a 502 at once (Pingora's parser refuses it too).
+fn has_bare_cr(buf: &[u8]) -> bool {
+    let start = leading_empty_lines(buf);
+    memchr::memchr_iter(b'\r', &buf[start..])
+        .any(|i| matches!(buf.get(start + i + 1), Some(&b) if b != b'\n'))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) {
@@ -792,6 +800,9 @@ mod tests {
         assert!(could_be_status_line(b"\r\nHTT"));
         assert!(could_be_status_line(b"HTTP/1.1 200 O"));
         assert!(!could_be_status_line(b"SSH-2.0-OpenSSH"));
+        assert!(has_bare_cr(b"HTTP/1.1 200 OK\rX"));
+        assert!(!has_bare_cr(b"HTTP/1.1 200 OK\r"), "the LF may still come");
+        assert!(!has_bare_cr(b"\r\nHTTP/1.1 200 OK\r\nA: b\r\n"));
         assert!(!could_be_status_line(b"HTTP/2 200"));
     }
 }
