@@ -35,7 +35,10 @@
 #      and the ratio wxedge/nginx per case;
 #   6. measured first, wxedge only, on a second wxedge stopped before the rest: the OAuth
 #      callback, wrk page loads each with a new code against the sandbox WeChat answering after
-#      50 ms, and N loads sharing one fresh code released together (exactly 1 WeChat call, or fail).
+#      50 ms, and N loads sharing one fresh code released together (exactly 1 WeChat call, or fail);
+#   7. after the report: memory per idle keep-alive connection (bench/idle.py), in the production
+#      profile the access log line's cost, logins at scale (benches/logins.rs), and start-up on a
+#      100 MB dist, nginx and wxedge alternating (bench/startup.py).
 #
 # Knobs (environment): BENCH_ROUNDS, BENCH_DURATION (wrk -d), BENCH_CONNECTIONS (wrk -c),
 # BENCH_WRK_THREADS (wrk -t), BENCH_WXEDGE_THREADS (default 2 = nginx's worker_processes),
@@ -46,7 +49,7 @@
 # WeChat's answer delay, default 50), BENCH_OAUTH_LOADS (loads sharing one code, default 50), WXEDGE_BIN,
 # BENCH_LOGINS (page loads released at once in the logins-at-scale step, default 2000; 200 in --smoke),
 # BENCH_IDLE_CONNS (idle keep-alive connections held open to measure memory per connection, default
-# 8000; 300 in --smoke).
+# 8000; 300 in --smoke), BENCH_STARTUP_MB (the dist of the start-up step, default 100; 10 in --smoke).
 set -euo pipefail
 
 MODE=full
@@ -636,5 +639,15 @@ LOGINS="${BENCH_LOGINS:-2000}"; [ "$MODE" = smoke ] && LOGINS=200
   | tee "$T/logins.txt" >&2 || die "logins at scale failed (above)"
 if [ -n "$OUT_FILE" ]; then
   { printf '\n### Logins at scale\n\n```\n'; sed 's/^\[logins\] //' "$T/logins.txt"; printf '```\n'; } >> "$OUT_FILE"
+fi
+# Start-up on a big dist (issue 11: the listener serves within 0.5 s on a 100 MB dist), nginx
+# and wxedge alternating, and the memory of wxedge's background compression under a budget
+# smaller than the dist (bench/startup.py).
+if [ "$MODE" = smoke ]; then startup_args=(--size-mb 10 --rounds 1 --watch-s 3); else
+  startup_args=(--size-mb "${BENCH_STARTUP_MB:-100}" --rounds "$ROUNDS" --watch-s 20); fi
+python3 "$BENCH_DIR/startup.py" --bin "$BIN" --nginx "$NGINX" --dist-src "$DIST_SRC" "${startup_args[@]}" \
+  | tee "$T/startup.txt" >&2 || die "start-up on a big dist failed (above)"
+if [ -n "$OUT_FILE" ]; then
+  { printf '\n### Start-up on a big dist\n\n```\n'; sed 's/^\[startup\] //' "$T/startup.txt"; printf '```\n'; } >> "$OUT_FILE"
 fi
 log "done in $(( $(date +%s) - START_TS + 0 )) s of measuring"

@@ -228,8 +228,9 @@ fn release_startup_memory() {
     }
 }
 
-/// Makes the dist's compressed variants after start-up, at the lowest CPU priority (a
-/// Pingora background service: it runs in the serving process, after any `-d` fork).
+/// The dist's work left for after the listener opens, at the lowest CPU priority: the copies
+/// of large bodies for `sendfile(2)`, then the compressed variants (a Pingora background
+/// service: it runs in the serving process, after any `-d` fork).
 struct Compressor(Edge);
 
 #[async_trait::async_trait]
@@ -245,6 +246,7 @@ impl pingora::services::background::BackgroundService for Compressor {
                 libc::setpriority(libc::PRIO_PROCESS, tid, 19);
             }
             let tree = &edge.site.tree;
+            tree.make_sendfile_copies();
             tree.compress_pending();
             let files = tree.compression_progress().1;
             if files > 0 {

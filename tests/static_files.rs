@@ -429,8 +429,14 @@ fn a_big_dist_answers_at_once_and_is_compressed_in_the_background() {
         std::fs::write(dist.join(format!("assets/chunk-{i:02}.js")), js).unwrap();
     }
     let dist_setting = dist.to_str().unwrap().to_string();
+    // The edge's own temporary directory, to count the copies it makes there for sendfile(2).
+    let tmp = temp_dir("big-dist-tmp");
+    let tmp_setting = tmp.to_str().unwrap().to_string();
     let started = std::time::Instant::now();
-    let edge = spawn_edge(&[("WXEDGE_DIST", &dist_setting)], &[]);
+    let edge = spawn_edge(
+        &[("WXEDGE_DIST", &dist_setting), ("TMPDIR", &tmp_setting)],
+        &[],
+    );
     wait_healthy(&edge);
     let ready_after = started.elapsed();
     assert!(
@@ -463,6 +469,34 @@ fn a_big_dist_answers_at_once_and_is_compressed_in_the_background() {
     assert!(r.body.len() < size / 2);
     let r = get(&edge, &last, &[("Accept-Encoding", "gzip")]);
     assert_eq!(r.header("content-encoding"), Some("gzip"));
+
+    // Every body of 16 KiB or more has exactly one unnamed copy for sendfile(2), made in the
+    // background: the identity's is shared with the variants added later, not made again.
+    let mut large = 0;
+    for i in 0..FILES {
+        let path = format!("/assets/chunk-{i:02}.js");
+        for enc in ["identity", "gzip", "br"] {
+            let r = get(&edge, &path, &[("Accept-Encoding", enc)]);
+            assert_eq!(r.header("content-encoding").unwrap_or("identity"), enc);
+            large += usize::from(r.body.len() >= 16 * 1024);
+        }
+    }
+    assert!(
+        large > FILES,
+        "the chunks and some variants are large: {large}"
+    );
+    let copies = || {
+        std::fs::read_dir(format!("/proc/{}/fd", edge.child.id()))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.starts_with(&tmp))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while copies() < large && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(copies(), large, "one sendfile copy per large body");
 }
 
 /// `/_wxedge/readyz` as JSON.

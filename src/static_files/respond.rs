@@ -96,16 +96,43 @@ pub struct Prebuilt {
     not_modified: Bytes,
     ok_map: HeaderMap,
     not_modified_map: HeaderMap,
-    body_file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// Bodies at least this large are also kept in a memory file, so the front door can hand them
 /// to the kernel with `sendfile(2)` like nginx does, instead of copying them through a write.
 pub const SENDFILE_MIN_BYTES: u64 = 16 * 1024;
 
-/// An unnamed file holding `data`, for `sendfile(2)`: `O_TMPFILE` in the temporary directory
-/// (its page cache uses large folios where the file system has them, which made `sendfile`
-/// of a 60 KB asset ~15 % cheaper than from shmem), else a `memfd`.
+/// A copy of a memory body in an unnamed file, for `sendfile(2)` (bodies of
+/// [`SENDFILE_MIN_BYTES`] and more). Made by the background work after the listener opens, not
+/// at load: writing a 100 MB dist's copies took longer than reading it. Until it exists the
+/// body is written from memory. Clones share it, so a file's identity keeps its one copy when
+/// compressed variants are added.
+#[derive(Debug, Clone, Default)]
+pub struct SendFile(std::sync::Arc<std::sync::OnceLock<std::fs::File>>);
+
+impl SendFile {
+    pub fn get(&self) -> Option<&std::fs::File> {
+        self.0.get()
+    }
+
+    /// Makes the copy of `variant`'s body when it is large, in memory and has none yet.
+    pub fn make(variant: &Variant) {
+        match &variant.body {
+            Body::Memory(b)
+                if variant.len >= SENDFILE_MIN_BYTES && variant.sendfile.get().is_none() =>
+            {
+                if let Some(file) = memory_file(b) {
+                    let _ = variant.sendfile.0.set(file);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An unnamed file holding `data`: `O_TMPFILE` in the temporary directory (its page cache uses
+/// large folios where the file system has them, which made `sendfile` of a 60 KB asset ~15 %
+/// cheaper than from shmem), else a `memfd`.
 #[cfg(target_os = "linux")]
 fn memory_file(data: &[u8]) -> Option<std::fs::File> {
     use std::io::Write;
@@ -329,18 +356,11 @@ pub fn prebuild(file: &StaticFile, variants: &[Variant]) -> Vec<Prebuilt> {
             push_representation_headers(&mut headers, variant);
             headers.push((header::CONTENT_TYPE, file.content_type.clone()));
             headers.push((header::CONTENT_LENGTH, HeaderValue::from(variant.len)));
-            let body_file = match &variant.body {
-                Body::Memory(b) if variant.len >= SENDFILE_MIN_BYTES => {
-                    memory_file(b).map(std::sync::Arc::new)
-                }
-                _ => None,
-            };
             Prebuilt {
                 ok: Bytes::from(serialize(&headers)),
                 not_modified: Bytes::from(not_modified),
                 ok_map: header_map(&headers),
                 not_modified_map,
-                body_file,
             }
         })
         .collect()
@@ -382,11 +402,7 @@ pub fn quick<'a>(file: &'a StaticFile, c: &Conditions, head: bool) -> Option<Qui
         head: &prebuilt.ok,
         headers: &prebuilt.ok_map,
         body: if head { &EMPTY } else { bytes },
-        body_file: if head {
-            None
-        } else {
-            prebuilt.body_file.as_deref()
-        },
+        body_file: if head { None } else { variant.sendfile.get() },
         encoding: variant.encoding,
     })
 }
@@ -514,6 +530,7 @@ mod tests {
             body: Body::Memory(Bytes::from_static(content)),
             len: content.len() as u64,
             etag: HeaderValue::from_static("\"abc\""),
+            sendfile: Default::default(),
         }];
         if let Some(gz) = gz {
             variants.push(Variant {
@@ -521,6 +538,7 @@ mod tests {
                 body: Body::Memory(Bytes::from_static(gz)),
                 len: gz.len() as u64,
                 etag: HeaderValue::from_static("\"abc-gzip\""),
+                sendfile: Default::default(),
             });
         }
         let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);

@@ -46,6 +46,8 @@ pub struct Variant {
     pub len: u64,
     /// Quoted strong ETag, distinct per encoding.
     pub etag: HeaderValue,
+    /// Large memory bodies' copy for `sendfile(2)`, made in the background.
+    pub sendfile: super::respond::SendFile,
 }
 
 #[derive(Debug)]
@@ -166,9 +168,19 @@ impl Tree {
         )
     }
 
+    /// Give every large body in memory its copy for `sendfile(2)` (see
+    /// [`super::respond::SendFile`]): the first background work after the listener opens.
+    pub fn make_sendfile_copies(&self) {
+        for file in self.files.values() {
+            file.variants()
+                .iter()
+                .for_each(super::respond::SendFile::make);
+        }
+    }
+
     /// Make the gzip and br variants that load left for later, one file at a time (so the
-    /// extra memory is one file's compression: ~10 MiB of encoder state and about three times
-    /// the file, README "Encodings"), each taken from the memory budget and kept
+    /// extra memory is one file's compression: at most 24 MiB plus twice the file, README
+    /// "Encodings"), each taken from the memory budget and kept
     /// in the compression cache when there is one. Until a file's variants are ready it is
     /// served as it is (identity, or a shipped twin).
     pub fn compress_pending(&self) {
@@ -194,6 +206,9 @@ impl Tree {
             if let Some(file) = self.files.get(&p.clean) {
                 if !made.is_empty() {
                     file.add_compressed(made);
+                    file.variants()
+                        .iter()
+                        .for_each(super::respond::SendFile::make);
                 }
             }
             self.compressed_files.fetch_add(1, Ordering::Relaxed);
@@ -622,6 +637,7 @@ fn memory_variant(encoding: Encoding, body: Bytes) -> Variant {
         len: body.len() as u64,
         etag: etag(xxhash_rust::xxh3::xxh3_64(&body), &suffix),
         body: Body::Memory(body),
+        sendfile: Default::default(),
     }
 }
 
@@ -637,6 +653,7 @@ fn disk_identity(f: &DistFile, modified: SystemTime) -> Variant {
         len: f.meta.len(),
         body: Body::Disk(f.real.clone()),
         etag: etag(mtime.rotate_left(32) ^ f.meta.len(), "-d"),
+        sendfile: Default::default(),
     }
 }
 
@@ -677,6 +694,7 @@ fn shipped_variant(
             len: twin.meta.len(),
             body: Body::Disk(twin.real.clone()),
             etag: etag(twin.meta.len() ^ 0x5eed, &format!("-{}d", enc.token())),
+            sendfile: Default::default(),
         });
     };
     match ctx.budget.try_take(bytes.len() as u64) {
