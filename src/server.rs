@@ -82,11 +82,12 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
                 .join(", ")
         ),
         format!(
-            "dist: {} ({} files, {} KiB in memory, {} on disk, index.html {})",
+            "dist: {} ({} files, {} KiB in memory, {} on disk, read in {} ms, index.html {})",
             config.settings.dist.display(),
             t.files.len(),
             t.memory_bytes.load(std::sync::atomic::Ordering::Relaxed) / 1024,
             t.disk_files,
+            t.load_time.as_millis(),
             if site.has_index() {
                 "present"
             } else {
@@ -219,11 +220,15 @@ fn healthcheck(config: &Config) -> i32 {
 /// glibc keeps one malloc arena per thread and holds on to freed pages: cap the arenas (the
 /// request path allocates little and briefly) and give back what loading and compressing the
 /// dist used (bench/RESULTS.md: the arena cap alone took peak RSS from 23 to 19 MiB, same req/s).
+/// A fixed mmap threshold: glibc's own rises to 32 MiB after the first large free, and from
+/// then on the compressor's buffers (8 MiB and more per file) came from the heap, where they
+/// stayed and fragmented it (bench/startup.py: the RSS peak grew past the encoder's own).
 fn release_startup_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: plain libc calls with constant arguments, made before any worker thread starts.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         libc::malloc_trim(0);
     }
 }

@@ -147,6 +147,8 @@ pub struct Tree {
     cache_used: HashSet<String>,
     /// Twins written by `wxedge compress` for a file that changed since: never served.
     pub stale_twins: Vec<String>,
+    /// How long [`load`] took (the start-up log reports it: the listener waits for it).
+    pub load_time: std::time::Duration,
 }
 
 /// A file whose gzip and br variants are still to be made.
@@ -348,6 +350,7 @@ pub fn load(
     opts: &StaticSettings,
     mp_verify_tokens: &[String],
 ) -> Result<Tree, LoadError> {
+    let started = std::time::Instant::now();
     let root = root
         .canonicalize()
         .map_err(|e| LoadError(format!("dist {}: {e}", root.display())))?;
@@ -356,12 +359,25 @@ pub fn load(
     found.sort_by_key(|f| f.meta.len());
     // Precompressed twins shipped by the build (`a.js.br`, `a.js.gz`) are found by name.
     let by_name: HashMap<&str, &DistFile> = found.iter().map(|f| (f.clean.as_str(), f)).collect();
+    let mut budget = Budget::new(opts);
+    let admitted: Vec<bool> = found
+        .iter()
+        .map(|f| {
+            let fits = budget.admits(f.meta.len());
+            if fits {
+                budget.take(f.meta.len());
+            }
+            fits
+        })
+        .collect();
+    let bodies = read_bodies(&found, &admitted)?;
     let mut ctx = LoadContext {
         by_name,
+        bodies,
         manifest: Manifest::read(&root),
         cache: (!opts.compress_cache.is_empty())
             .then(|| Cache::new(Path::new(&opts.compress_cache))),
-        budget: Budget::new(opts),
+        budget,
         opts,
         cache_used: HashSet::new(),
         stale_twins: Vec::new(),
@@ -394,6 +410,7 @@ pub fn load(
     tree.cache = ctx.cache;
     tree.cache_used = ctx.cache_used;
     add_mp_verify(&mut tree, mp_verify_tokens);
+    tree.load_time = started.elapsed();
     Ok(tree)
 }
 
@@ -401,6 +418,8 @@ pub fn load(
 /// of `wxedge compress`, the compression cache and the memory budget.
 struct LoadContext<'a> {
     by_name: HashMap<&'a str, &'a DistFile>,
+    /// The bodies read into memory, by clean path (the budget admitted them).
+    bodies: HashMap<&'a str, Bytes>,
     manifest: Manifest,
     cache: Option<Cache>,
     budget: Budget,
@@ -536,7 +555,13 @@ fn load_file(
 ) -> Result<(StaticFile, Option<Pending>), LoadError> {
     let (essence, content_type) = content_type_for(&f.clean);
     let modified = truncate_to_seconds(f.meta.modified().unwrap_or(UNIX_EPOCH));
-    let (identity, data) = identity_variant(f, modified, &mut ctx.budget)?;
+    let (identity, data) = match ctx.bodies.get(f.clean.as_str()) {
+        Some(data) => (
+            memory_variant(Encoding::Identity, data.clone()),
+            Some(data.clone()),
+        ),
+        None => (disk_identity(f, modified), None),
+    };
     let mut variants = vec![identity];
     // The file's digest, made once and only when a twin or the cache needs it.
     let mut source: Option<Option<Digest>> = None;
@@ -559,7 +584,7 @@ fn load_file(
                     variants.push(v);
                     continue;
                 }
-                // Unreadable, or beyond the memory budget: served without it.
+                // Its digest could not be taken (unreadable on disk): served without it.
                 Twin::Unused => continue,
                 // Made from another version of the file: compressed anew.
                 Twin::Stale => ctx.stale_twins.push(twin_path.clone()),
@@ -607,22 +632,41 @@ fn load_file(
     Ok((file, pending))
 }
 
-/// The file's own bytes: read into memory when the budget admits them (they are returned too, to
-/// compress), else left on disk. A file that cannot be read fails the load.
-fn identity_variant(
-    f: &DistFile,
-    modified: SystemTime,
-    budget: &mut Budget,
-) -> Result<(Variant, Option<Bytes>), LoadError> {
-    if !budget.admits(f.meta.len()) {
-        return Ok((disk_identity(f, modified), None));
-    }
-    let data = Bytes::from(
+/// The bodies of the files the budget admitted, read on a few threads at once (reading a
+/// 100 MB dist was most of the start-up). A file that cannot be read fails the load.
+fn read_bodies<'a>(
+    found: &'a [DistFile],
+    admitted: &[bool],
+) -> Result<HashMap<&'a str, Bytes>, LoadError> {
+    let wanted: Vec<&DistFile> = found
+        .iter()
+        .zip(admitted)
+        .filter_map(|(f, &a)| a.then_some(f))
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(wanted.len().max(1));
+    let read = |f: &'a DistFile| {
         std::fs::read(&f.real)
-            .map_err(|e| LoadError(format!("dist: cannot read {}: {e}", f.real.display())))?,
-    );
-    budget.take(data.len() as u64);
-    Ok((memory_variant(Encoding::Identity, data.clone()), Some(data)))
+            .map(|b| (f.clean.as_str(), Bytes::from(b)))
+            .map_err(|e| LoadError(format!("dist: cannot read {}: {e}", f.real.display())))
+    };
+    std::thread::scope(|scope| {
+        // Round-robin over files sorted by size, so each thread gets a like share of bytes.
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<&DistFile> =
+                    wanted.iter().skip(t).step_by(threads).copied().collect();
+                scope.spawn(move || mine.into_iter().map(read).collect::<Result<Vec<_>, _>>())
+            })
+            .collect();
+        let mut bodies = HashMap::with_capacity(wanted.len());
+        for w in workers {
+            bodies.extend(w.join().expect("reading the dist does not panic")?);
+        }
+        Ok(bodies)
+    })
 }
 
 /// A body held in memory gets a strong ETag from a hash of its bytes, so it changes exactly when
@@ -657,8 +701,8 @@ fn disk_identity(f: &DistFile, modified: SystemTime) -> Variant {
     }
 }
 
-/// A precompressed twin beside its file (`a.js.br`): in memory when the budget admits it (and
-/// it can be read), else served from disk. A twin `wxedge compress` listed in its manifest is
+/// A precompressed twin beside its file (`a.js.br`): in memory when the budget admitted it as
+/// a file of its own, else served from disk. A twin `wxedge compress` listed in its manifest is
 /// checked first: made from another version of the file, it is never served.
 fn shipped_variant(
     enc: Encoding,
@@ -668,14 +712,9 @@ fn shipped_variant(
     source: &mut impl FnMut(&DistFile) -> Option<Digest>,
     file: &DistFile,
 ) -> Twin {
-    let bytes = if ctx.budget.admits(twin.meta.len()) {
-        match std::fs::read(&twin.real) {
-            Ok(b) => Some(Bytes::from(b)),
-            Err(_) => return Twin::Unused,
-        }
-    } else {
-        None
-    };
+    // The twin is a dist file too (`/a.js.br` is served as such): its body, when in memory, is
+    // the same bytes, shared and counted once.
+    let bytes = ctx.bodies.get(twin.clean.as_str()).cloned();
     if ctx.manifest.entries.contains_key(twin_path) {
         let twin_digest = match &bytes {
             Some(b) => Some(Digest::of(b)),
@@ -697,10 +736,7 @@ fn shipped_variant(
             sendfile: Default::default(),
         });
     };
-    match ctx.budget.try_take(bytes.len() as u64) {
-        true => Twin::Served(memory_variant(enc, bytes)),
-        false => Twin::Unused,
-    }
+    Twin::Served(memory_variant(enc, bytes))
 }
 
 /// What became of a twin found beside its file.
