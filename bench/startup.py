@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from readiness import readyz
+
 CHUNK = 512 * 1024
 TARGET_S = 0.5
 RUNNING = []  # servers started and not stopped yet, stopped on the way out whatever happens
@@ -109,19 +111,6 @@ def rss_kib(pids):
         except (OSError, StopIteration):
             pass
     return total
-
-
-def readyz(port):
-    import json
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(b"GET /_wxedge/readyz HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
-        return json.loads(answer.partition(b"\r\n\r\n")[2])
-    except (OSError, ValueError):
-        return {}
 
 
 class Server:

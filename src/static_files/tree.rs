@@ -342,9 +342,11 @@ fn truncate_to_seconds(t: SystemTime) -> SystemTime {
 
 /// Read the dist tree. Symlinks are followed only when they stay inside the root.
 ///
-/// The life of a load: walk the dist, smallest files first take the memory budget, each file is
-/// read and classified with its variants (shipped twins checked against `wxedge compress`'s
-/// manifest, then the compression cache), then the MP_verify files are listed and completed.
+/// The life of a load: walk the dist, smallest files first take the memory budget, the bodies it
+/// admits are read (on a few threads), each file is classified with its variants (shipped twins
+/// checked against `wxedge compress`'s manifest, then the compression cache), then the
+/// MP_verify files are listed and completed. Nothing is written or compressed here: the
+/// listener waits for this.
 pub fn load(
     root: &Path,
     opts: &StaticSettings,
