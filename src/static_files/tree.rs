@@ -872,4 +872,70 @@ mod tests {
         );
         assert_eq!(content_type_for("/noext").1, "application/octet-stream");
     }
+
+    fn memory_body(v: &Variant) -> &Bytes {
+        match &v.body {
+            Body::Memory(b) => b,
+            Body::Disk(p) => panic!("{} is on disk", p.display()),
+        }
+    }
+
+    /// The budget admits the smallest bodies first; they are read whole (on several threads),
+    /// a shipped twin is the bytes of its own file, shared and counted once, and what does not
+    /// fit stays on disk.
+    #[test]
+    fn load_reads_what_the_budget_admits_and_shares_twins() {
+        let root = std::env::temp_dir().join(format!("wxedge-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("assets")).unwrap();
+        let js = "function a(){return 1;}\n".repeat(2000).into_bytes();
+        let gz = compress::encode(Encoding::Gzip, &js).unwrap();
+        std::fs::write(root.join("assets/a.js"), &js).unwrap();
+        std::fs::write(root.join("assets/a.js.gz"), &gz).unwrap();
+        for i in 0..9u8 {
+            std::fs::write(
+                root.join(format!("assets/s{i}.css")),
+                vec![b'a' + i; 100 + i as usize],
+            )
+            .unwrap();
+        }
+        let big = vec![7u8; 200_000];
+        std::fs::write(root.join("assets/big.png"), &big).unwrap();
+        let small: u64 = (0..9).map(|i| 100 + i).sum();
+        let opts = StaticSettings {
+            memory_max_bytes: small + gz.len() as u64 + js.len() as u64,
+            ..StaticSettings::default()
+        };
+        let tree = load(&root, &opts, &[]).unwrap();
+        assert_eq!(
+            tree.memory_bytes.load(Ordering::Relaxed),
+            opts.memory_max_bytes
+        );
+        assert_eq!(tree.disk_files, 1, "only big.png is beyond the budget");
+        assert!(matches!(
+            tree.files["/assets/big.png"].identity().body,
+            Body::Disk(_)
+        ));
+        for i in 0..9u8 {
+            let f = &tree.files[&format!("/assets/s{i}.css")];
+            assert_eq!(
+                memory_body(f.identity()).as_ref(),
+                vec![b'a' + i; 100 + i as usize]
+            );
+        }
+        let a = &tree.files["/assets/a.js"];
+        assert_eq!(memory_body(a.identity()).as_ref(), &js[..]);
+        let twin = a
+            .variants()
+            .iter()
+            .find(|v| v.encoding == Encoding::Gzip)
+            .expect("the shipped twin is served");
+        let own = tree.files["/assets/a.js.gz"].identity();
+        assert_eq!(
+            memory_body(twin).as_ptr(),
+            memory_body(own).as_ptr(),
+            "one copy"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
