@@ -497,6 +497,9 @@ fn a_big_dist_answers_at_once_and_is_compressed_in_the_background() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(copies(), large, "one sendfile copy per large body");
+    // Sent from those copies now: the same bytes as the file.
+    let r = get(&edge, &last, &[]);
+    assert_eq!(r.body, std::fs::read(dist.join(&last[1..])).unwrap());
 }
 
 /// `/_wxedge/readyz` as JSON.
