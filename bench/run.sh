@@ -43,7 +43,7 @@
 # Knobs (environment): BENCH_ROUNDS, BENCH_DURATION (wrk -d), BENCH_CONNECTIONS (wrk -c),
 # BENCH_WRK_THREADS (wrk -t), BENCH_WXEDGE_THREADS (default 2 = nginx's worker_processes),
 # BENCH_DIST, BENCH_ASSET, BENCH_MP_TOKEN, BENCH_KEEP=1 (keep the temp dir), BENCH_ENFORCE=1
-# (full run: exit 3 when a target of issue 5 is missed), BENCH_PROFILE_CASES (with --flamegraphs:
+# (full run: exit 3 when a target of the report or of the start-up step is missed), BENCH_PROFILE_CASES (with --flamegraphs:
 # the cases to profile, comma-separated names, default all), BENCH_PROFILE_SECONDS (default 3),
 # BENCH_OAUTH_LATENCY_MS (the sandbox
 # WeChat's answer delay, default 50), BENCH_OAUTH_LOADS (loads sharing one code, default 50), WXEDGE_BIN,
@@ -649,5 +649,8 @@ python3 "$BENCH_DIR/startup.py" --bin "$BIN" --nginx "$NGINX" --dist-src "$DIST_
   | tee "$T/startup.txt" >&2 || die "start-up on a big dist failed (above)"
 if [ -n "$OUT_FILE" ]; then
   { printf '\n### Start-up on a big dist\n\n```\n'; sed 's/^\[startup\] //' "$T/startup.txt"; printf '```\n'; } >> "$OUT_FILE"
+fi
+if [ "$MODE" = full ] && [ "${BENCH_ENFORCE:-0}" = 1 ] && grep -q '^\[startup\] target: .*: missed' "$T/startup.txt"; then
+  log "start-up targets missed (BENCH_ENFORCE=1)"; exit 3
 fi
 log "done in $(( $(date +%s) - START_TS + 0 )) s of measuring"
