@@ -26,7 +26,7 @@ pub(crate) mod wechat;
 /// (`benches/log_line.rs`); everything else in `ops` stays private.
 #[doc(hidden)]
 pub mod access_log_bench {
-    pub use crate::ops::access_log::{flush, init, Format};
+    pub use crate::ops::access_log::{blocks_waiting, flush, init, Format};
     pub use crate::ops::record::{LogFields, RequestRecord};
     pub use crate::ops::RouteClass;
 }

@@ -277,6 +277,12 @@ fn hand_over_all() {
     log.writer.unpark();
 }
 
+/// Blocks handed to the writer and not yet taken: how far behind it is.
+pub fn blocks_waiting() -> usize {
+    LOG.get()
+        .map_or(0, |log| log.waiting.load(Ordering::Relaxed))
+}
+
 /// Write out every line logged so far, waiting up to `limit` for the writer.
 pub fn flush(limit: Duration) {
     let Some(log) = LOG.get() else { return };
