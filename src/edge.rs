@@ -420,7 +420,11 @@ impl ProxyHttp for Edge {
         let same = ctx.backend.filter(|i| !ctx.refused.contains(i));
         let idx = same
             .or_else(|| self.upstreams.pick(&ctx.refused))
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend left to try"))?;
+            // Unreachable while a failed connect retries only with a backend untried; if it
+            // ever is, it is a backend failure (502 `bad_gateway`), as on the short path.
+            .ok_or_else(|| {
+                Error::explain(ErrorType::ConnectRefused, "no backend left to try").into_up()
+            })?;
         ctx.backend = Some(idx);
         Ok(Box::new(self.upstreams.peer(idx)))
     }

@@ -163,7 +163,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert!(status.0.is_some(), "the edge did not exit after SIGTERM");
 }
 
-/// Under constant keep-alive load: start B with `-u`, SIGQUIT A; no request may fail, and A must exit.
+/// Under constant keep-alive load: start B with `-u`, SIGQUIT A; no request may fail, A must
+/// exit, and the access log (both processes append to one file) has one whole line for every
+/// request answered: A writes out its buffered lines as it drains, B as it stops on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_upgrade_under_load_loses_no_request() {
     let backend = Backend::start("b").await;
@@ -173,12 +175,16 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     let state = temp_dir("upgrade");
     let pid = state.join("wxedge.pid");
     let sock = state.join("upgrade.sock");
+    let access_log = state.join("access.log");
     let env: Vec<(String, String)> = vec![
         ("WXEDGE_LISTEN".into(), listen.clone()),
         ("WXEDGE_BACKEND".into(), url),
         ("WXEDGE_PID_FILE".into(), pid.to_str().unwrap().into()),
         ("WXEDGE_UPGRADE_SOCK".into(), sock.to_str().unwrap().into()),
-        ("WXEDGE_ACCESS_LOG".into(), "off".into()),
+        (
+            "WXEDGE_ACCESS_LOG_PATH".into(),
+            access_log.to_str().unwrap().into(),
+        ),
     ];
     let spawn = move |env: Vec<(String, String)>, upgrade: bool| {
         let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -284,7 +290,23 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    drop(b);
+    r.bytes().await.unwrap();
+    let mut b = b;
+    let b_exit = tokio::task::spawn_blocking(move || {
+        let _ = Command::new("kill")
+            .args(["-TERM", &b.0.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if b.0.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+    .await
+    .unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("graceful upgrade: {ok} ok, {failed} failed, old process exited after {a_exit:?}");
     assert!(ok > 100, "too little load to mean anything: {ok}");
@@ -293,6 +315,33 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     assert!(
         a_exit < Duration::from_secs(20),
         "old process lingered {a_exit:?}"
+    );
+    assert!(
+        b_exit,
+        "the new process did not exit within 30 s of SIGTERM"
+    );
+
+    // Every request answered (the load's and the last one) is one whole line; health probes
+    // are not logged.
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains("/_wxedge/")).collect();
+    assert!(
+        lines.iter().all(|l| l.starts_with("127.0.0.1 - - [")
+            && l.ends_with('"')
+            && (l.contains("\"GET /index.html HTTP/1.1\" 200 ")
+                || l.contains("\"GET /api/ping HTTP/1.1\" 200 "))),
+        "a torn, interleaved or unexpected line in:\n{}",
+        lines
+            .iter()
+            .take(20)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        lines.len(),
+        ok + 1,
+        "one access-log line per request answered across the upgrade"
     );
 }
 
