@@ -5,19 +5,21 @@
 //! proxying to the backend → operations. Modules are crate-private unless the binary or the
 //! fuzz targets (`fuzz/`) use them, so the compiler reports dead code.
 
-pub(crate) mod answer;
 pub(crate) mod auth;
 pub mod config;
 pub(crate) mod edge;
 pub(crate) mod front;
 pub(crate) mod html;
 pub(crate) mod ops;
+pub(crate) mod pipeline;
 pub mod proxy;
+pub(crate) mod reply;
 pub mod request;
 pub(crate) mod route;
 pub mod server;
 pub mod session;
 pub(crate) mod shared;
+pub(crate) mod site;
 pub mod static_files;
 pub(crate) mod tls;
 pub(crate) mod wechat;

@@ -7,8 +7,8 @@ use pingora::server::Server;
 
 use crate::auth::Auth;
 use crate::config::{self, Config, ProcessEnv};
-use crate::edge::Edge;
 use crate::ops::metrics::MetricsEndpoint;
+use crate::site::Site;
 use crate::static_files::StaticSite;
 
 /// Pingora's own flags (`-c`, `-t`, `-d`, `-u`) plus wxedge's subcommands.
@@ -236,7 +236,7 @@ fn release_startup_memory() {
 /// The dist's work left for after the listener opens, at the lowest CPU priority: the copies
 /// of large bodies for `sendfile(2)`, then the compressed variants (a Pingora background
 /// service: it runs in the serving process, after any `-d` fork).
-struct Compressor(Edge);
+struct Compressor(Site);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Compressor {
@@ -250,7 +250,7 @@ impl pingora::services::background::BackgroundService for Compressor {
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
                 libc::setpriority(libc::PRIO_PROCESS, tid, 19);
             }
-            let tree = &edge.site.tree;
+            let tree = &edge.dist.tree;
             tree.make_sendfile_copies();
             tree.compress_pending();
             let files = tree.compression_progress().1;
@@ -443,7 +443,7 @@ pub fn main(cli: Cli) -> i32 {
         metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
     }
-    let edge = Edge::new(&config, site, auth);
+    let edge = Site::new(&config, site, auth);
     server.add_service(pingora::services::background::background_service(
         "compress",
         Compressor(edge.clone()),

@@ -15,12 +15,12 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
-use crate::answer::json_error;
 use crate::config::{Config, IdentityHeaderNames};
 use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
 use crate::proxy::headers::canonical;
 use crate::proxy::upstream::ForwardedIdentity;
+use crate::reply::{json_error, Reply};
 use crate::session::{
     cookies, looks_like_login_state, now_unix, safe_return_path, Identity, Session, SessionCodec,
     SessionKeys,
@@ -42,48 +42,17 @@ pub enum AuthAction {
     Continue(ForwardedIdentity),
 }
 
-/// A complete answer, written by the edge.
-#[derive(Debug)]
-pub struct Reply {
-    pub class: RouteClass,
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Bytes,
-    /// `Location`, for redirects.
-    pub location: Option<String>,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+/// The login's answers: JSON, pages and redirects of its own route class.
+fn json_reply(status: u16, body: Bytes) -> Reply {
+    Reply::json(RouteClass::Auth, status, body)
 }
 
-const JSON: &str = "application/json; charset=utf-8";
-const HTML: &str = "text/html; charset=utf-8";
+fn page_reply(status: u16, html: String) -> Reply {
+    Reply::page(RouteClass::Auth, status, html)
+}
 
-impl Reply {
-    fn json(status: u16, body: Bytes) -> Reply {
-        Reply {
-            class: RouteClass::Auth,
-            status,
-            content_type: JSON,
-            body,
-            location: None,
-            headers: vec![],
-        }
-    }
-
-    fn page(status: u16, html: String) -> Reply {
-        Reply {
-            content_type: HTML,
-            ..Reply::json(status, Bytes::from(html))
-        }
-    }
-
-    /// 302 to a path or URL the edge built itself.
-    fn redirect(location: String) -> Reply {
-        Reply {
-            content_type: "text/plain; charset=utf-8",
-            location: Some(location),
-            ..Reply::json(302, Bytes::new())
-        }
-    }
+fn redirect_reply(location: String) -> Reply {
+    Reply::redirect(RouteClass::Auth, &location)
 }
 
 /// The parts of a request the login looks at.
@@ -109,8 +78,6 @@ pub struct AuthOutcome {
     pub action: AuthAction,
     /// `Set-Cookie` values for the answer (session, login nonce, retry marker).
     pub set_cookies: Vec<HeaderValue>,
-    /// A valid session came with the request (or was just issued).
-    pub authenticated: bool,
 }
 
 /// The error page for a login that could not finish, with the status that says why:
@@ -121,7 +88,7 @@ fn login_failed_page(label: &str, retry_href: &str, request_id: &str) -> Reply {
         "40125" | "40013" | "40002" => 500,
         _ => 502,
     };
-    Reply::page(status, pages::error_page(label, retry_href, request_id))
+    page_reply(status, pages::error_page(label, retry_href, request_id))
 }
 
 /// The resolved WeChat side: real WeChat, a stand-in, or the built-in sandbox.
@@ -521,10 +488,7 @@ impl Login {
         }
         if proxied && current.is_none() && self.requires_session(req.path) {
             let body = self.unauthorized_body(req, now, out);
-            return AuthAction::Answer(Reply {
-                class: RouteClass::Proxy,
-                ..Reply::json(401, body)
-            });
+            return AuthAction::Answer(Reply::json(RouteClass::Proxy, 401, body));
         }
         let (headers, upstream_cookie) =
             self.upstream_view(current.as_ref(), &req.cookies, proxied);
@@ -611,7 +575,7 @@ impl Login {
         let config_error = matches!(label, "40125" | "40013" | "40002");
         if !config_error && !cookies::has(&req.cookies, RETRY_MARKER) {
             out.push(self.marker_cookie(true));
-            return Reply::redirect(clean);
+            return redirect_reply(clean);
         }
         login_failed_page(label, &clean, req.request_id)
     }
@@ -654,24 +618,19 @@ impl Login {
                 None => sub.to_string(),
             };
             let r = sandbox.handle_delayed(req.method, &target, now).await;
-            let headers = r
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((
-                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
-                })
-                .collect();
-            return Some(Reply {
-                class: RouteClass::Sandbox,
-                status: r.status,
-                content_type: r.content_type,
-                body: Bytes::from(r.body),
-                location: None,
-                headers,
-            });
+            let mut reply = Reply::new(
+                RouteClass::Sandbox,
+                r.status,
+                r.content_type,
+                Bytes::from(r.body),
+            );
+            reply.headers.extend(r.headers.iter().filter_map(|(k, v)| {
+                Some((
+                    HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            }));
+            return Some(reply);
         }
         if let Some(name) = rest.strip_prefix("relay/") {
             return self.relay_endpoint(req, name, now, out).await;
@@ -692,7 +651,7 @@ impl Login {
                         "authenticated": false, "openid": null, "unionid": null, "snapshot": false, "expires_at": null,
                     }),
                 };
-                Reply::json(200, Bytes::from(body.to_string()))
+                json_reply(200, Bytes::from(body.to_string()))
             }
             "logout" => {
                 let current = self.codec.open_from_cookie_header(&req.cookies, now);
@@ -705,13 +664,13 @@ impl Login {
                 let to = query_param(req.query, "return")
                     .and_then(|r| safe_return_path(&r))
                     .unwrap_or_else(|| "/".into());
-                Reply::redirect(to)
+                redirect_reply(to)
             }
             "login" => {
                 let raw = query_param(req.query, "return").unwrap_or_else(|| "/".into());
                 match safe_return_path(&raw) {
-                    Some(to) => Reply::redirect(self.authorize_for(req, &to, now, out)),
-                    None => Reply::json(
+                    Some(to) => redirect_reply(self.authorize_for(req, &to, now, out)),
+                    None => json_reply(
                         400,
                         json_error(
                             "bad_return",
@@ -733,20 +692,20 @@ impl Login {
             Err(e) => {
                 log::info!("edge login callback refused: {}", e.label());
                 let page = pages::error_page("state", "/_wxedge/login?return=/", req.request_id);
-                return Reply::page(400, page);
+                return page_reply(400, page);
             }
             Ok(to) => to,
         };
         out.push(self.codec.clear_login_cookie_header());
         if code.is_empty() {
             // The user refused authorization (snsapi_userinfo): no session, back to the page.
-            return Reply::redirect(to);
+            return redirect_reply(to);
         }
         match self.redeem(&code).await {
             Ok(identity) => {
                 let (_s, set) = self.codec.issue(&identity, now);
                 out.push(set);
-                Reply::redirect(to)
+                redirect_reply(to)
             }
             Err((label, req_id)) => {
                 log::warn!(
@@ -843,37 +802,14 @@ impl Auth {
             None => AuthAction::Continue(ForwardedIdentity::default()),
         };
         AuthOutcome {
-            authenticated: matches!(&action, AuthAction::Continue(id) if id.authenticated),
             action,
             set_cookies: out.values,
-        }
-    }
-
-    /// Who is calling a proxied path, from the request's `Cookie` headers alone: the same
-    /// answer `request_filter` gives for a proxied request that is not a callback.
-    pub async fn proxy_identity(&self, cookies: &[&[u8]]) -> ForwardedIdentity {
-        let Some(l) = &self.login else {
-            return ForwardedIdentity::default();
-        };
-        let current = l.open_session(cookies, now_unix()).await;
-        let (headers, upstream_cookie) = l.upstream_view(current.as_ref(), cookies, true);
-        ForwardedIdentity {
-            authenticated: current.is_some(),
-            headers,
-            upstream_cookie,
         }
     }
 
     /// Session revocation, for the private listener's admin endpoint (with `redis_url`).
     pub fn revocations(&self) -> Option<Arc<Revocations>> {
         self.login.as_ref().and_then(|l| l.revocations.clone())
-    }
-
-    /// Whether `path` is one the backend only gets with a session (`require_session`).
-    pub fn requires_session(&self, path: &str) -> bool {
-        self.login
-            .as_ref()
-            .is_some_and(|l| l.requires_session(path))
     }
 }
 

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use http::header::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
-use super::{pages, query_param, AuthRequest, Login, Reply, SetCookies};
+use super::{
+    page_reply, pages, query_param, redirect_reply, AuthRequest, Login, Reply, SetCookies,
+};
 use crate::config::WechatSettings;
 use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
@@ -90,17 +92,12 @@ fn with_params(url: &str, params: &[(&str, &str)]) -> String {
 }
 
 /// The relay's answers: their own route class, and a referrer that never carries a code or ticket.
-fn relay_reply(r: Reply) -> Reply {
-    let mut headers = r.headers;
-    headers.push((
+fn relay_reply(mut r: Reply) -> Reply {
+    r.class = RouteClass::Relay;
+    r.with(
         HeaderName::from_static("referrer-policy"),
         HeaderValue::from_static("no-referrer"),
-    ));
-    Reply {
-        class: RouteClass::Relay,
-        headers,
-        ..r
-    }
+    )
 }
 
 /// WeChat's rule for `state`: letters and digits, at most 128 bytes.
@@ -246,7 +243,7 @@ impl Login {
     fn relay_refused(&self, req: &AuthRequest, mode: &str, label: &str, back: &str) -> Reply {
         log::info!("login relay refused a request: {label}");
         count(mode, label);
-        Reply::page(400, pages::error_page(label, back, req.request_id))
+        page_reply(400, pages::error_page(label, back, req.request_id))
     }
 
     /// `/_wxedge/relay/authorize`: check the target, bind it to this browser, go to WeChat.
@@ -281,7 +278,7 @@ impl Login {
         let (relay_state, cookie) = self.codec.new_relay(&binding, now);
         out.push(cookie);
         let callback = format!("{}/_wxedge/relay/callback", self.origin(req));
-        Reply::redirect(crate::wechat::authorize_url(
+        redirect_reply(crate::wechat::authorize_url(
             &self.provider.open_base,
             &self.provider.appid,
             &callback,
@@ -298,7 +295,7 @@ impl Login {
             Err(e) => {
                 log::info!("login relay callback refused: {}", e.label());
                 count("unknown", "state");
-                return Reply::page(400, pages::error_page("state", "/", req.request_id));
+                return page_reply(400, pages::error_page("state", "/", req.request_id));
             }
         };
         out.push(self.codec.clear_relay_cookie_header());
@@ -311,11 +308,11 @@ impl Login {
         if code.is_empty() {
             // The user refused (snsapi_userinfo): the target learns it as from WeChat, no code.
             count(mode.label(), "denied");
-            return Reply::redirect(with_params(&b.redirect_uri, &[("state", &b.state)]));
+            return redirect_reply(with_params(&b.redirect_uri, &[("state", &b.state)]));
         }
         if mode == Mode::Code {
             count(mode.label(), "code_sent");
-            return Reply::redirect(with_params(
+            return redirect_reply(with_params(
                 &b.redirect_uri,
                 &[("code", &code), ("state", &b.state)],
             ));
@@ -328,7 +325,7 @@ impl Login {
             Ok(identity) => {
                 let ticket = tickets.seal(&identity, &audience, &b.state, now);
                 count(mode.label(), "ticket_sent");
-                Reply::redirect(with_params(
+                redirect_reply(with_params(
                     &b.redirect_uri,
                     &[("ticket", &ticket), ("state", &b.state)],
                 ))
@@ -370,7 +367,7 @@ impl Login {
                 log::info!("relay ticket refused: login {}", e.label());
                 count("ticket", "state");
                 let page = pages::error_page("state", "/_wxedge/login?return=/", req.request_id);
-                return Reply::page(400, page);
+                return page_reply(400, page);
             }
         };
         out.push(self.codec.clear_login_cookie_header());
@@ -383,7 +380,7 @@ impl Login {
                 let current = self.codec.open_from_cookie_header(&req.cookies, now);
                 if current.is_some_and(|s| s.identity.openid == t.identity.openid) {
                     count("ticket", "replayed_same_session");
-                    return Reply::redirect(to);
+                    return redirect_reply(to);
                 }
                 Err(TicketError::Replayed)
             }
@@ -394,7 +391,7 @@ impl Login {
                 count("ticket", "accepted");
                 let (_s, set) = self.codec.issue(&identity, now);
                 out.push(set);
-                Reply::redirect(to)
+                redirect_reply(to)
             }
             Err(e) => {
                 log::info!("relay ticket refused: {}", e.label());
@@ -405,7 +402,7 @@ impl Login {
                     TicketError::Invalid | TicketError::State => 400,
                 };
                 let retry = format!("/_wxedge/login?return={}", enc(&to));
-                Reply::page(status, pages::error_page(e.label(), &retry, req.request_id))
+                page_reply(status, pages::error_page(e.label(), &retry, req.request_id))
             }
         }
     }

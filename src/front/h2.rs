@@ -14,7 +14,6 @@
 //! here, so it behaves as before. The same decisions as HTTP/1's short path, from the same
 //! functions (`EdgeState::quick_static`, `upstream::write_head`, `EdgeState::h2_record`).
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,15 +28,20 @@ use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
-use super::{threads, Front, HANDED_RECORD};
+use super::{threads, Front};
 use crate::ops::metrics;
 use crate::ops::record::RequestRecord;
 use crate::ops::RouteClass;
+use crate::pipeline::Plan;
 use crate::proxy::forward::{self, Outgoing};
-use crate::proxy::upstream::{self, Outbound};
+use crate::proxy::upstream::{self, ForwardedIdentity, Outbound};
+use crate::reply::{Reply, ReplyBody};
 use crate::request::client::ClientAddr;
-use crate::route::Route;
-use crate::static_files::{Conditions, Quick};
+use crate::static_files::pieces::PieceReader;
+use crate::static_files::{Piece, Quick};
+
+/// How long the rest of a request body is read and dropped after an answer that came first.
+const DRAIN_FOR: Duration = Duration::from_secs(10);
 
 /// Refused streams a connection may open before it is closed: Pingora's own budget, which its
 /// public accept call does not keep across calls, so the loop counts here.
@@ -95,12 +99,13 @@ impl Active {
 enum Next {
     /// Answered (or its answer queued whole on the stream).
     Done,
-    /// Pingora's path answers; with the record when the stream was checked here.
-    Pingora(Option<RequestRecord>),
+    /// Pingora's path checks, decides and answers it (a body of unknown length, a refusal).
+    Pingora,
     /// The head is sent; a large body follows as the client takes it.
     Body(Bytes, RequestRecord),
-    /// An API call for the short path to the backend.
-    Call(RequestRecord),
+    /// Decided, to carry out in a task of its own (`None`: the rest of the decision may wait,
+    /// for a session, WeChat or the disk, so it is made there too).
+    Serve(Option<Plan<'static>>, RequestRecord),
 }
 
 impl Front {
@@ -127,7 +132,7 @@ impl Front {
         };
         let peer = Peer { addr: peer, https };
         let active = Arc::new(Active::default());
-        let idle = self.edge.limits.keepalive;
+        let idle = self.site.limits.keepalive;
         let mut closing = shutdown.clone();
         let mut shutting_down = false;
         let mut malformed = 0;
@@ -192,28 +197,25 @@ impl Front {
     ) {
         match self.short_h2(&mut session, peer) {
             Next::Done => threads::share_the_cpu(),
-            Next::Pingora(record) => {
+            Next::Pingora => {
                 let (front, busy) = (self.clone(), active.busy());
                 let shutdown = shutdown.clone();
                 pingora_runtime::current_handle().spawn(async move {
                     let _busy = busy;
-                    let served = front
-                        .pingora
-                        .process_new_http(ServerSession::new_http2(session), &shutdown);
-                    HANDED_RECORD.scope(RefCell::new(record), served).await;
+                    let session = ServerSession::new_http2(session);
+                    front.pingora.process_new_http(session, &shutdown).await;
                 });
             }
-            Next::Call(record) => {
+            Next::Serve(plan, record) => {
                 let (front, busy) = (self.clone(), active.busy());
-                let shutdown = shutdown.clone();
                 pingora_runtime::current_handle().spawn(async move {
                     let _busy = busy;
-                    front.call_h2(session, record, &shutdown).await;
+                    front.serve_stream(session, record, plan).await;
                 });
             }
             Next::Body(body, mut record) => {
                 let busy = active.busy();
-                session.set_write_timeout(Some(self.edge.limits.send_timeout));
+                session.set_write_timeout(Some(self.site.limits.send_timeout));
                 pingora_runtime::current_handle().spawn(async move {
                     let _busy = busy;
                     let len = body.len() as u64;
@@ -227,39 +229,36 @@ impl Front {
         }
     }
 
-    /// The short path of one stream: a whole dist file or its 304 answered here, or what is
-    /// left to do.
+    /// The short path of one stream: checked, decided as far as it can be at once, and a
+    /// whole dist file or its 304 answered right here; or what is left to do.
     fn short_h2(&self, session: &mut HttpSession, peer: &Peer) -> Next {
-        let edge = &self.edge;
+        let site = &self.site;
         let req = session.req_header();
         let no_body = session.is_body_empty();
         // Bodies of unknown length stream to the backend chunked: Pingora's path does that.
         let body_known = no_body || req.headers.contains_key(http::header::CONTENT_LENGTH);
         if req.method == http::Method::CONNECT || !body_known {
-            return Next::Pingora(None);
+            return Next::Pingora;
         }
         // The record logs the target as it came; the check may rewrite it.
         let target = req.uri.path_and_query().cloned();
         // A refusal is written by Pingora's path, which checks the stream again (the request is
         // unchanged when refused): the same answer as ever, from one writer of it.
-        if crate::request::h2::check(session.req_header_mut(), edge.max_body_bytes).is_err() {
-            return Next::Pingora(None);
+        if crate::request::h2::check(session.req_header_mut(), site.max_body_bytes).is_err() {
+            return Next::Pingora;
         }
         let req = session.req_header();
         let target = target.as_ref().map_or("/", |t| t.as_str());
-        let mut record = edge.h2_record(req, target, &peer.addr, peer.https);
-        match edge.router.route(req.uri.path()) {
-            Route::Static if no_body => {}
-            Route::Proxy if !edge.upstreams.is_empty() => return Next::Call(record),
-            _ => return Next::Pingora(Some(record)),
-        }
-        let conditions = Conditions::from_headers(&req.headers);
-        let method = req.method.as_str();
-        let Some(answer) = edge.quick_static(method, req.uri.path(), req.uri.query(), &conditions)
-        else {
-            return Next::Pingora(Some(record));
+        let mut record = site.h2_record(req, target, &peer.addr, peer.https);
+        let plan = {
+            let incoming = self.incoming(req, &record, !no_body);
+            site.decide_at_once(&incoming)
         };
-        metrics::record_static_hit(answer.encoding.token());
+        let answer = match plan {
+            Some(Plan::Static(answer)) => answer,
+            Some(plan) => return Next::Serve(Some(plan.detach()), record),
+            None => return Next::Serve(None, record),
+        };
         let head = self.h2_head(&answer, &record.request_id, peer.https);
         let body = answer.body;
         if body.is_empty() {
@@ -283,33 +282,53 @@ impl Front {
         Next::Done
     }
 
+    /// The stream as the decision sees it.
+    fn incoming<'r>(
+        &self,
+        req: &'r pingora::http::RequestHeader,
+        record: &'r RequestRecord,
+        has_body: bool,
+    ) -> crate::request::Incoming<'r> {
+        let (client, id) = (&record.client, record.request_id.as_str());
+        crate::request::h2::incoming(req, client, id, record.https, has_body, false)
+    }
+
+    /// Decide what was left to decide, and carry the plan out.
+    async fn serve_stream(
+        &self,
+        session: HttpSession,
+        record: RequestRecord,
+        plan: Option<Plan<'static>>,
+    ) {
+        let plan = match plan {
+            Some(plan) => plan,
+            None => {
+                let has_body = !session.is_body_empty();
+                let incoming = self.incoming(session.req_header(), &record, has_body);
+                self.site.decide_rest(&incoming).await.detach()
+            }
+        };
+        let reply = match plan {
+            // HTTP/2 has no upgrades (`incoming` says so): only `Forward` comes here.
+            Plan::Forward(identity) | Plan::Tunnel(identity) => {
+                return self.call_h2(session, record, identity).await
+            }
+            Plan::Refuse(refusal) => Reply::refusal(refusal),
+            Plan::Reply(reply) => reply,
+            Plan::Static(quick) => crate::pipeline::quick_reply(&quick),
+        };
+        self.reply_h2(session, record, reply).await;
+    }
+
     /// An API call on the per-thread keep-alive pool, as HTTP/1's short path makes it (the
-    /// same upstream request builder, the body read whole first, within `max_body_bytes`);
-    /// Pingora's path answers when the login must (a 401 with its login URLs).
+    /// same upstream request builder, the body read whole first, within `max_body_bytes`).
     async fn call_h2(
         &self,
         mut session: HttpSession,
         mut record: RequestRecord,
-        shutdown: &ShutdownWatch,
+        identity: ForwardedIdentity,
     ) {
-        let edge = &self.edge;
-        let req = session.req_header();
-        let cookies: Vec<&[u8]> = req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        let identity = edge.auth.proxy_identity(&cookies).await;
-        if !identity.authenticated && edge.auth.requires_session(req.uri.path()) {
-            let served = self
-                .pingora
-                .process_new_http(ServerSession::new_http2(session), shutdown);
-            HANDED_RECORD
-                .scope(RefCell::new(Some(record)), served)
-                .await;
-            return;
-        }
+        let site = &self.site;
         let Some(body) = self.read_h2_body(&mut session).await else {
             // The client went away or stalled mid-body.
             session.shutdown();
@@ -340,7 +359,7 @@ impl Front {
             target,
             client.iter().copied(),
             &Outbound {
-                forwarding: &edge.forwarding(Some(&record.client), https),
+                forwarding: &site.forwarding(Some(&record.client), https),
                 identity: &identity,
                 request_id: &record.request_id,
                 body_len: upstream::declared_length(method, body.len()),
@@ -354,17 +373,17 @@ impl Front {
             head_request: req.method == http::Method::HEAD,
             request_id: &record.request_id,
             close_client: false,
-            send_timeout: edge.limits.send_timeout,
+            send_timeout: site.limits.send_timeout,
             hsts,
         };
-        match forward::forward_h2(&edge.upstreams, &outgoing, &mut session).await {
+        match forward::forward_h2(&site.upstreams, &outgoing, &mut session).await {
             Ok(r) => {
-                record.upstream = Some(edge.upstreams.authority(r.backend));
+                record.upstream = Some(site.upstreams.authority(r.backend));
                 record.answered(RouteClass::Proxy, r.status, r.body_bytes);
             }
             Err(forward::Error::Midway(b)) => {
                 session.shutdown();
-                record.upstream = Some(edge.upstreams.authority(b.backend));
+                record.upstream = Some(site.upstreams.authority(b.backend));
                 record.answered(RouteClass::Proxy, b.status, b.body_bytes);
             }
             Err(forward::Error::Before(f)) => {
@@ -372,14 +391,9 @@ impl Front {
                     .backend_errors
                     .with_label_values(&[f.kind])
                     .inc();
-                record.upstream = f.backend.map(|i| edge.upstreams.authority(i));
-                let body = crate::answer::json_error(f.kind, f.message);
-                let sent = self.h2_json(&mut session, f.status, &body, &record.request_id, https);
-                record.answered(
-                    RouteClass::Proxy,
-                    if sent { f.status } else { 0 },
-                    body.len() as u64,
-                );
+                record.upstream = f.backend.map(|i| site.upstreams.authority(i));
+                let reply = Reply::error(RouteClass::Proxy, f.status, f.kind, f.message);
+                self.reply_h2(session, record, reply).await;
             }
         }
     }
@@ -390,11 +404,11 @@ impl Front {
         if session.is_body_done() {
             return Some(Vec::new());
         }
-        let limit = self.edge.max_body_bytes as usize;
+        let limit = self.site.max_body_bytes as usize;
         let mut body = Vec::new();
         loop {
             let read = session.read_body_bytes();
-            match tokio::time::timeout(self.edge.limits.body_timeout, read).await {
+            match tokio::time::timeout(self.site.limits.body_timeout, read).await {
                 Ok(Ok(Some(b))) if body.len() + b.len() <= limit => body.extend_from_slice(&b),
                 Ok(Ok(None)) => return Some(body),
                 _ => return None,
@@ -402,38 +416,46 @@ impl Front {
         }
     }
 
-    /// A JSON error answer, as Pingora's path writes it (`edge::respond`); whether it was sent.
-    fn h2_json(
-        &self,
-        session: &mut HttpSession,
-        status: u16,
-        body: &Bytes,
-        request_id: &str,
-        https: bool,
-    ) -> bool {
-        use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+    /// Write a reply on the stream (its fields, its length, the common fields; a file's
+    /// pieces read and sent chunk by chunk), then read and drop what the client still sends of
+    /// its body for a while, as nginx does: a client still sending would see its stream reset
+    /// instead of the answer.
+    async fn reply_h2(&self, mut session: HttpSession, mut record: RequestRecord, reply: Reply) {
+        let length = reply.content_length();
         let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        parts.status = http::StatusCode::from_u16(reply.status)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         parts.version = http::Version::HTTP_2;
         let h = &mut parts.headers;
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
-        h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        self.add_common(h, request_id, https);
-        let head_request = session.req_header().method == http::Method::HEAD;
-        let end = head_request || body.is_empty();
-        if session
-            .write_response_header(Box::new(ResponseHeader::from(parts)), end)
-            .is_err()
-        {
-            return false;
+        if let Some(len) = length {
+            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
         }
-        end || session
-            .take_response_body_writer()
-            .is_some_and(|mut w| w.send_data(body.clone(), true).is_ok())
+        for (name, value) in reply.headers {
+            h.append(name, value);
+        }
+        self.add_common(h, &record.request_id, record.https);
+        let head_request = session.req_header().method == http::Method::HEAD;
+        session.set_write_timeout(Some(self.site.limits.send_timeout));
+        let head = Box::new(ResponseHeader::from(parts));
+        let sent = match reply.body {
+            ReplyBody::Bytes(body) => {
+                let end = head_request || body.is_empty();
+                session.write_response_header(head, end).is_ok()
+                    && (end || session.write_body(body, true).await.is_ok())
+            }
+            ReplyBody::Pieces { pieces, .. } => {
+                let end = head_request || pieces.is_empty();
+                session.write_response_header(head, end).is_ok()
+                    && (end || send_pieces(&mut session, pieces).await.is_ok())
+            }
+        };
+        let bytes = if head_request { 0 } else { length.unwrap_or(0) };
+        record.answered(reply.class, if sent { reply.status } else { 0 }, bytes);
+        drop(record);
+        if sent && !session.is_body_done() {
+            let drain = session.drain_request_body();
+            let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+        }
     }
 
     /// `x-request-id`, and HSTS over TLS when it is on.
@@ -444,7 +466,7 @@ impl Front {
             h.insert(X_REQUEST_ID.clone(), v);
         }
         if let Some(hsts) = self
-            .edge
+            .site
             .https
             .as_ref()
             .filter(|_| https)
@@ -464,4 +486,19 @@ impl Front {
         self.add_common(&mut parts.headers, request_id, https);
         Box::new(ResponseHeader::from(parts))
     }
+}
+
+/// A body in pieces, chunk by chunk (the last one ends the stream).
+async fn send_pieces(session: &mut HttpSession, pieces: Vec<Piece>) -> pingora::Result<()> {
+    let mut body = PieceReader::new(pieces);
+    while let Some(chunk) = body.next().await.map_err(|e| {
+        pingora::Error::because(
+            pingora::ErrorType::InternalError,
+            "reading a static file",
+            e,
+        )
+    })? {
+        session.write_body(chunk, body.is_done()).await?;
+    }
+    Ok(())
 }

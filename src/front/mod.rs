@@ -26,7 +26,6 @@ mod threads;
 mod tls;
 mod write;
 
-use std::cell::RefCell;
 use std::io::IoSlice;
 use std::sync::Arc;
 
@@ -39,8 +38,6 @@ use pingora::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::edge::Edge;
-use crate::ops::metrics;
 use crate::ops::record::{LogFields, RequestRecord};
 use crate::ops::{lifecycle, request_id, RouteClass};
 use crate::proxy::forward::{self, Outgoing, COALESCE_MAX};
@@ -48,25 +45,18 @@ use crate::proxy::upstream::{self, Outbound};
 use crate::request::body::Body;
 use crate::request::client::ClientAddr;
 use crate::request::{self, Framing, Request, MAX_HEADERS};
-use crate::route::Route;
 use handover::HandedOver;
 
-tokio::task_local! {
-    /// The record of the request being handed to Pingora's path, for `Edge::new_ctx`.
-    static HANDED_RECORD: RefCell<Option<RequestRecord>>;
-}
-
-/// The record the front door made for the request Pingora is about to answer, if any.
-pub fn take_handed_record() -> Option<RequestRecord> {
-    HANDED_RECORD
-        .try_with(|r| r.borrow_mut().take())
-        .ok()
-        .flatten()
-}
+use crate::pipeline::{self, Handed, Plan};
+use crate::proxy::upstream::ForwardedIdentity;
+use crate::reply::{Reply, ReplyBody};
+use crate::request::Refusal;
+use crate::site::Site;
+use crate::static_files::Quick;
 
 pub struct Front {
-    edge: Edge,
-    pingora: Arc<HttpProxy<Edge>>,
+    site: Site,
+    pingora: Arc<HttpProxy<Site>>,
     /// Per-thread runtimes (`work_stealing: false`) get their connections evened out.
     balance_threads: Option<usize>,
 }
@@ -78,16 +68,16 @@ const FEW_HEADERS: usize = 24;
 const MAX_HOPS: u8 = 3;
 
 impl Front {
-    pub fn new(edge: Edge, conf: &Arc<pingora::server::configuration::ServerConf>) -> Front {
-        let mut pingora = pingora_proxy::http_proxy(conf, edge.clone());
+    pub fn new(site: Site, conf: &Arc<pingora::server::configuration::ServerConf>) -> Front {
+        let mut pingora = pingora_proxy::http_proxy(conf, site.clone());
         // An idle HTTP/2 connection closes after the keep-alive timeout, as HTTP/1 ones do
         // (nginx: keepalive_timeout); Pingora keeps them forever by default.
         let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2_idle_timeout = Some(edge.limits.keepalive);
+        options.h2_idle_timeout = Some(site.limits.keepalive);
         pingora.server_options = Some(options);
         let pingora = Arc::new(pingora);
         Front {
-            edge,
+            site,
             pingora,
             balance_threads: (!conf.work_stealing && conf.threads > 1).then_some(conf.threads),
         }
@@ -143,7 +133,7 @@ enum Turn {
 /// A request for Pingora's path: its rewritten bytes and its record.
 struct HandOff {
     request: BytesMut,
-    record: RequestRecord,
+    handed: Handed,
     upgrade: bool,
 }
 
@@ -231,7 +221,7 @@ impl Front {
         let peer = digest
             .as_ref()
             .and_then(|d| d.peer_addr().cloned())
-            .and_then(|a| a.as_inet().map(|a| self.edge.real_ip.hop(a.ip())))
+            .and_then(|a| a.as_inet().map(|a| self.site.real_ip.hop(a.ip())))
             .unwrap_or_else(ClientAddr::unknown);
         let local = digest
             .as_ref()
@@ -239,28 +229,28 @@ impl Front {
             .and_then(|a| a.as_inet().copied());
         let on =
             |listeners: &[std::net::SocketAddr]| local.is_some_and(|l| arrived_on(listeners, l));
-        let https = self.edge.https.as_ref().filter(|h| on(&h.listeners));
+        let https = self.site.https.as_ref().filter(|h| on(&h.listeners));
         let mut conn = Conn {
             buf: BytesMut::new(),
             out: Vec::new(),
             peer,
             https: https.is_some(),
-            to_https: on(&self.edge.redirect_listen),
+            to_https: on(&self.site.redirect_listen),
             closing: shutdown.clone(),
             served: false,
         };
-        if on(&self.edge.proxy_protocol) {
+        if on(&self.site.proxy_protocol) {
             if let Err(why) = self.proxy_protocol(&mut stream, &mut conn).await {
                 log::warn!("closing a connection from {}: {why}", conn.peer.hop);
                 return None;
             }
         }
         if let Some(https) = https {
-            stream = tls::accept(https, stream, &mut conn.buf, &self.edge.limits).await?;
+            stream = tls::accept(https, stream, &mut conn.buf, &self.site.limits).await?;
             if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
                 // The h2 crate reads the streams; each is checked with the same rules and
                 // answered on the short path (`h2`) or by Pingora's path, as HTTP/1 requests.
-                if self.edge.short_path {
+                if self.site.short_path {
                     self.serve_h2(stream, conn.peer, conn.https, shutdown).await;
                 } else {
                     drop(conn);
@@ -283,7 +273,7 @@ impl Front {
     ) -> Option<(Stream, std::time::Duration)> {
         loop {
             if conn.buf.is_empty() {
-                let keepalive = self.edge.limits.keepalive;
+                let keepalive = self.site.limits.keepalive;
                 let idle = read::idle_read(
                     &mut stream,
                     &mut conn.buf,
@@ -333,9 +323,9 @@ impl Front {
         if !conn.peer.hop_trusted {
             return Err("a PROXY protocol listener, and the peer is not in real_ip.trusted");
         }
-        let deadline = tokio::time::Instant::now() + self.edge.limits.header_timeout;
+        let deadline = tokio::time::Instant::now() + self.site.limits.header_timeout;
         if let Some(source) = proxy_protocol::read_header(stream, &mut conn.buf, deadline).await? {
-            conn.peer = self.edge.real_ip.hop(source.ip());
+            conn.peer = self.site.real_ip.hop(source.ip());
             // Pingora's HTTP/2 server takes the client from the socket digest: make it this one.
             socket::set_peer(stream, source);
         }
@@ -351,24 +341,22 @@ impl Front {
     ) -> Option<Stream> {
         let mut session = ServerSession::new_http1(Box::new(HandedOver::new(stream, h.upgrade)));
         let keepalive = (!*shutdown.borrow() && !lifecycle::draining() && !h.upgrade)
-            .then(|| self.edge.limits.keepalive.as_secs());
+            .then(|| self.site.limits.keepalive.as_secs());
         session.set_keepalive(keepalive);
-        session.set_write_timeout(Some(self.edge.limits.send_timeout));
+        session.set_write_timeout(Some(self.site.limits.send_timeout));
         // The front door answered any `Expect` itself; a backend's interim answers are not
         // the client's to see (the short path drops them too).
         session.set_ignore_info_resp(true);
         session.set_pipelined_prefix(h.request);
-        let served = HANDED_RECORD.scope(
-            RefCell::new(Some(h.record)),
-            self.pingora.process_new_http(session, shutdown),
-        );
+        let served =
+            pipeline::hand_over(h.handed, self.pingora.process_new_http(session, shutdown));
         let reused = served.await?;
         HandedOver::take_back(reused.consume().0)
     }
 
     /// Read, check and answer the request that starts in `conn.buf`.
     async fn next_request(&self, stream: &mut Stream, conn: &mut Conn) -> Turn {
-        let limits = &self.edge.limits;
+        let limits = &self.site.limits;
         let deadline = tokio::time::Instant::now() + limits.header_timeout;
         loop {
             // The head is parsed from its own handle on the bytes, so the request (which
@@ -406,17 +394,9 @@ impl Front {
                 }
                 Err(refusal) => {
                     let mut record = self.record(None, conn, request_id::generate());
-                    self.write_json(
-                        stream,
-                        conn,
-                        &mut record,
-                        RouteClass::Rejected,
-                        refusal.status,
-                        refusal.message,
-                        true,
-                        false,
-                    )
-                    .await;
+                    let reply = Reply::refusal(refusal);
+                    self.write_reply(stream, conn, &mut record, reply, Some("close"), false)
+                        .await;
                     return Turn::Refused;
                 }
             }
@@ -432,12 +412,12 @@ impl Front {
     ) -> RequestRecord {
         let client = match req {
             Some((r, _)) => self
-                .edge
+                .site
                 .real_ip
                 .client(&conn.peer, r.headers.iter().map(|h| (h.name, h.value))),
             None => conn.peer.clone(),
         };
-        let mut record = RequestRecord::start(self.edge.access_log, request_id, client, || {
+        let mut record = RequestRecord::start(self.site.access_log, request_id, client, || {
             let Some((r, head)) = req else {
                 let dash = Bytes::from_static(b"-");
                 return LogFields {
@@ -468,79 +448,81 @@ impl Front {
         req: &Request<'_, '_>,
         head: &Bytes,
     ) -> Turn {
-        let route = self.edge.router.route(&req.path);
         let request_id = request_id::accept(req.request_id).unwrap_or_else(request_id::generate);
         let mut record = self.record(Some((req, head)), conn, request_id);
         let keep_alive = req.keep_alive && !lifecycle::draining();
-
-        if req.upgrade && req.framing != Framing::Empty {
-            self.write_json(
-                stream,
-                conn,
-                &mut record,
-                RouteClass::Rejected,
-                400,
-                "an upgrade request with a body",
-                true,
-                req.is_head(),
-            )
-            .await;
-            return Turn::Refused;
+        let incoming = req.incoming(
+            &record.client,
+            &record.request_id,
+            conn.https,
+            conn.to_https,
+        );
+        let plan = self.site.decide(&incoming).await;
+        if let Plan::Refuse(refusal) = plan {
+            return self.refuse(stream, conn, &mut record, refusal, req).await;
         }
-        if conn.to_https && !crate::route::stays_on_plain_http(&req.path) {
-            return self
-                .redirect_to_https(stream, conn, req, &mut record, keep_alive)
-                .await;
-        }
+        // The body is read whole before anything is answered or sent on (nginx's
+        // `proxy_request_buffering on`): an answer must not leave a body to be taken for the
+        // next request.
         let body = match self.read_body(stream, conn, req).await {
             Ok(body) => body,
-            Err(Some((status, message))) => {
-                self.write_json(
-                    stream,
-                    conn,
-                    &mut record,
-                    RouteClass::Rejected,
-                    status,
-                    message,
-                    true,
-                    req.is_head(),
-                )
-                .await;
-                return Turn::Refused;
+            Err(Some(refusal)) => {
+                return self.refuse(stream, conn, &mut record, refusal, req).await
             }
             Err(None) => return Turn::Close, // The client went away mid-body.
         };
-
-        // HTTP/1.0 keep-alive has its own rules (an explicit `Connection: keep-alive` in every
-        // answer): Pingora's path knows them.
-        if self.edge.short_path && req.minor_version == 1 {
-            match route {
-                Route::Proxy if !req.upgrade => {
-                    if let Some(turn) = self
-                        .call(stream, conn, req, &body, &mut record, keep_alive)
-                        .await
-                    {
-                        return turn;
-                    }
-                }
-                Route::Static if body.is_empty() => {
-                    if let Some(turn) = self
-                        .quick_static(stream, conn, req, &mut record, keep_alive)
-                        .await
-                    {
-                        return turn;
-                    }
-                }
-                _ => {}
+        let connection = write::connection_field(keep_alive, req.minor_version);
+        let turn = |sent: bool| match sent && keep_alive {
+            true => Turn::Next,
+            false => Turn::Close,
+        };
+        match plan {
+            Plan::Static(quick) if self.site.short_path => {
+                let sent = self
+                    .quick_static(stream, conn, &quick, &mut record, connection)
+                    .await;
+                turn(sent)
+            }
+            Plan::Reply(reply) if self.site.short_path => {
+                let sent = self
+                    .write_reply(stream, conn, &mut record, reply, connection, req.is_head())
+                    .await;
+                turn(sent)
+            }
+            // HTTP/1.0 clients cannot take a backend's chunked answer: Pingora's path
+            // rewrites the framing for them.
+            Plan::Forward(identity) if self.site.short_path && req.minor_version == 1 => {
+                self.call(stream, conn, req, &body, identity, &mut record, keep_alive)
+                    .await
+            }
+            plan => {
+                let upgrade = matches!(plan, Plan::Tunnel(_));
+                Turn::HandOff(Box::new(HandOff {
+                    request: rewritten(req, &body, upgrade),
+                    handed: Handed {
+                        record,
+                        plan: Some(plan.detach()),
+                    },
+                    upgrade,
+                }))
             }
         }
-        // Only the backend can take an upgrade; anywhere else it is an ordinary request.
-        let upgrade = req.upgrade && route == Route::Proxy;
-        Turn::HandOff(Box::new(HandOff {
-            request: rewritten(req, &body, upgrade),
-            record,
-            upgrade,
-        }))
+    }
+
+    /// Answer a request the edge will not serve; the connection then closes.
+    async fn refuse(
+        &self,
+        stream: &mut Stream,
+        conn: &mut Conn,
+        record: &mut RequestRecord,
+        refusal: Refusal,
+        req: &Request<'_, '_>,
+    ) -> Turn {
+        let reply = Reply::refusal(refusal);
+        let close = Some("close");
+        self.write_reply(stream, conn, record, reply, close, req.is_head())
+            .await;
+        Turn::Refused
     }
 
     /// The whole body, decoded; `Err(Some(..))` is an answer to refuse it with (the
@@ -550,17 +532,17 @@ impl Front {
         stream: &mut Stream,
         conn: &mut Conn,
         req: &Request<'_, '_>,
-    ) -> Result<Vec<u8>, Option<(u16, &'static str)>> {
+    ) -> Result<Vec<u8>, Option<Refusal>> {
         if req.framing == Framing::Empty {
             return Ok(Vec::new());
         }
-        let refuse = |e: request::body::BodyError| Some((e.status(), e.message()));
-        let mut body = Body::new(req.framing, self.edge.max_body_bytes).map_err(refuse)?;
+        let refuse = |e: request::body::BodyError| Some(request::refuse(e.status(), e.message()));
+        let mut body = Body::new(req.framing, self.site.max_body_bytes).map_err(refuse)?;
         let used = body.take(&conn.buf).map_err(refuse)?;
         conn.buf.advance(used);
         if !body.is_done() && req.expects_continue {
             // The client waits for this before it sends the body (RFC 9110 §10.1.1).
-            forward::within_send_timeout(self.edge.limits.send_timeout, async {
+            forward::within_send_timeout(self.site.limits.send_timeout, async {
                 stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
                 stream.flush().await
             })
@@ -570,7 +552,7 @@ impl Front {
         while !body.is_done() {
             conn.buf.reserve(16 * 1024);
             match tokio::time::timeout(
-                self.edge.limits.body_timeout,
+                self.site.limits.body_timeout,
                 stream.read_buf(&mut conn.buf),
             )
             .await
@@ -584,19 +566,16 @@ impl Front {
         Ok(body.into_bytes())
     }
 
-    /// A whole dist file or its 304, from header lines serialized at start-up; `None` when
-    /// the request needs more (a callback to intercept, a range, a redirect, an error page).
+    /// A whole dist file or its 304, from header lines serialized at start-up; whether it was
+    /// sent.
     async fn quick_static(
         &self,
         stream: &mut Stream,
         conn: &mut Conn,
-        req: &Request<'_, '_>,
+        answer: &Quick<'_>,
         record: &mut RequestRecord,
-        keep_alive: bool,
-    ) -> Option<Turn> {
-        let answer = self
-            .edge
-            .quick_static(req.method, &req.path, req.query, &req.conditions)?;
+        connection: Option<&str>,
+    ) -> bool {
         let out = &mut conn.out;
         out.clear();
         out.extend_from_slice(if answer.status == 304 {
@@ -605,7 +584,7 @@ impl Front {
             b"HTTP/1.1 200 OK\r\n"
         });
         out.extend_from_slice(answer.head);
-        write::push_common_headers(out, &record.request_id, self.hsts(conn.https), !keep_alive);
+        write::push_common_headers(out, &record.request_id, self.hsts(conn.https), connection);
         let write = async {
             if let Some(file) = answer.body_file {
                 write::send_file(stream, out, answer.body, file).await?;
@@ -621,41 +600,30 @@ impl Front {
             }
             stream.flush().await
         };
-        let ok = forward::within_send_timeout(self.edge.limits.send_timeout, write)
+        let ok = forward::within_send_timeout(self.site.limits.send_timeout, write)
             .await
             .is_ok();
-        metrics::record_static_hit(answer.encoding.token());
         record.answered(
             RouteClass::Static,
             if ok { answer.status } else { 0 },
             answer.body.len() as u64,
         );
-        Some(if ok && keep_alive {
-            Turn::Next
-        } else {
-            Turn::Close
-        })
+        ok
     }
 
-    /// Forward an API call and relay the answer; `None` when Pingora's path must write the
-    /// answer (a 401 with its login URLs).
+    /// Forward an API call and relay the answer.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         stream: &mut Stream,
         conn: &mut Conn,
         req: &Request<'_, '_>,
         body: &[u8],
+        identity: ForwardedIdentity,
         record: &mut RequestRecord,
         keep_alive: bool,
-    ) -> Option<Turn> {
-        let edge = &self.edge;
-        let identity = edge.auth.proxy_identity(&req.cookies()).await;
-        if !identity.authenticated && edge.auth.requires_session(&req.path) {
-            return None;
-        }
-        if edge.upstreams.is_empty() {
-            return None;
-        }
+    ) -> Turn {
+        let site = &self.site;
         let target = req.normalised_target();
         let mut bytes = Vec::with_capacity(512 + body.len());
         upstream::write_head(
@@ -664,7 +632,7 @@ impl Front {
             &target,
             req.headers.iter().map(|h| (h.name, h.value)),
             &Outbound {
-                forwarding: &edge.forwarding(Some(&record.client), conn.https),
+                forwarding: &site.forwarding(Some(&record.client), conn.https),
                 identity: &identity,
                 request_id: &record.request_id,
                 body_len: upstream::declared_length(req.method, body.len()),
@@ -678,13 +646,13 @@ impl Front {
             head_request: req.is_head(),
             request_id: &record.request_id,
             close_client: !keep_alive,
-            send_timeout: edge.limits.send_timeout,
+            send_timeout: site.limits.send_timeout,
             hsts: self.hsts(conn.https),
         };
-        let result = forward::forward(&edge.upstreams, &outgoing, stream, &mut conn.out).await;
-        Some(match result {
+        let result = forward::forward(&site.upstreams, &outgoing, stream, &mut conn.out).await;
+        match result {
             Ok(r) => {
-                record.upstream = Some(edge.upstreams.authority(r.backend));
+                record.upstream = Some(site.upstreams.authority(r.backend));
                 record.answered(RouteClass::Proxy, r.status, r.body_bytes);
                 if r.client_reusable {
                     Turn::Next
@@ -693,7 +661,7 @@ impl Front {
                 }
             }
             Err(forward::Error::Midway(b)) => {
-                record.upstream = Some(edge.upstreams.authority(b.backend));
+                record.upstream = Some(site.upstreams.authority(b.backend));
                 record.answered(RouteClass::Proxy, b.status, b.body_bytes);
                 Turn::Close
             }
@@ -702,175 +670,76 @@ impl Front {
                     .backend_errors
                     .with_label_values(&[f.kind])
                     .inc();
-                record.upstream = f.backend.map(|i| edge.upstreams.authority(i));
-                let body = crate::answer::json_error(f.kind, f.message);
+                record.upstream = f.backend.map(|i| site.upstreams.authority(i));
+                let reply = Reply::error(RouteClass::Proxy, f.status, f.kind, f.message);
+                let connection = write::connection_field(keep_alive, 1);
                 let sent = self
-                    .write_answer(
-                        stream,
-                        conn,
-                        &Small {
-                            status: f.status,
-                            head: JSON_HEAD,
-                            body: &body,
-                        },
-                        &record.request_id,
-                        !keep_alive,
-                        req.is_head(),
-                    )
+                    .write_reply(stream, conn, record, reply, connection, req.is_head())
                     .await;
-                record.answered(
-                    RouteClass::Proxy,
-                    if sent { f.status } else { 0 },
-                    body.len() as u64,
-                );
                 if sent && keep_alive {
                     Turn::Next
                 } else {
                     Turn::Close
                 }
             }
-        })
+        }
     }
 
     /// The `Strict-Transport-Security` value for answers on `conn`.
     fn hsts(&self, https: bool) -> Option<&[u8]> {
-        let https = self.edge.https.as_ref().filter(|_| https)?;
+        let https = self.site.https.as_ref().filter(|_| https)?;
         https.hsts.as_ref().map(|v| v.as_bytes())
     }
 
-    /// A redirect listener's answer: `301` to the same host and target over HTTPS (nginx's
-    /// `return 301 https://$host$request_uri`), to the HTTPS listener's port.
-    async fn redirect_to_https(
-        &self,
-        stream: &mut Stream,
-        conn: &mut Conn,
-        req: &Request<'_, '_>,
-        record: &mut RequestRecord,
-        keep_alive: bool,
-    ) -> Turn {
-        // An unread body would be taken for the next request: close after answering.
-        let keep_alive = keep_alive && req.framing == Framing::Empty;
-        let host = req
-            .host
-            .and_then(|h| std::str::from_utf8(h.trim_ascii()).ok())
-            .map(host_without_port)
-            .or(self.edge.public_host.as_deref());
-        let Some(host) = host else {
-            self.write_json(
-                stream,
-                conn,
-                record,
-                RouteClass::Rejected,
-                400,
-                "a redirect to HTTPS needs a Host header",
-                true,
-                req.is_head(),
-            )
-            .await;
-            return Turn::Refused;
-        };
-        let port = self.edge.https.as_ref().map_or(443, |h| h.port);
-        let location = if port == 443 {
-            format!("https://{host}{}", req.target)
-        } else {
-            format!("https://{host}:{port}{}", req.target)
-        };
-        let body = b"301 Moved Permanently\n";
-        let location = format!("location: {location}\r\n");
-        let request_id = record.request_id.clone();
-        let answer = Small {
-            status: 301,
-            head: &[
-                location.as_bytes(),
-                b"content-type: text/plain; charset=utf-8\r\n",
-            ],
-            body,
-        };
-        let sent = self
-            .write_answer(
-                stream,
-                conn,
-                &answer,
-                &request_id,
-                !keep_alive,
-                req.is_head(),
-            )
-            .await;
-        record.answered(
-            RouteClass::Static,
-            if sent { 301 } else { 0 },
-            body.len() as u64,
-        );
-        if sent && keep_alive {
-            Turn::Next
-        } else {
-            Turn::Close
-        }
-    }
-
-    /// A JSON error answer written by the front door itself (refusals before any route).
-    #[allow(clippy::too_many_arguments)]
-    async fn write_json(
+    /// Write a reply: the status line, its own fields and length, the common fields, then its
+    /// body (a file's pieces read and written in turn, each write within the send timeout).
+    /// Whether it was sent whole; the record has it either way.
+    async fn write_reply(
         &self,
         stream: &mut Stream,
         conn: &mut Conn,
         record: &mut RequestRecord,
-        class: RouteClass,
-        status: u16,
-        message: &str,
-        close: bool,
-        head: bool,
-    ) {
-        let body = crate::answer::json_error(crate::answer::refusal_kind(status), message);
-        let request_id = record.request_id.clone();
-        let sent = self
-            .write_answer(
-                stream,
-                conn,
-                &Small {
-                    status,
-                    head: JSON_HEAD,
-                    body: &body,
-                },
-                &request_id,
-                close,
-                head,
-            )
-            .await;
-        record.answered(class, if sent { status } else { 0 }, body.len() as u64);
-    }
-
-    /// Write a complete small answer; whether it was sent.
-    async fn write_answer(
-        &self,
-        stream: &mut Stream,
-        conn: &mut Conn,
-        answer: &Small<'_>,
-        request_id: &str,
-        close: bool,
+        reply: Reply,
+        connection: Option<&str>,
         head: bool,
     ) -> bool {
-        let hsts = self.hsts(conn.https);
         let out = &mut conn.out;
         out.clear();
-        crate::proxy::headers::push_status_line(out, answer.status, None);
-        for line in answer.head {
-            out.extend_from_slice(line);
+        crate::proxy::headers::push_status_line(out, reply.status, None);
+        for (name, value) in &reply.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(answer.body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        write::push_common_headers(out, request_id, hsts, close);
-        if !head {
-            out.extend_from_slice(answer.body);
+        if let Some(len) = reply.content_length() {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        let write = async {
-            stream.write_all(out).await?;
-            stream.flush().await
+        let hsts = self.hsts(conn.https);
+        write::push_common_headers(out, &record.request_id, hsts, connection);
+        let limit = self.site.limits.send_timeout;
+        let length = reply.content_length().unwrap_or(0);
+        let sent = match reply.body {
+            ReplyBody::Bytes(body) => {
+                if !head {
+                    out.extend_from_slice(&body);
+                }
+                let write = async {
+                    stream.write_all(out).await?;
+                    stream.flush().await
+                };
+                forward::within_send_timeout(limit, write).await.is_ok()
+            }
+            ReplyBody::Pieces { pieces, .. } => {
+                let pieces = if head { Vec::new() } else { pieces };
+                write::send_pieces(stream, out, pieces, limit).await.is_ok()
+            }
         };
-        forward::within_send_timeout(self.edge.limits.send_timeout, write)
-            .await
-            .is_ok()
+        let bytes = if head { 0 } else { length };
+        record.answered(reply.class, if sent { reply.status } else { 0 }, bytes);
+        sent
     }
 }
 
@@ -881,26 +750,6 @@ fn arrived_on(listeners: &[std::net::SocketAddr], local: std::net::SocketAddr) -
     listeners
         .iter()
         .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
-}
-
-/// An answer the front door writes whole: its status, header lines (each ending in CRLF; the
-/// length and the common headers are added) and body.
-struct Small<'a> {
-    status: u16,
-    head: &'a [&'a [u8]],
-    body: &'a [u8],
-}
-
-/// The header lines of the front door's JSON answers.
-const JSON_HEAD: &[&[u8]] =
-    &[b"content-type: application/json; charset=utf-8\r\ncache-control: no-store\r\n"];
-
-/// `host` of `host[:port]` (an IPv6 literal keeps its brackets).
-fn host_without_port(h: &str) -> &str {
-    match h.rfind(':') {
-        Some(i) if !h[i..].contains(']') => &h[..i],
-        _ => h,
-    }
 }
 
 /// After a refusal: end our side, then read and drop what the client still sends (up to
@@ -987,14 +836,6 @@ mod tests {
         assert!(arrived_on(&l, "127.0.0.2:81".parse().unwrap()));
         assert!(!arrived_on(&l, "127.0.0.1:81".parse().unwrap()));
         assert!(!arrived_on(&l, "10.1.1.1:80".parse().unwrap()));
-    }
-
-    #[test]
-    fn redirect_hosts_lose_their_port_only() {
-        assert_eq!(host_without_port("a.test:8080"), "a.test");
-        assert_eq!(host_without_port("a.test"), "a.test");
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
-        assert_eq!(host_without_port("[::1]"), "[::1]");
     }
 
     #[test]

@@ -5,13 +5,13 @@
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
-use crate::edge::{ClientLimits, HttpsEdge};
 use crate::ops::metrics::METRICS;
+use crate::site::{ClientLimits, HttpsSite};
 
 /// The connection over TLS, or `None` (already logged at debug level and counted) when the
 /// handshake fails or the client is not done within the header deadline.
 pub async fn accept(
-    https: &HttpsEdge,
+    https: &HttpsSite,
     stream: Stream,
     read_ahead: &mut BytesMut,
     limits: &ClientLimits,

@@ -7,9 +7,15 @@ use tokio::io::AsyncWriteExt;
 
 use super::read;
 
-/// `x-request-id`, `date`, HSTS over TLS, and `connection: close` when the connection ends,
-/// then the blank line.
-pub fn push_common_headers(out: &mut Vec<u8>, request_id: &str, hsts: Option<&[u8]>, close: bool) {
+/// `x-request-id`, `date`, HSTS over TLS, and the `connection` field when the answer needs one
+/// (`close`, or HTTP/1.0's `keep-alive`), then the blank line: what every HTTP/1 answer ends its
+/// head with.
+pub fn push_common_headers(
+    out: &mut Vec<u8>,
+    request_id: &str,
+    hsts: Option<&[u8]>,
+    connection: Option<&str>,
+) {
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     if let Some(v) = hsts {
@@ -19,10 +25,22 @@ pub fn push_common_headers(out: &mut Vec<u8>, request_id: &str, hsts: Option<&[u
     out.extend_from_slice(b"\r\ndate: ");
     read::with_http_date(|d| out.extend_from_slice(d));
     out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+    if let Some(c) = connection {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The `connection` field an answer needs: `close` when the connection ends after it,
+/// `keep-alive` for an HTTP/1.0 client that asked to keep it (RFC 9112 §9.3), none otherwise.
+pub fn connection_field(keep_alive: bool, minor_version: u8) -> Option<&'static str> {
+    match (keep_alive, minor_version) {
+        (false, _) => Some("close"),
+        (true, 0) => Some("keep-alive"),
+        (true, _) => None,
+    }
 }
 
 /// The head, then the body by `sendfile(2)` from its memory file, as nginx does: the kernel
@@ -115,4 +133,21 @@ pub async fn write_all_vectored(
         IoSlice::advance_slices(&mut parts, n);
     }
     Ok(())
+}
+
+/// The head, then a body in pieces chunk by chunk, each write within `limit` (nginx's
+/// `send_timeout` is between two writes, not for the whole answer).
+pub async fn send_pieces(
+    stream: &mut Stream,
+    head: &[u8],
+    pieces: Vec<crate::static_files::Piece>,
+    limit: std::time::Duration,
+) -> std::io::Result<()> {
+    use crate::proxy::forward::within_send_timeout;
+    within_send_timeout(limit, stream.write_all(head)).await?;
+    let mut body = crate::static_files::pieces::PieceReader::new(pieces);
+    while let Some(chunk) = body.next().await? {
+        within_send_timeout(limit, stream.write_all(&chunk)).await?;
+    }
+    within_send_timeout(limit, stream.flush()).await
 }

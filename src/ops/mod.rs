@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod clock;
+pub mod health;
 pub mod lifecycle;
 pub mod limits;
 pub mod memory;

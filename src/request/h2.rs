@@ -9,7 +9,11 @@
 use http::header;
 use pingora::http::RequestHeader;
 
-use super::{content_length, host, path, refuse, valid_method, Refusal, MAX_HEADERS};
+use super::client::ClientAddr;
+use super::{
+    content_length, host, path, refuse, valid_method, Fields, Incoming, Refusal, MAX_HEADERS,
+};
+use crate::static_files::Conditions;
 
 /// Check `req` and rewrite its target to the normalised path (the backend and the router see
 /// that one only).
@@ -72,6 +76,34 @@ pub fn check(req: &mut RequestHeader, max_body_bytes: u64) -> Result<(), Refusal
         req.set_uri(uri);
     }
     Ok(())
+}
+
+/// A checked HTTP/2 request (or any request Pingora read) as the decision sees it.
+pub fn incoming<'r>(
+    req: &'r RequestHeader,
+    client: &'r ClientAddr,
+    request_id: &'r str,
+    tls: bool,
+    has_body: bool,
+    upgrade: bool,
+) -> Incoming<'r> {
+    // HTTP/2 names the host in `:authority` (`check` made sure `Host` agrees).
+    let host = req.headers.get(header::HOST).map(|v| v.as_bytes());
+    Incoming {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        query: req.uri.query(),
+        target: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        fields: Fields::Map(&req.headers),
+        conditions: Conditions::from_headers(&req.headers),
+        host: host.or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes())),
+        client,
+        tls,
+        redirect_listener: false,
+        upgrade,
+        has_body,
+        request_id,
+    }
 }
 
 #[cfg(test)]

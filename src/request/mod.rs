@@ -11,11 +11,14 @@ pub mod body;
 pub mod client;
 pub(crate) mod h2;
 pub(crate) mod host;
+mod incoming;
 pub mod path;
 
 use std::borrow::Cow;
 
 use crate::static_files::Conditions;
+
+pub use incoming::{FieldIter, Fields, Incoming};
 
 /// How the request's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +314,31 @@ impl Request<'_, '_> {
             "HTTP/1.0"
         } else {
             "HTTP/1.1"
+        }
+    }
+
+    /// The request as the decision sees it.
+    pub fn incoming<'r>(
+        &'r self,
+        client: &'r client::ClientAddr,
+        request_id: &'r str,
+        tls: bool,
+        redirect_listener: bool,
+    ) -> Incoming<'r> {
+        Incoming {
+            method: self.method,
+            path: &self.path,
+            query: self.query,
+            target: self.target,
+            fields: Fields::Lines(self.headers),
+            conditions: self.conditions,
+            host: self.host,
+            client,
+            tls,
+            redirect_listener,
+            upgrade: self.upgrade,
+            has_body: self.framing != Framing::Empty,
+            request_id,
         }
     }
 

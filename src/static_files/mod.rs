@@ -1,8 +1,10 @@
 //! Static files: the dist tree served like nginx's `try_files $uri $uri/ /index.html`, but
 //! with the fallback kept to navigations, in small steps: path → lookup → plan.
 
+pub mod acme;
 pub mod compress;
 pub mod path;
+pub mod pieces;
 pub mod precompress;
 pub mod respond;
 pub mod tree;
