@@ -15,7 +15,7 @@ wxedge side by side, and how much memory wxedge's background compression takes m
 3. One more wxedge with a memory budget (`memory_max_bytes`, --budget-mb) smaller than the dist
    runs its background compression while its RSS is sampled every 20 ms for --watch-s seconds (or
    until it is done): the peak above the RSS of the same edge on an empty dist must stay inside the
-   budget plus the bound the README states for one file's encoding (24 MiB + 2 x the file).
+   budget plus the bound docs/static-files.md states for one file's encoding (24 MiB + 2 x the file).
 
 Prints lines prefixed with [startup]; the verdicts say "met" or "missed" (exit status 0 either way:
 bench/run.sh judges nothing on its own in a smoke run).

@@ -24,7 +24,7 @@ if ! command -v c++ >/dev/null 2>&1; then
     exit 1
 fi
 
-# A quicker build for a short run than the one for long runs (README): 16 codegen units and
+# A quicker build for a short run than the one for long runs (fuzz/README.md): 16 codegen units and
 # opt-level 1 instead of 1 unit and opt-level 3; coverage instrumentation and debug assertions
 # (overflow checks) are the same.
 export CARGO_PROFILE_RELEASE_OPT_LEVEL=${SMOKE_OPT_LEVEL:-1}

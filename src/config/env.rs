@@ -1,4 +1,4 @@
-//! Environment overrides: one table, one line per setting, so the README table and the code
+//! Environment overrides: one table, one line per setting, so docs/settings.md's table and the code
 //! cannot drift apart silently. Any variable may instead be given as `NAME_FILE` (a path whose
 //! contents, trimmed, are the value) — the usual way to hand secrets to a container.
 

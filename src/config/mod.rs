@@ -186,7 +186,8 @@ pub struct WechatSettings {
     pub sandbox_latency_ms: u64,
     /// Paths whose `?code=&state=` page loads are intercepted; empty = any page of the SPA.
     pub callback_paths: Vec<String>,
-    /// `state` values accepted on frontend-started callbacks; empty = any (see README: login CSRF).
+    /// `state` values accepted on frontend-started callbacks; empty = any (see
+    /// docs/wechat-login.md: login CSRF).
     pub frontend_states: Vec<String>,
     /// The site's public origin (`https://h5.example.com`) for the edge-started login's
     /// `redirect_uri`; empty = taken from the request's Host.

@@ -581,8 +581,8 @@ mod tests {
     }
 }
 
-/// The encoder's memory, counted by a test allocator: what README "Encodings" states as the
-/// extra memory of compressing one file, checked on the thread that compresses.
+/// The encoder's memory, counted by a test allocator: what docs/static-files.md ("Encodings")
+/// states as the extra memory of compressing one file, checked on the thread that compresses.
 #[cfg(test)]
 mod memory {
     use std::alloc::{GlobalAlloc, Layout, System};
@@ -659,9 +659,9 @@ mod memory {
         out
     }
 
-    /// README "Encodings": compressing one file takes at most 24 MiB plus twice the file above
-    /// what is live already (brotli 10's match finder over its 1 MiB window and its block
-    /// buffers; gzip far less), whatever the file's size up to the in-memory limit.
+    /// docs/static-files.md, "Encodings": compressing one file takes at most 24 MiB plus twice
+    /// the file above what is live already (brotli 10's match finder over its 1 MiB window and
+    /// its block buffers; gzip far less), whatever the file's size up to the in-memory limit.
     #[test]
     fn compressing_one_file_stays_inside_the_stated_bound() {
         for kib in [64usize, 1024] {

@@ -181,8 +181,8 @@ impl Tree {
     }
 
     /// Make the gzip and br variants that load left for later, one file at a time (so the
-    /// extra memory is one file's compression: at most 24 MiB plus twice the file, README
-    /// "Encodings"), each taken from the memory budget and kept
+    /// extra memory is one file's compression: at most 24 MiB plus twice the file,
+    /// docs/static-files.md "Encodings"), each taken from the memory budget and kept
     /// in the compression cache when there is one. Until a file's variants are ready it is
     /// served as it is (identity, or a shipped twin).
     pub fn compress_pending(&self) {
