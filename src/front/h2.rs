@@ -29,7 +29,6 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
 use super::{threads, Front};
-use crate::ops::metrics;
 use crate::ops::record::RequestRecord;
 use crate::ops::RouteClass;
 use crate::pipeline::Plan;
@@ -387,12 +386,8 @@ impl Front {
                 record.answered(RouteClass::Proxy, b.status, b.body_bytes);
             }
             Err(forward::Error::Before(f)) => {
-                metrics::METRICS
-                    .backend_errors
-                    .with_label_values(&[f.kind])
-                    .inc();
                 record.upstream = f.backend.map(|i| site.upstreams.authority(i));
-                let reply = Reply::error(RouteClass::Proxy, f.status, f.kind, f.message);
+                let reply = f.answer();
                 self.reply_h2(session, record, reply).await;
             }
         }

@@ -666,12 +666,8 @@ impl Front {
                 Turn::Close
             }
             Err(forward::Error::Before(f)) => {
-                crate::ops::metrics::METRICS
-                    .backend_errors
-                    .with_label_values(&[f.kind])
-                    .inc();
                 record.upstream = f.backend.map(|i| site.upstreams.authority(i));
-                let reply = Reply::error(RouteClass::Proxy, f.status, f.kind, f.message);
+                let reply = f.answer();
                 let connection = write::connection_field(keep_alive, 1);
                 let sent = self
                     .write_reply(stream, conn, record, reply, connection, req.is_head())

@@ -126,6 +126,16 @@ pub struct Broken {
     pub backend: usize,
 }
 
+impl Failure {
+    /// The client's answer, counted once in `wxedge_backend_errors_total`, whichever
+    /// transport writes it.
+    pub fn answer(&self) -> crate::reply::Reply {
+        METRICS.backend_errors.with_label_values(&[self.kind]).inc();
+        let class = crate::ops::RouteClass::Proxy;
+        crate::reply::Reply::error(class, self.status, self.kind, self.message)
+    }
+}
+
 pub enum Error {
     Before(Failure),
     Midway(Broken),
