@@ -364,7 +364,7 @@ impl Site {
         let record = ctx.record.as_ref().expect("made above");
         ctx.request_id = record.request_id.clone();
         if record.https {
-            ctx.hsts = self.https.as_ref().and_then(|h| h.hsts.clone());
+            ctx.hsts = self.hsts(true).cloned();
         }
         if let Some(r) = refused {
             return self.carry_out(session, ctx, Plan::Refuse(r)).await;
@@ -391,7 +391,7 @@ impl Site {
             if let Some(record) = &ctx.record {
                 ctx.request_id = record.request_id.clone();
                 if record.https {
-                    ctx.hsts = self.https.as_ref().and_then(|h| h.hsts.clone());
+                    ctx.hsts = self.hsts(true).cloned();
                 }
             }
         }

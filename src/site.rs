@@ -146,6 +146,12 @@ impl Site {
 }
 
 impl SiteState {
+    /// `Strict-Transport-Security` for an answer sent over TLS (`tls`), when HSTS is on: the one
+    /// rule every writer adds it by.
+    pub fn hsts(&self, tls: bool) -> Option<&HeaderValue> {
+        self.https.as_ref().filter(|_| tls)?.hsts.as_ref()
+    }
+
     /// The forwarding policy for a request from `client`, over TLS or not.
     pub fn forwarding<'a>(&'a self, client: Option<&'a ClientAddr>, https: bool) -> Forwarding<'a> {
         Forwarding {

@@ -460,13 +460,7 @@ impl Front {
             v.set_sensitive(true);
             h.insert(X_REQUEST_ID.clone(), v);
         }
-        if let Some(hsts) = self
-            .site
-            .https
-            .as_ref()
-            .filter(|_| https)
-            .and_then(|h| h.hsts.as_ref())
-        {
+        if let Some(hsts) = self.site.hsts(https) {
             h.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }

@@ -683,8 +683,7 @@ impl Front {
 
     /// The `Strict-Transport-Security` value for answers on `conn`.
     fn hsts(&self, https: bool) -> Option<&[u8]> {
-        let https = self.site.https.as_ref().filter(|_| https)?;
-        https.hsts.as_ref().map(|v| v.as_bytes())
+        self.site.hsts(https).map(|v| v.as_bytes())
     }
 
     /// Write a reply: the status line, its own fields and length, the common fields, then its
