@@ -277,6 +277,7 @@ impl EdgeState {
             "compress_cache": cache,
             "backends_total": self.upstreams.len(),
             "backends_healthy": self.upstreams.healthy_count(),
+            "backends": self.upstreams.report(),
         });
         (dist && backends, body)
     }
