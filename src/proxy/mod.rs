@@ -413,12 +413,30 @@ fn http_probe(host: &str, path: &str, timeout: Duration) -> HttpHealthCheck {
     check
 }
 
-/// A failed check in one line: our own context alone, else Pingora's error with its cause.
+/// A failed check in one line, for `report` and Pingora's log of health changes: its kind and
+/// innermost reason (Pingora's connect errors carry the whole peer, options and all, as their
+/// context), or our own context alone (a status, a timeout).
 fn describe(e: &Error) -> String {
-    match (e.etype(), &e.context) {
-        (ErrorType::Custom(_) | ErrorType::CustomCode(..), Some(context)) => context.to_string(),
-        _ => e.to_string().trim().to_string(),
+    if let (ErrorType::Custom(_) | ErrorType::CustomCode(..), Some(context)) =
+        (e.etype(), &e.context)
+    {
+        return context.to_string();
     }
+    let root = e.root_cause();
+    let reason = match root.downcast_ref::<Error>() {
+        Some(inner) => inner
+            .context
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        None => root.to_string(),
+    };
+    let mut line = e.etype().as_str().to_string();
+    if !reason.is_empty() {
+        line.push_str(": ");
+        line.extend(reason.chars().take(200));
+    }
+    line
 }
 
 #[async_trait]
@@ -433,26 +451,28 @@ impl HealthCheck for Checks {
                 format!("no answer within {} ms", self.timeout.as_millis()),
             ),
         };
+        let failure = outcome.err().map(|e| describe(&e));
         let authority = self.state.backends[idx].authority;
-        {
-            let mut record = self.state.health[idx]
-                .checks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match &outcome {
-                Ok(()) => record.consecutive_failures = 0,
-                Err(e) => {
-                    record.consecutive_failures += 1;
-                    record.last_error = Some(describe(e));
-                }
-            }
-        }
-        let result = if outcome.is_ok() { "pass" } else { "fail" };
+        let result = if failure.is_none() { "pass" } else { "fail" };
         METRICS
             .backend_health_checks
             .with_label_values(&[authority, result])
             .inc();
-        outcome
+        let mut record = self.state.health[idx]
+            .checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match failure {
+            None => {
+                record.consecutive_failures = 0;
+                Ok(())
+            }
+            Some(reason) => {
+                record.consecutive_failures += 1;
+                record.last_error = Some(reason.clone());
+                Error::e_explain(ErrorType::Custom("HealthCheckFailed"), reason)
+            }
+        }
     }
 
     fn health_threshold(&self, success: bool) -> usize {
