@@ -178,6 +178,20 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
             backends.join(", ")
         }
     ));
+    let hc = &config.settings.proxy.health_check;
+    if !backends.is_empty() && hc.interval_ms > 0 {
+        lines.push(format!(
+            "proxy: health checks every {} ms ({}), out after {} failed, back after {} passed",
+            hc.interval_ms,
+            if hc.path.is_empty() {
+                "TCP connect".to_string()
+            } else {
+                format!("GET {}", hc.path)
+            },
+            hc.fails,
+            hc.passes
+        ));
+    }
     lines.extend(auth.describe());
     if let Some(m) = config.metrics_listen {
         lines.push(format!("metrics: http://{m}/metrics"));
@@ -444,6 +458,9 @@ pub fn main(cli: Cli) -> i32 {
         server.add_service(metrics);
     }
     let edge = Site::new(&config, site, auth);
+    if let Some(checks) = edge.upstreams.health_check_service() {
+        server.add_service(checks);
+    }
     server.add_service(pingora::services::background::background_service(
         "compress",
         Compressor(edge.clone()),

@@ -219,7 +219,11 @@ fn every_backend_framing_is_relayed_whole_on_a_kept_alive_connection() {
         };
         (answer.to_vec(), target == "/api/close")
     }));
-    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    // The backend counts the answers' connections: no active health check connects besides.
+    let edge = start_edge(&[
+        ("WXEDGE_BACKEND", &backend.url()),
+        ("WXEDGE_HEALTH_CHECK_INTERVAL_MS", "0"),
+    ]);
     let mut c = Client::connect(edge.addr());
 
     let r = c.send(&get("/api/chunked"));

@@ -178,6 +178,21 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_DROP_UNDERSCORE_HEADERS", |s, n, v| {
         Ok(s.proxy.drop_underscore_headers = boolean(n, v)?)
     }),
+    ("WXEDGE_HEALTH_CHECK_PATH", |s, _, v| {
+        Ok(s.proxy.health_check.path = v.trim().into())
+    }),
+    ("WXEDGE_HEALTH_CHECK_INTERVAL_MS", |s, n, v| {
+        Ok(s.proxy.health_check.interval_ms = number(n, v)?)
+    }),
+    ("WXEDGE_HEALTH_CHECK_TIMEOUT_MS", |s, n, v| {
+        Ok(s.proxy.health_check.timeout_ms = number(n, v)?)
+    }),
+    ("WXEDGE_HEALTH_CHECK_FAILS", |s, n, v| {
+        Ok(s.proxy.health_check.fails = number(n, v)?)
+    }),
+    ("WXEDGE_HEALTH_CHECK_PASSES", |s, n, v| {
+        Ok(s.proxy.health_check.passes = number(n, v)?)
+    }),
     ("WXEDGE_WECHAT_LOGIN", |s, n, v| {
         Ok(s.wechat.enabled = boolean(n, v)?)
     }),

@@ -147,7 +147,7 @@ pub struct CacheRule {
 pub struct ProxySettings {
     /// Path prefixes forwarded to the backend.
     pub prefixes: Vec<String>,
-    /// Backend base URLs, `http://host:port`; round-robin.
+    /// Backend base URLs, `http://host:port`; round-robin, skipping unhealthy ones.
     pub backends: Vec<String>,
     /// `Host` sent upstream; empty = the client's own `Host` (like `proxy_set_header Host $host`).
     pub host: String,
@@ -162,6 +162,47 @@ pub struct ProxySettings {
     pub keepalive_idle_seconds: u64,
     /// Drop client request headers whose names contain `_` (nginx's `underscores_in_headers off`).
     pub drop_underscore_headers: bool,
+    /// Active health checks of the backends (nginx Plus's `health_check`).
+    pub health_check: HealthCheckSettings,
+}
+
+/// Active health checks: each backend is checked every `interval_ms` in the background, and
+/// leaves the rotation after `fails` failed checks in a row, until `passes` pass in a row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckSettings {
+    /// `GET` this path (and query) on each backend, expecting a 2xx or 3xx answer; empty = a
+    /// TCP connect check.
+    pub path: String,
+    /// Between the starts of two rounds of checks; 0 = no active checks (passive health only:
+    /// a refused connection, `backend_retry_seconds`).
+    pub interval_ms: u64,
+    /// One check's bound: connecting, sending, and the answer's head and body.
+    pub timeout_ms: u64,
+    /// Consecutive failed checks that take a backend out of the rotation.
+    pub fails: usize,
+    /// Consecutive passed checks that bring it back.
+    pub passes: usize,
+}
+
+/// On by default, as a TCP connect check: it needs no path the backend must serve, costs one
+/// connection per backend every 5 s, and takes a backend that stopped accepting (or whose host
+/// vanished, where every request would wait `connect_timeout_ms`) out of the rotation before
+/// requests meet it. 1 s bounds a check on a network where connecting takes a millisecond (and
+/// a health endpoint slower than that is itself a sign of trouble). Two failures, not one: a
+/// single lost check does not move traffic (a refused request still marks a backend down at
+/// once); two passes: a restarting backend that accepts once is not sent traffic before it is
+/// steady. Out within ~10 s, back within ~10 s.
+impl Default for HealthCheckSettings {
+    fn default() -> Self {
+        HealthCheckSettings {
+            path: String::new(),
+            interval_ms: 5_000,
+            timeout_ms: 1_000,
+            fails: 2,
+            passes: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +419,7 @@ impl Default for ProxySettings {
             backend_retry_seconds: 10,
             keepalive_idle_seconds: 60,
             drop_underscore_headers: true,
+            health_check: HealthCheckSettings::default(),
         }
     }
 }
@@ -637,6 +679,27 @@ fn validate_tls(
     ))
 }
 
+fn validate_health_check(h: &HealthCheckSettings) -> Result<(), ConfigError> {
+    if !h.path.is_empty()
+        && (!h.path.starts_with('/') || h.path.parse::<http::uri::PathAndQuery>().is_err())
+    {
+        return err(format!(
+            "proxy.health_check.path: `{}` is not a path (/healthz), or empty for a TCP check",
+            h.path
+        ));
+    }
+    if h.interval_ms == 0 {
+        return Ok(());
+    }
+    if h.timeout_ms == 0 {
+        return err("proxy.health_check.timeout_ms: must be more than 0");
+    }
+    if h.fails == 0 || h.passes == 0 {
+        return err("proxy.health_check.fails and passes: at least 1");
+    }
+    Ok(())
+}
+
 fn validate(
     server: ServerConfOwned,
     settings: Settings,
@@ -735,6 +798,7 @@ fn validate(
         .iter()
         .map(|b| parse_backend(b))
         .collect::<Result<Vec<_>, _>>()?;
+    validate_health_check(&settings.proxy.health_check)?;
     if !matches!(
         settings.ops.access_log.as_str(),
         "combined" | "json" | "off"
@@ -920,6 +984,98 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn health_check_settings_from_the_file_and_the_environment() {
+        let dir = std::env::temp_dir();
+        let d = dir.to_str().unwrap();
+        let c = load(None, &env(&[("WXEDGE_DIST", d)])).unwrap();
+        let h = &c.settings.proxy.health_check;
+        assert_eq!(
+            (
+                h.path.as_str(),
+                h.interval_ms,
+                h.timeout_ms,
+                h.fails,
+                h.passes
+            ),
+            ("", 5_000, 1_000, 2, 2),
+            "on by default, as a TCP check"
+        );
+        let (_, s) = parse_file(
+            "wxedge:\n  proxy:\n    health_check:\n      path: /healthz\n      fails: 3\n",
+        )
+        .unwrap();
+        assert_eq!(s.proxy.health_check.path, "/healthz");
+        assert_eq!(s.proxy.health_check.fails, 3);
+        assert_eq!(
+            s.proxy.health_check.passes, 2,
+            "the rest keeps its defaults"
+        );
+        let c = load(
+            None,
+            &env(&[
+                ("WXEDGE_DIST", d),
+                ("WXEDGE_HEALTH_CHECK_PATH", " /ping?full=1 "),
+                ("WXEDGE_HEALTH_CHECK_INTERVAL_MS", "250"),
+                ("WXEDGE_HEALTH_CHECK_TIMEOUT_MS", "100"),
+                ("WXEDGE_HEALTH_CHECK_FAILS", "1"),
+                ("WXEDGE_HEALTH_CHECK_PASSES", "4"),
+            ]),
+        )
+        .unwrap();
+        let h = &c.settings.proxy.health_check;
+        assert_eq!(
+            (
+                h.path.as_str(),
+                h.interval_ms,
+                h.timeout_ms,
+                h.fails,
+                h.passes
+            ),
+            ("/ping?full=1", 250, 100, 1, 4)
+        );
+        for (k, v, needle) in [
+            (
+                "WXEDGE_HEALTH_CHECK_PATH",
+                "healthz",
+                "proxy.health_check.path",
+            ),
+            (
+                "WXEDGE_HEALTH_CHECK_PATH",
+                "/a b",
+                "proxy.health_check.path",
+            ),
+            ("WXEDGE_HEALTH_CHECK_TIMEOUT_MS", "0", "timeout_ms"),
+            ("WXEDGE_HEALTH_CHECK_FAILS", "0", "fails and passes"),
+            ("WXEDGE_HEALTH_CHECK_PASSES", "0", "fails and passes"),
+            (
+                "WXEDGE_HEALTH_CHECK_INTERVAL_MS",
+                "soon",
+                "WXEDGE_HEALTH_CHECK_INTERVAL_MS",
+            ),
+        ] {
+            let e = load(None, &env(&[("WXEDGE_DIST", d), (k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{k}={v}: {e}");
+        }
+        // Off: nothing else about them matters.
+        let off = env(&[
+            ("WXEDGE_DIST", d),
+            ("WXEDGE_HEALTH_CHECK_INTERVAL_MS", "0"),
+            ("WXEDGE_HEALTH_CHECK_FAILS", "0"),
+        ]);
+        assert_eq!(
+            load(None, &off)
+                .unwrap()
+                .settings
+                .proxy
+                .health_check
+                .interval_ms,
+            0
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ fn readiness(site: &SiteState) -> (bool, serde_json::Value) {
         "compress_cache": cache,
         "backends_total": site.upstreams.len(),
         "backends_healthy": site.upstreams.healthy_count(),
+        "backends": site.upstreams.report(),
     });
     (dist && backends, body)
 }

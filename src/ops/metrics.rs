@@ -1,12 +1,13 @@
 //! Prometheus metrics, one registry for the process, served on the metrics listener.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rustc_hash::FxHashMap;
 
@@ -50,6 +51,11 @@ pub struct Metrics {
     pub revoked_sessions_refused: IntCounter,
     /// Compression cache look-ups and writes by result (hit, miss, written, write_error).
     pub compress_cache: IntCounterVec,
+    /// 1 while a backend is in the rotation (active checks passing, no refused connection
+    /// being waited out), else 0; set when scraped.
+    pub backend_healthy: IntGaugeVec,
+    /// Active health checks by backend and result (pass, fail).
+    pub backend_health_checks: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -104,6 +110,16 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(redis_duration.clone()))
+            .expect("unique metric name");
+        let backend_healthy = IntGaugeVec::new(
+            Opts::new(
+                "wxedge_backend_healthy",
+                "1 while the backend is in the rotation, else 0",
+            ),
+            &["backend"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(backend_healthy.clone()))
             .expect("unique metric name");
         Metrics {
             requests: counter_vec(
@@ -196,6 +212,13 @@ impl Metrics {
                 "wxedge_revoked_sessions_refused_total",
                 "Requests whose session had been revoked",
             ),
+            backend_health_checks: counter_vec(
+                &r,
+                "wxedge_backend_health_checks_total",
+                "Active backend health checks by result",
+                &["backend", "result"],
+            ),
+            backend_healthy,
             in_flight,
             connections,
             registry: r,
@@ -203,6 +226,10 @@ impl Metrics {
     }
 
     pub fn render(&self) -> Vec<u8> {
+        SCRAPE_HOOKS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|refresh| refresh());
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
@@ -210,6 +237,20 @@ impl Metrics {
 }
 
 pub static METRICS: Lazy<Metrics> = Lazy::new(Metrics::new);
+
+/// A gauge's owner, asked to set it before each scrape; `false` once the owner is gone.
+type ScrapeHook = Box<dyn Fn() -> bool + Send + Sync>;
+
+static SCRAPE_HOOKS: Lazy<Mutex<Vec<ScrapeHook>>> = Lazy::new(|| Mutex::new(Vec::new()));
+
+/// Set gauges from their source when scraped, for values that change with time rather than
+/// on an event (a backend marked down for `backend_retry_seconds` is back when that ends).
+pub fn refresh_on_scrape(hook: impl Fn() -> bool + Send + Sync + 'static) {
+    SCRAPE_HOOKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(hook));
+}
 
 /// The request counter for a (route, status) and the latency histogram for the route.
 type RequestHandles = (IntCounter, Histogram);
