@@ -7,12 +7,12 @@
 //! streams per connection.
 //!
 //! Each stream is checked (`request::h2::check`, or refused by Pingora's path exactly as
-//! before) and routed once; a whole dist file or its 304 is answered right here, from headers
-//! built at start-up, with no task and no proxy state machine; an API call with a known body
-//! length goes over the per-thread keep-alive pool (`proxy::forward`), in a task of its own;
-//! everything else is served by Pingora's path (`process_new_http`), with the record made
-//! here, so it behaves as before. The same decisions as HTTP/1's short path, from the same
-//! functions (`EdgeState::quick_static`, `upstream::write_head`, `EdgeState::h2_record`).
+//! before) and decided by the one decision (`crate::pipeline`): what needs no waiting right here
+//! (a whole dist file or its 304 from headers built at start-up, with no task and no proxy state
+//! machine), the rest in a task of its own, which writes the reply on the stream or sends an API
+//! call over the per-thread keep-alive pool (`proxy::forward`) with the one upstream builder.
+//! Bodies of unknown length are served by Pingora's path (`process_new_http`), which decides
+//! them with the same function.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,20 +2,20 @@
 //! HTTP/1.x request on it is read here, by the one parser (`crate::request`).
 //!
 //! For each request: read the head (within the header deadline), parse and validate it (or
-//! refuse it: 4xx/5xx and the connection closes), route it once (`crate::route`), read and
-//! decode its body (answering `Expect: 100-continue` first), then answer it:
-//! - on the short path, for nearly all of a WeChat H5 site's traffic: a whole dist file or its
-//!   304 from header lines serialized at start-up, or a plain API call forwarded over a
-//!   per-thread keep-alive pool (`proxy::forward`);
-//! - or through Pingora's answer path (`edge.rs`) for everything else (logins and callbacks,
-//!   `/_wxedge/*`, ranges, upgrades, errors with pages): the request is handed over already
-//!   validated, rewritten with the normalised target and a `Content-Length` body, and Pingora
-//!   cannot read past it (`handover`), so pipelined requests stay here.
+//! refuse it: 4xx/5xx and the connection closes), hand it to the one decision
+//! (`SiteState::decide`, `crate::pipeline`), read and decode its body (answering
+//! `Expect: 100-continue` first), then carry the plan out. This transport only writes:
+//! - replies: a whole dist file or its 304 from header lines serialized at start-up (large
+//!   bodies by `sendfile(2)`), any other reply (login pages, redirects, ranges, errors) with its
+//!   fields and body;
+//! - `Forward`: an API call over a per-thread keep-alive pool (`proxy::forward`), the request
+//!   built by the one upstream builder;
+//! - and what it hands to Pingora's path (`edge.rs`) with the plan: upgrades, HTTP/1.0 API calls,
+//!   and everything when `ops.short_path` is off. The request goes over already validated,
+//!   rewritten with the normalised target and a `Content-Length` body, and Pingora cannot read
+//!   past it (`handover`), so pipelined requests stay here.
 //!
-//! Both paths decide with the same modules (route, static files, auth, the upstream builder)
-//! and account with the same per-request record, so the short path changes how fast an answer
-//! is, never what it is. `ops.short_path: false` sends every request through Pingora's path.
-//! HTTP/2 connections (ALPN `h2`) get the same two paths per stream (`h2`).
+//! HTTP/2 connections (ALPN `h2`) are served by the same decision per stream (`h2`).
 
 mod h2;
 mod handover;
@@ -210,7 +210,8 @@ impl Front {
     }
 
     /// Who is at the other end and how it came in: the PROXY header, the TLS handshake; an
-    /// HTTP/2 connection is served to its end here, by Pingora's HTTP/2 server (`None`).
+    /// HTTP/2 connection is served to its end here (`None`): by `h2`, or by Pingora's HTTP/2
+    /// server when `ops.short_path` is off.
     async fn open(
         self: &Arc<Self>,
         stream: Stream,
