@@ -248,8 +248,7 @@ fn auth_request<'a>(req: &Incoming<'a>) -> AuthRequest<'a> {
         cookies: req.fields.all("cookie").collect(),
         host: req.host.and_then(|h| std::str::from_utf8(h).ok()),
         https,
-        accept: req.fields.text("accept"),
-        referer: req.fields.text("referer"),
+        fields: req.fields,
         request_id: req.request_id,
     }
 }

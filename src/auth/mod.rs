@@ -68,8 +68,9 @@ pub struct AuthRequest<'a> {
     /// The browser reached the site over HTTPS: an HTTPS listener, or a trusted load balancer
     /// said so in `X-Forwarded-Proto`.
     pub https: bool,
-    pub accept: Option<&'a str>,
-    pub referer: Option<&'a str>,
+    /// The request's header fields, for the few the login reads on some requests only
+    /// (`Accept` on a callback page, `Referer` for a 401's way back).
+    pub fields: crate::request::Fields<'a>,
     pub request_id: &'a str,
 }
 
@@ -406,7 +407,8 @@ impl Login {
         let last = path.rsplit('/').next().unwrap_or("");
         let page = !last.contains('.') || last.ends_with(".html");
         let html = req
-            .accept
+            .fields
+            .text("accept")
             .is_none_or(|a| a.contains("text/html") || a.contains("*/*"));
         page && html
     }
@@ -731,7 +733,8 @@ impl Login {
     fn unauthorized_body(&self, req: &AuthRequest, now: u64, out: &mut SetCookies) -> Bytes {
         // Back to the page that made the call, when the browser said which (same site only).
         let back = req
-            .referer
+            .fields
+            .text("referer")
             .and_then(|r| r.split_once("://").map(|(_, rest)| rest))
             .and_then(|rest| rest.find('/').map(|i| rest[i..].to_string()))
             .and_then(|p| safe_return_path(&p))

@@ -41,6 +41,12 @@ pub enum Fields<'r> {
     Map(&'r http::HeaderMap),
 }
 
+impl Default for Fields<'_> {
+    fn default() -> Self {
+        Fields::Lines(&[])
+    }
+}
+
 impl<'r> Fields<'r> {
     /// Every field as `(name, value)`, in order.
     pub fn iter(&self) -> FieldIter<'r> {
