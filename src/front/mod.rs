@@ -130,7 +130,7 @@ enum Turn {
     HandOff(Box<HandOff>),
 }
 
-/// A request for Pingora's path: its rewritten bytes and its record.
+/// A request for Pingora's path: its rewritten bytes, its record and its plan.
 struct HandOff {
     request: BytesMut,
     handed: Handed,
