@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use wxedge::config::StaticSettings;
-use wxedge::static_files::tree::{Body, Encoding};
+use wxedge::static_files::model::{Body, Encoding};
 use wxedge::static_files::{Answer, Conditions, Piece, StaticSite};
 
 /// (URL path, size). `text.txt` gets gzip and br variants; `disk.bin` is served from disk.

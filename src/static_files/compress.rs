@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::tree::Encoding;
+use super::model::Encoding;
 
 /// The encoder and its settings: part of every cache entry's name, so a change of either (bump
 /// it) never reuses results made the old way.

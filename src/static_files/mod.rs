@@ -3,6 +3,7 @@
 
 pub mod acme;
 pub mod compress;
+pub mod model;
 pub mod path;
 pub mod pieces;
 pub mod precompress;
@@ -10,13 +11,14 @@ pub mod respond;
 pub mod tree;
 
 use crate::config::StaticSettings;
+pub use model::Encoding;
 pub use path::PathRefusal;
 pub use respond::{Conditions, Piece, Plan, Quick};
-pub use tree::{Encoding, LoadError, Tree};
+pub use tree::{LoadError, Tree};
 
 /// Where a request path leads, before any header but `Accept` is looked at.
 enum Resolved<'a> {
-    File(&'a tree::StaticFile),
+    File(&'a model::StaticFile),
     Redirect(String),
     Error(u16, &'static str),
 }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::compress::{self, Digest, Entry, Manifest, TwinCheck};
-use super::tree::{self, content_type_for, is_compressible, DistFile, Encoding};
+use super::model::Encoding;
+use super::tree::{self, content_type_for, is_compressible, DistFile};
 use crate::config::StaticSettings;
 
 /// What became of one twin name.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use super::tree::{Body, Encoding, StaticFile, Variant};
+use super::model::{Body, Encoding, Prebuilt, StaticFile, Variant};
 
 /// A piece of the response body.
 #[derive(Debug, Clone)]
@@ -87,80 +87,6 @@ pub struct Quick<'a> {
     /// The same bytes in a memory file, for `sendfile(2)` (large bodies only).
     pub body_file: Option<&'a std::fs::File>,
     pub encoding: Encoding,
-}
-
-/// Header lines of the two answers every variant gets most (built by [`prebuild`]).
-#[derive(Debug, Clone, Default)]
-pub struct Prebuilt {
-    ok: Bytes,
-    not_modified: Bytes,
-    ok_map: HeaderMap,
-    not_modified_map: HeaderMap,
-}
-
-/// Bodies at least this large are also kept in a memory file, so the front door can hand them
-/// to the kernel with `sendfile(2)` like nginx does, instead of copying them through a write.
-pub const SENDFILE_MIN_BYTES: u64 = 16 * 1024;
-
-/// A copy of a memory body in an unnamed file, for `sendfile(2)` (bodies of
-/// [`SENDFILE_MIN_BYTES`] and more). Made by the background work after the listener opens, not
-/// at load: writing a 100 MB dist's copies took longer than reading it. Until it exists the
-/// body is written from memory. Clones share it, so a file's identity keeps its one copy when
-/// compressed variants are added.
-#[derive(Debug, Clone, Default)]
-pub struct SendFile(std::sync::Arc<std::sync::OnceLock<std::fs::File>>);
-
-impl SendFile {
-    pub fn get(&self) -> Option<&std::fs::File> {
-        self.0.get()
-    }
-
-    /// Makes the copy of `variant`'s body when it is large, in memory and has none yet.
-    pub fn make(variant: &Variant) {
-        match &variant.body {
-            Body::Memory(b)
-                if variant.len >= SENDFILE_MIN_BYTES && variant.sendfile.get().is_none() =>
-            {
-                if let Some(file) = memory_file(b) {
-                    let _ = variant.sendfile.0.set(file);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// An unnamed file holding `data`: `O_TMPFILE` in the temporary directory (its page cache uses
-/// large folios where the file system has them, which made `sendfile` of a 60 KB asset ~15 %
-/// cheaper than from shmem), else a `memfd`.
-#[cfg(target_os = "linux")]
-fn memory_file(data: &[u8]) -> Option<std::fs::File> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let dir = std::ffi::CString::new(std::env::temp_dir().as_os_str().as_bytes()).ok()?;
-    // SAFETY: NUL-terminated path and name; a valid fd is owned by the File from here on.
-    let mut fd = unsafe {
-        libc::open(
-            dir.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd < 0 {
-        fd = unsafe { libc::memfd_create(c"wxedge-static".as_ptr(), libc::MFD_CLOEXEC) };
-    }
-    if fd < 0 {
-        return None;
-    }
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    file.write_all(data).ok()?;
-    Some(file)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn memory_file(_data: &[u8]) -> Option<std::fs::File> {
-    None
 }
 
 fn q_value(params: &str) -> f32 {
@@ -521,7 +447,6 @@ pub fn plan(file: &StaticFile, c: &Conditions, head: bool) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::static_files::tree::Variant;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn file(content: &'static [u8], gz: Option<&'static [u8]>) -> StaticFile {

@@ -11,88 +11,13 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use super::compress::{self, Cache, Cached, Digest, Manifest, TwinCheck};
+use super::model::{Body, Encoded, Encoding, SendFile, StaticFile, Variant};
+use super::respond;
 use crate::config::{CacheRule, StaticSettings};
 
-/// Where a variant's bytes live.
-#[derive(Debug, Clone)]
-pub enum Body {
-    Memory(Bytes),
-    /// Too large for the memory budget: read per request (path checked to be inside the root).
-    Disk(PathBuf),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Encoding {
-    Identity,
-    Gzip,
-    Brotli,
-}
-
-impl Encoding {
-    pub fn token(self) -> &'static str {
-        match self {
-            Encoding::Identity => "identity",
-            Encoding::Gzip => "gzip",
-            Encoding::Brotli => "br",
-        }
-    }
-}
-
-/// One representation of a file.
-#[derive(Debug, Clone)]
-pub struct Variant {
-    pub encoding: Encoding,
-    pub body: Body,
-    pub len: u64,
-    /// Quoted strong ETag, distinct per encoding.
-    pub etag: HeaderValue,
-    /// Large memory bodies' copy for `sendfile(2)`, made in the background.
-    pub sendfile: super::respond::SendFile,
-}
-
-#[derive(Debug)]
-pub struct StaticFile {
-    pub content_type: HeaderValue,
-    pub cache_control: HeaderValue,
-    /// Truncated to whole seconds, as HTTP dates are.
-    pub modified: SystemTime,
-    pub last_modified: HeaderValue,
-    /// Whether the file has (or will have, once compressed) encoded variants: answers carry
-    /// `Vary: Accept-Encoding` from the start, so they do not change when the variants arrive.
-    pub vary: bool,
-    /// What the file is served with from the start: identity first, then the twins the build
-    /// shipped, smallest first; and their serialized header lines, same order.
-    loaded: Encoded,
-    /// The same plus the variants compressed in the background, once they are made.
-    compressed: OnceLock<Encoded>,
-}
-
-/// A file's variants with their prebuilt header lines.
-#[derive(Debug, Default)]
-struct Encoded {
-    variants: Vec<Variant>,
-    prebuilt: Vec<super::respond::Prebuilt>,
-}
-
+/// Built at load time: the header lines are prebuilt here (with [`respond::prebuild`]), so the
+/// model needs nothing from answering.
 impl StaticFile {
-    /// Identity first; then encoded variants, smallest first.
-    pub fn variants(&self) -> &[Variant] {
-        &self.current().variants
-    }
-    /// Serialized header lines per variant (same order as [`Self::variants`]).
-    pub fn prebuilt(&self) -> &[super::respond::Prebuilt] {
-        &self.current().prebuilt
-    }
-    fn current(&self) -> &Encoded {
-        self.compressed.get().unwrap_or(&self.loaded)
-    }
-    pub fn identity(&self) -> &Variant {
-        &self.variants()[0]
-    }
-    pub fn has_encodings(&self) -> bool {
-        self.vary
-    }
-
     /// A file served with these variants (identity first), headers prebuilt.
     pub fn new(
         content_type: HeaderValue,
@@ -111,7 +36,7 @@ impl StaticFile {
             loaded: Encoded::default(),
             compressed: OnceLock::new(),
         };
-        let prebuilt = super::respond::prebuild(&file, &variants);
+        let prebuilt = respond::prebuild(&file, &variants);
         file.loaded = Encoded { variants, prebuilt };
         file
     }
@@ -121,7 +46,7 @@ impl StaticFile {
         let mut variants = self.loaded.variants.clone();
         variants.extend(made);
         variants[1..].sort_by_key(|v| v.len);
-        let prebuilt = super::respond::prebuild(self, &variants);
+        let prebuilt = respond::prebuild(self, &variants);
         let _ = self.compressed.set(Encoded { variants, prebuilt });
     }
 }
@@ -171,12 +96,10 @@ impl Tree {
     }
 
     /// Give every large body in memory its copy for `sendfile(2)` (see
-    /// [`super::respond::SendFile`]): the first background work after the listener opens.
+    /// [`SendFile`]): the first background work after the listener opens.
     pub fn make_sendfile_copies(&self) {
         for file in self.files.values() {
-            file.variants()
-                .iter()
-                .for_each(super::respond::SendFile::make);
+            file.variants().iter().for_each(SendFile::make);
         }
     }
 
@@ -208,9 +131,7 @@ impl Tree {
             if let Some(file) = self.files.get(&p.clean) {
                 if !made.is_empty() {
                     file.add_compressed(made);
-                    file.variants()
-                        .iter()
-                        .for_each(super::respond::SendFile::make);
+                    file.variants().iter().for_each(SendFile::make);
                 }
             }
             self.compressed_files.fetch_add(1, Ordering::Relaxed);
