@@ -7,15 +7,16 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cookie::{Cookie, CookieJar, Key};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::cookies;
-use super::keys::SessionKeys;
+use super::keys::{open_value, seal_value, SessionKeys};
 
 pub const DEFAULT_COOKIE_NAME: &str = "wxedge_session";
 pub const DEFAULT_LOGIN_COOKIE_NAME: &str = "wxedge_login";
+/// The login relay's cookie (see `login.rs`), named here because the codec strips it too.
+pub(crate) const RELAY_COOKIE_NAME: &str = "wxedge_relay";
 
 /// Longest cookie value we try to open (a sealed session is ~0.3–2.4 KB).
 pub(crate) const MAX_COOKIE_VALUE: usize = 4096;
@@ -243,7 +244,7 @@ impl SessionCodec {
         cookies::without(headers, |name| {
             name == self.cookie_name
                 || name == self.login_cookie_name
-                || name == super::login::RELAY_COOKIE_NAME
+                || name == RELAY_COOKIE_NAME
                 || also.contains(&name)
         })
     }
@@ -299,27 +300,6 @@ pub(crate) fn cookie_values<'a, S: AsRef<[u8]>>(headers: &'a [S], name: &'a str)
         .filter(|v| !v.is_empty() && v.len() <= MAX_COOKIE_VALUE)
         .take(MAX_CANDIDATES)
         .collect()
-}
-
-/// AES-256-GCM seal of `plaintext` under the cookie `name` (private jar format:
-/// base64(nonce ‖ ciphertext ‖ tag)).
-pub(crate) fn seal_value(key: &Key, name: &str, plaintext: &str) -> String {
-    let mut jar = CookieJar::new();
-    jar.private_mut(key)
-        .add(Cookie::new(name.to_string(), plaintext.to_string()));
-    jar.get(name)
-        .map(|c| c.value().to_string())
-        .unwrap_or_default()
-}
-
-/// Opens a value sealed by [`seal_value`] under any of `keys`.
-pub(crate) fn open_value(keys: &[Key], name: &str, value: &str) -> Option<String> {
-    let jar = CookieJar::new();
-    keys.iter().find_map(|k| {
-        jar.private(k)
-            .decrypt(Cookie::new(name.to_string(), value.to_string()))
-            .map(|c| c.value().to_string())
-    })
 }
 
 pub(crate) fn cap_identity(id: &Identity) -> Identity {

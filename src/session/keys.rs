@@ -1,6 +1,8 @@
 //! Session keys: operator secrets → `cookie::Key`s. The first key seals, every key opens.
+//! Sealing and opening themselves (AES-256-GCM) are here too, for every sealed value: the
+//! session and login cookies (`codec.rs`, `login.rs`) and relay tickets (`ticket.rs`).
 
-use cookie::Key;
+use cookie::{Cookie, CookieJar, Key};
 
 /// Minimum length of an operator secret, in bytes (after trimming surrounding whitespace).
 pub const MIN_SECRET_LEN: usize = 32;
@@ -79,13 +81,34 @@ impl SessionKeys {
     /// as associated data, so a value sealed for one purpose never opens as another, nor as a
     /// cookie: purposes contain a `.`, which cookie names here cannot).
     pub(crate) fn seal(&self, purpose: &str, plaintext: &str) -> String {
-        super::codec::seal_value(self.sealing(), purpose, plaintext)
+        seal_value(self.sealing(), purpose, plaintext)
     }
 
     /// Opens what [`seal`](Self::seal) made, under any of the keys.
     pub(crate) fn open(&self, purpose: &str, value: &str) -> Option<String> {
-        super::codec::open_value(self.all(), purpose, value)
+        open_value(self.all(), purpose, value)
     }
+}
+
+/// AES-256-GCM seal of `plaintext` under the cookie `name` (private jar format:
+/// base64(nonce ‖ ciphertext ‖ tag)).
+pub(crate) fn seal_value(key: &Key, name: &str, plaintext: &str) -> String {
+    let mut jar = CookieJar::new();
+    jar.private_mut(key)
+        .add(Cookie::new(name.to_string(), plaintext.to_string()));
+    jar.get(name)
+        .map(|c| c.value().to_string())
+        .unwrap_or_default()
+}
+
+/// Opens a value sealed by [`seal_value`] under any of `keys`.
+pub(crate) fn open_value(keys: &[Key], name: &str, value: &str) -> Option<String> {
+    let jar = CookieJar::new();
+    keys.iter().find_map(|k| {
+        jar.private(k)
+            .decrypt(Cookie::new(name.to_string(), value.to_string()))
+            .map(|c| c.value().to_string())
+    })
 }
 
 /// Splits a configured key list (env var or key file) into secrets: one per line or

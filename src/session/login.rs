@@ -13,7 +13,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::codec::{cookie_values, open_value, seal_value, SessionCodec};
+use super::codec::{cookie_values, SessionCodec, RELAY_COOKIE_NAME};
+use super::keys::{open_value, seal_value};
 use super::{ct_eq, random_hex, safe_return_path};
 
 /// Life of the login nonce cookie, in seconds.
@@ -22,7 +23,6 @@ pub const LOGIN_TTL_SECS: u64 = 600;
 const STATE_PREFIX: &str = "wxe1";
 const RELAY_STATE_PREFIX: &str = "wxr1";
 const STATE_HEX_LEN: usize = 32;
-pub(crate) const RELAY_COOKIE_NAME: &str = "wxedge_relay";
 
 /// What a nonce cookie seals: the state, its expiry, and what the flow must remember.
 #[derive(Serialize, Deserialize)]

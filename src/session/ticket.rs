@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::codec::{cap_identity, open_value, seal_value, Identity, MAX_COOKIE_VALUE};
+use super::codec::{cap_identity, Identity, MAX_COOKIE_VALUE};
+use super::keys::{open_value, seal_value};
 use super::{ct_eq, random_hex, Origin, SessionKeys};
 
 /// A ticket's life, in seconds: a redirect's worth.
