@@ -7,7 +7,7 @@ use pingora::server::Server;
 
 use crate::auth::Auth;
 use crate::config::{self, Config, ProcessEnv};
-use crate::ops::metrics::MetricsEndpoint;
+use crate::ops::metrics_listener::MetricsEndpoint;
 use crate::site::Site;
 use crate::static_files::StaticSite;
 

@@ -1,4 +1,5 @@
-//! Prometheus metrics, one registry for the process, served on the metrics listener.
+//! Prometheus metrics, one registry for the process, served on the metrics listener
+//! (`metrics_listener.rs`).
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -324,75 +325,6 @@ pub fn status_label(s: u16) -> &'static str {
         s if s < 400 => "3xx",
         s if s < 500 => "4xx",
         _ => "5xx",
-    }
-}
-
-/// The metrics listener: `GET /metrics` in Prometheus text format, and (private like it)
-/// `POST /admin/revoke?openid=…`.
-pub struct MetricsEndpoint {
-    /// The public listeners' ports, for `wxedge_active_connections`.
-    pub public_ports: Vec<u16>,
-    /// Session revocation for `/admin/revoke` (with `redis_url`).
-    pub revocations: Option<std::sync::Arc<crate::shared::Revocations>>,
-}
-
-#[async_trait::async_trait]
-impl pingora_proxy::ProxyHttp for MetricsEndpoint {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn request_filter(
-        &self,
-        session: &mut pingora_proxy::Session,
-        _ctx: &mut (),
-    ) -> pingora::Result<bool> {
-        let path = session.req_header().uri.path();
-        if path == "/admin/revoke" {
-            let method = session.req_header().method.as_str().to_string();
-            let query = session.req_header().uri.query().map(str::to_string);
-            let (status, body) =
-                crate::shared::admin_revoke(self.revocations.as_deref(), &method, query.as_deref())
-                    .await;
-            let mut resp = pingora::http::ResponseHeader::build(status, Some(3))?;
-            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-            resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-            session.write_response_header(Box::new(resp), false).await?;
-            session
-                .write_response_body(Some(bytes::Bytes::from(body)), true)
-                .await?;
-            return Ok(true);
-        }
-        let (status, body) = if path == "/metrics" {
-            if let Some(n) = established_connections(&self.public_ports) {
-                METRICS.connections.set(n);
-            }
-            (200, METRICS.render())
-        } else {
-            (404, b"not found\n".to_vec())
-        };
-        let mut resp = pingora::http::ResponseHeader::build(status, Some(3))?;
-        resp.insert_header(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(bytes::Bytes::from(body)), true)
-            .await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut pingora_proxy::Session,
-        _ctx: &mut (),
-    ) -> pingora::Result<Box<pingora::upstreams::peer::HttpPeer>> {
-        pingora::Error::e_explain(
-            pingora::ErrorType::HTTPStatus(404),
-            "the metrics listener proxies nothing",
-        )
     }
 }
 

@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod metrics_listener;
 pub mod record;
 pub mod request_id;
 pub mod supervisor;

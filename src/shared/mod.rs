@@ -16,5 +16,5 @@ pub mod tickets;
 
 pub use client::Redis;
 pub use codes::RedisCodeCache;
-pub use revocation::{admin_revoke, Revocations};
+pub use revocation::Revocations;
 pub use tickets::RedisSpentTickets;

@@ -169,61 +169,6 @@ impl Revocations {
     }
 }
 
-/// The private listener's `POST /admin/revoke?openid=…`: revoke every session of an openid.
-/// Returns the status and a JSON body.
-pub async fn admin_revoke(
-    revocations: Option<&Revocations>,
-    method: &str,
-    query: Option<&str>,
-) -> (u16, String) {
-    let error = |status: u16, code: &str, message: &str| {
-        (
-            status,
-            serde_json::json!({ "error": code, "message": message }).to_string(),
-        )
-    };
-    if method != "POST" {
-        return error(
-            405,
-            "method_not_allowed",
-            "POST /admin/revoke?openid=OPENID",
-        );
-    }
-    let Some(revocations) = revocations else {
-        return error(
-            409,
-            "no_shared_state",
-            "revoking sessions needs redis_url (WXEDGE_REDIS_URL); without it a session stays valid until it expires",
-        );
-    };
-    let openid = crate::auth::query_param(query, "openid").unwrap_or_default();
-    if !valid_openid(&openid) {
-        return error(
-            400,
-            "bad_openid",
-            "openid: 1 to 128 letters, digits, - or _",
-        );
-    }
-    match revocations.revoke_openid(&openid).await {
-        Ok(at) => {
-            log::info!("admin: every session of openid {openid} issued up to {at} is revoked");
-            (
-                200,
-                serde_json::json!({ "revoked": true, "openid": openid, "issued_up_to": at })
-                    .to_string(),
-            )
-        }
-        Err(t) => error(
-            503,
-            "redis_unavailable",
-            &format!(
-                "Redis did not take the revocation ({}): try again",
-                t.label()
-            ),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,22 +179,6 @@ mod tests {
         for bad in ["", "a b", "a/b", "a*", "ö", &"a".repeat(129)] {
             assert!(!valid_openid(bad), "{bad}");
         }
-    }
-
-    #[tokio::test]
-    async fn admin_answers_without_redis_and_for_bad_input() {
-        let (s, b) = admin_revoke(None, "POST", Some("openid=o1")).await;
-        assert_eq!(s, 409, "{b}");
-        assert!(b.contains("redis_url"));
-        let (s, _) = admin_revoke(None, "GET", Some("openid=o1")).await;
-        assert_eq!(s, 405);
-        let redis = Arc::new(Redis::new("redis://127.0.0.1:1", Duration::from_millis(20)).unwrap());
-        let r = Revocations::new(redis, Duration::from_secs(60));
-        let (s, b) = admin_revoke(Some(&r), "POST", Some("openid=a%20b")).await;
-        assert_eq!(s, 400, "{b}");
-        // Redis unreachable: a clear 503, no hang.
-        let (s, b) = admin_revoke(Some(&r), "POST", Some("openid=o1")).await;
-        assert_eq!(s, 503, "{b}");
     }
 
     #[tokio::test]
