@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{CacheRule, ConfigError, Settings};
+use super::settings::{CacheRule, ConfigError, Settings};
 
 /// Where variables come from: the process in production, a map in tests.
 pub trait EnvSource {
