@@ -283,6 +283,39 @@ fn validate(
     settings: Settings,
     source: String,
 ) -> Result<Config, ConfigError> {
+    // One step per part of the file, in this order: the first problem found is the one reported.
+    let listeners = validate_listeners(&settings)?;
+    validate_paths(&settings)?;
+    let backends = validate_proxy(&settings.proxy)?;
+    let (metrics_listen, compat_listen) = validate_ops(&settings)?;
+    validate_wechat(&settings.wechat)?;
+    validate_session(&settings.session)?;
+    validate_limits(&settings)?;
+    Ok(Config {
+        server,
+        settings,
+        listen: listeners.listen,
+        listen_proxy_protocol: listeners.listen_proxy_protocol,
+        https: listeners.https,
+        redirect_listen: listeners.redirect_listen,
+        trusted_proxies: listeners.trusted_proxies,
+        backends,
+        metrics_listen,
+        compat_listen,
+        source,
+    })
+}
+
+/// The public listeners (plain, PROXY protocol, HTTPS, redirect) and who may send PROXY headers.
+struct Listeners {
+    listen: Vec<SocketAddr>,
+    listen_proxy_protocol: Vec<SocketAddr>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    https: Option<Https>,
+    redirect_listen: Vec<SocketAddr>,
+}
+
+fn validate_listeners(settings: &Settings) -> Result<Listeners, ConfigError> {
     if settings.listen.is_empty() {
         return err("listen: at least one address is needed");
     }
@@ -296,24 +329,7 @@ fn validate(
         .iter()
         .map(|l| parse_listen(l, "listen_proxy_protocol"))
         .collect::<Result<Vec<_>, _>>()?;
-    let trusted_proxies = settings
-        .real_ip
-        .trusted
-        .iter()
-        .map(|t| {
-            t.parse::<ipnet::IpNet>()
-                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| {
-                    ConfigError(format!(
-                        "real_ip.trusted: `{t}` is not an address or CIDR (10.0.0.0/8, 192.0.2.7)"
-                    ))
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let header = settings.real_ip.header.to_ascii_lowercase();
-    if header != "x-forwarded-for" && header != "x-real-ip" {
-        return err("real_ip.header: X-Forwarded-For or X-Real-IP");
-    }
+    let trusted_proxies = parse_trusted(&settings.real_ip)?;
     if !listen_proxy_protocol.is_empty() && trusted_proxies.is_empty() {
         return err("listen_proxy_protocol: real_ip.trusted must list the load balancers that send the PROXY headers");
     }
@@ -330,6 +346,39 @@ fn validate(
     {
         return err("tls.listen_proxy_protocol: real_ip.trusted must list the load balancers that send the PROXY headers");
     }
+    Ok(Listeners {
+        listen,
+        listen_proxy_protocol,
+        trusted_proxies,
+        https,
+        redirect_listen,
+    })
+}
+
+/// `real_ip.trusted` as networks; and the header they set must be one the edge reads.
+fn parse_trusted(real_ip: &RealIpSettings) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let trusted_proxies = real_ip
+        .trusted
+        .iter()
+        .map(|t| {
+            t.parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError(format!(
+                        "real_ip.trusted: `{t}` is not an address or CIDR (10.0.0.0/8, 192.0.2.7)"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let header = real_ip.header.to_ascii_lowercase();
+    if header != "x-forwarded-for" && header != "x-real-ip" {
+        return err("real_ip.header: X-Forwarded-For or X-Real-IP");
+    }
+    Ok(trusted_proxies)
+}
+
+/// What is served from where: the dist folder, verify tokens, proxy prefixes, cache rules.
+fn validate_paths(settings: &Settings) -> Result<(), ConfigError> {
     if !settings.dist.is_dir() {
         return err(format!(
             "dist: {} is not a directory",
@@ -362,21 +411,32 @@ fn validate(
             ))
         })?;
     }
-    if !settings.proxy.host.is_empty() {
-        http::HeaderValue::from_str(&settings.proxy.host).or_else(|_| {
+    Ok(())
+}
+
+/// The upstream `Host`, the backends (parsed) and their health checks.
+fn validate_proxy(proxy: &ProxySettings) -> Result<Vec<BackendAddr>, ConfigError> {
+    if !proxy.host.is_empty() {
+        http::HeaderValue::from_str(&proxy.host).or_else(|_| {
             err(format!(
                 "proxy.host: `{}` is not a header value",
-                settings.proxy.host
+                proxy.host
             ))
         })?;
     }
-    let backends = settings
-        .proxy
+    let backends = proxy
         .backends
         .iter()
         .map(|b| parse_backend(b))
         .collect::<Result<Vec<_>, _>>()?;
-    validate_health_check(&settings.proxy.health_check)?;
+    validate_health_check(&proxy.health_check)?;
+    Ok(backends)
+}
+
+/// The access log's format and the private listeners (metrics, the WeChat compat endpoint).
+fn validate_ops(
+    settings: &Settings,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ConfigError> {
     if !matches!(
         settings.ops.access_log.as_str(),
         "combined" | "json" | "off"
@@ -394,27 +454,29 @@ fn validate(
         "" => None,
         s => Some(parse_listen(s, "wechat.compat_listen")?),
     };
-    if !matches!(
-        settings.wechat.scope.as_str(),
-        "snsapi_base" | "snsapi_userinfo"
-    ) {
+    Ok((metrics_listen, compat_listen))
+}
+
+fn validate_wechat(wechat: &WechatSettings) -> Result<(), ConfigError> {
+    if !matches!(wechat.scope.as_str(), "snsapi_base" | "snsapi_userinfo") {
         return err(format!(
             "wechat.scope: `{}` must be snsapi_base or snsapi_userinfo",
-            settings.wechat.scope
+            wechat.scope
         ));
     }
-    for base in [
-        &settings.wechat.api_base,
-        &settings.wechat.open_base,
-        &settings.wechat.public_url,
-    ] {
+    for base in [&wechat.api_base, &wechat.open_base, &wechat.public_url] {
         if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
             return err(format!(
                 "wechat: `{base}` must be an http:// or https:// URL"
             ));
         }
     }
-    let h = &settings.session.identity_headers;
+    Ok(())
+}
+
+/// The identity headers' names and the session cookie's.
+fn validate_session(session: &SessionSettings) -> Result<(), ConfigError> {
+    let h = &session.identity_headers;
     for name in [
         &h.openid,
         &h.unionid,
@@ -429,15 +491,19 @@ fn validate(
             ))
         })?;
     }
-    if settings.session.cookie_name.is_empty()
-        || !settings
-            .session
+    if session.cookie_name.is_empty()
+        || !session
             .cookie_name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         return err("session.cookie_name: letters, digits, _ and - only");
     }
+    Ok(())
+}
+
+/// The client limits: the head's size, and timeouts that must not be 0.
+fn validate_limits(settings: &Settings) -> Result<(), ConfigError> {
     if settings.ops.max_header_bytes < 1024 {
         return err("ops.max_header_bytes: at least 1024");
     }
@@ -461,19 +527,7 @@ fn validate(
             return Err(ConfigError(format!("{key}: must be more than 0")));
         }
     }
-    Ok(Config {
-        server,
-        settings,
-        listen,
-        listen_proxy_protocol,
-        https,
-        redirect_listen,
-        trusted_proxies,
-        backends,
-        metrics_listen,
-        compat_listen,
-        source,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
