@@ -9,7 +9,7 @@ use crate::auth::Auth;
 use crate::config::{self, Config, ProcessEnv};
 use crate::ops::metrics_listener::MetricsEndpoint;
 use crate::site::Site;
-use crate::static_files::StaticSite;
+use crate::static_files::{StaticSite, Tree};
 
 /// Pingora's own flags (`-c`, `-t`, `-d`, `-u`) plus wxedge's subcommands.
 #[derive(Parser, Debug)]
@@ -69,7 +69,6 @@ fn init_logging() {
 
 /// One-line summary of what will be served: for `-t` and the start-up log.
 fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
-    let t = &site.tree;
     let mut lines = vec![
         format!("config: {}", config.source),
         format!(
@@ -81,20 +80,43 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        format!(
-            "dist: {} ({} files, {} KiB in memory, {} on disk, read in {} ms, index.html {})",
-            config.settings.dist.display(),
-            t.files.len(),
-            t.memory_bytes.load(std::sync::atomic::Ordering::Relaxed) / 1024,
-            t.disk_files,
-            t.load_time.as_millis(),
-            if site.has_index() {
-                "present"
-            } else {
-                "MISSING"
-            }
-        ),
+        describe_dist(config, site),
     ];
+    describe_https(config, &mut lines);
+    describe_static_work(&site.tree, &mut lines);
+    describe_proxy(config, &mut lines);
+    lines.extend(auth.describe());
+    if let Some(m) = config.metrics_listen {
+        lines.push(format!("metrics: http://{m}/metrics"));
+    }
+    if let Some(c) = config.compat_listen {
+        lines.push(format!(
+            "wechat-compatible code exchange for backends: http://{c}/sns/oauth2/access_token"
+        ));
+    }
+    lines
+}
+
+/// The dist as loaded: files, memory, disk, load time, and whether index.html is there.
+fn describe_dist(config: &Config, site: &StaticSite) -> String {
+    let t = &site.tree;
+    format!(
+        "dist: {} ({} files, {} KiB in memory, {} on disk, read in {} ms, index.html {})",
+        config.settings.dist.display(),
+        t.files.len(),
+        t.memory_bytes.load(std::sync::atomic::Ordering::Relaxed) / 1024,
+        t.disk_files,
+        t.load_time.as_millis(),
+        if site.has_index() {
+            "present"
+        } else {
+            "MISSING"
+        }
+    )
+}
+
+/// The HTTPS listeners and their certificates, and the redirect-to-HTTPS listeners.
+fn describe_https(config: &Config, lines: &mut Vec<String>) {
     if let Some(h) = &config.https {
         let addrs: Vec<String> = h
             .listen
@@ -141,6 +163,10 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
             addrs.join(", ")
         ));
     }
+}
+
+/// What the dist still gets in the background (compression), and the verify files served.
+fn describe_static_work(t: &Tree, lines: &mut Vec<String>) {
     let (_, to_compress) = t.compression_progress();
     if to_compress > 0 {
         lines.push(format!(
@@ -164,6 +190,10 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
     for (path, from) in &t.mp_verify {
         lines.push(format!("mp_verify: {path} (from {from})"));
     }
+}
+
+/// The proxied prefixes, their backends and the backends' health checks.
+fn describe_proxy(config: &Config, lines: &mut Vec<String>) {
     let backends: Vec<&str> = config
         .backends
         .iter()
@@ -192,16 +222,6 @@ fn describe(config: &Config, site: &StaticSite, auth: &Auth) -> Vec<String> {
             hc.passes
         ));
     }
-    lines.extend(auth.describe());
-    if let Some(m) = config.metrics_listen {
-        lines.push(format!("metrics: http://{m}/metrics"));
-    }
-    if let Some(c) = config.compat_listen {
-        lines.push(format!(
-            "wechat-compatible code exchange for backends: http://{c}/sns/oauth2/access_token"
-        ));
-    }
-    lines
 }
 
 fn healthcheck(config: &Config) -> i32 {
@@ -336,77 +356,17 @@ pub fn main(cli: Cli) -> i32 {
     {
         opt.conf = target.conf.clone().or(opt.conf);
     }
-    // `compress DIR` works on DIR whatever the configured dist (which may not exist at build time).
-    let env = DistOverride {
-        dist: match &cli.command {
-            Some(Command::Compress { dir: Some(d), .. }) => Some(d.display().to_string()),
-            _ => None,
-        },
-    };
-    let config = match config::load(opt.conf.as_deref(), &env) {
+    let config = match load_config(&opt, cli.command.as_ref()) {
         Ok(c) => c,
-        // As `nginx -s reload`: a config that does not load is not sent to the running edge.
-        Err(e) if matches!(cli.command, Some(Command::Reload { .. })) => {
-            eprintln!("wxedge reload: configuration error: {e} (the running edge was not touched)");
-            return 2;
-        }
-        Err(e) => {
-            eprintln!("wxedge: configuration error: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
-    use crate::ops::supervisor;
-    match cli.command {
-        Some(Command::Healthcheck) => return healthcheck(&config),
-        Some(Command::Compress { .. }) => return compress(&config),
-        Some(Command::Reload { .. }) => return supervisor::reload(&config.server.build()),
-        Some(Command::Supervise { daemon, .. }) => {
-            let conf = opt.conf.as_deref();
-            return supervisor::run(conf, &config.server.build(), daemon || opt.daemon);
-        }
-        // As PID 1 (a container's command) the edge supervises itself, or it could not reload.
-        None if std::process::id() == 1 && !(opt.test || opt.upgrade || opt.daemon) => {
-            return supervisor::run(opt.conf.as_deref(), &config.server.build(), false);
-        }
-        None => {}
+    if let Some(code) = run_command(cli.command.as_ref(), &opt, &config) {
+        return code;
     }
-    let site = match StaticSite::load(
-        &config.settings.dist,
-        &config.settings.static_files,
-        &config.settings.mp_verify,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("wxedge: {e}");
-            return 2;
-        }
+    let (site, auth, compat) = match load_parts(&config) {
+        Ok(parts) => parts,
+        Err(code) => return code,
     };
-    let auth = match Auth::from_config(&config) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("wxedge: configuration error: {e}");
-            return 2;
-        }
-    };
-    let compat = match config.compat_listen {
-        Some(addr) => match auth.compat_parts() {
-            Some(parts) => Some((addr, parts)),
-            None => {
-                eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
-                return 2;
-            }
-        },
-        None => None,
-    };
-    // The writer thread itself starts with the first line, in the process that serves.
-    if config.settings.ops.access_log != "off" {
-        let path = &config.settings.ops.access_log_path;
-        let path = (!path.is_empty()).then(|| std::path::Path::new(path));
-        if let Err(e) = crate::ops::access_log::init(path) {
-            eprintln!("wxedge: ops.access_log_path: {e}");
-            return 2;
-        }
-    }
     release_startup_memory();
     let (soft, hard) = crate::ops::limits::raise_open_files();
     let max_connections =
@@ -431,6 +391,114 @@ pub fn main(cli: Cli) -> i32 {
     let mut server = Server::new_with_opt_and_conf(opt, config.server.build());
     server.bootstrap();
     server.add_service(crate::ops::lifecycle::service(&server));
+    add_private_listeners(&mut server, &config, compat, &auth);
+    let edge = Site::new(&config, site, auth);
+    add_edge(&mut server, &config, edge);
+    server.run_forever();
+}
+
+/// The configuration, or the exit code after saying why it does not load.
+fn load_config(opt: &Opt, command: Option<&Command>) -> Result<Config, i32> {
+    // `compress DIR` works on DIR whatever the configured dist (which may not exist at build time).
+    let env = DistOverride {
+        dist: match command {
+            Some(Command::Compress { dir: Some(d), .. }) => Some(d.display().to_string()),
+            _ => None,
+        },
+    };
+    match config::load(opt.conf.as_deref(), &env) {
+        Ok(c) => Ok(c),
+        // As `nginx -s reload`: a config that does not load is not sent to the running edge.
+        Err(e) if matches!(command, Some(Command::Reload { .. })) => {
+            eprintln!("wxedge reload: configuration error: {e} (the running edge was not touched)");
+            Err(2)
+        }
+        Err(e) => {
+            eprintln!("wxedge: configuration error: {e}");
+            Err(2)
+        }
+    }
+}
+
+/// Carries out a subcommand (or supervision as PID 1) and returns its exit code; `None`: serve.
+fn run_command(command: Option<&Command>, opt: &Opt, config: &Config) -> Option<i32> {
+    use crate::ops::supervisor;
+    match command {
+        Some(Command::Healthcheck) => Some(healthcheck(config)),
+        Some(Command::Compress { .. }) => Some(compress(config)),
+        Some(Command::Reload { .. }) => Some(supervisor::reload(&config.server.build())),
+        Some(Command::Supervise { daemon, .. }) => {
+            let conf = opt.conf.as_deref();
+            Some(supervisor::run(
+                conf,
+                &config.server.build(),
+                *daemon || opt.daemon,
+            ))
+        }
+        // As PID 1 (a container's command) the edge supervises itself, or it could not reload.
+        None if std::process::id() == 1 && !(opt.test || opt.upgrade || opt.daemon) => Some(
+            supervisor::run(opt.conf.as_deref(), &config.server.build(), false),
+        ),
+        None => None,
+    }
+}
+
+/// The compat endpoint's address, and the exchanger and credentials it answers with.
+type CompatParts = (
+    std::net::SocketAddr,
+    (std::sync::Arc<crate::wechat::CodeExchanger>, String, String),
+);
+
+/// What serving needs beyond the configuration: the dist, the login, the compat endpoint's
+/// parts, and the access log opened; or the exit code after saying what failed.
+fn load_parts(config: &Config) -> Result<(StaticSite, Auth, Option<CompatParts>), i32> {
+    let site = match StaticSite::load(
+        &config.settings.dist,
+        &config.settings.static_files,
+        &config.settings.mp_verify,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wxedge: {e}");
+            return Err(2);
+        }
+    };
+    let auth = match Auth::from_config(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wxedge: configuration error: {e}");
+            return Err(2);
+        }
+    };
+    let compat = match config.compat_listen {
+        Some(addr) => match auth.compat_parts() {
+            Some(parts) => Some((addr, parts)),
+            None => {
+                eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
+                return Err(2);
+            }
+        },
+        None => None,
+    };
+    // The writer thread itself starts with the first line, in the process that serves.
+    if config.settings.ops.access_log != "off" {
+        let path = &config.settings.ops.access_log_path;
+        let path = (!path.is_empty()).then(|| std::path::Path::new(path));
+        if let Err(e) = crate::ops::access_log::init(path) {
+            eprintln!("wxedge: ops.access_log_path: {e}");
+            return Err(2);
+        }
+    }
+    Ok((site, auth, compat))
+}
+
+/// The WeChat-compatible code exchange and the metrics listener, when configured.
+fn add_private_listeners(
+    server: &mut Server,
+    config: &Config,
+    compat: Option<CompatParts>,
+    auth: &Auth,
+) {
     if let Some((addr, (exchanger, appid, secret))) = compat {
         let compat = crate::auth::compat::CompatEndpoint {
             exchanger,
@@ -457,7 +525,10 @@ pub fn main(cli: Cli) -> i32 {
         metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
     }
-    let edge = Site::new(&config, site, auth);
+}
+
+/// The site's background work (health checks, compression) and the public listeners.
+fn add_edge(server: &mut Server, config: &Config, edge: Site) {
     if let Some(checks) = edge.upstreams.health_check_service() {
         server.add_service(checks);
     }
@@ -478,5 +549,4 @@ pub fn main(cli: Cli) -> i32 {
         public.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     server.add_service(public);
-    server.run_forever();
 }
