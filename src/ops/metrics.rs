@@ -59,166 +59,189 @@ pub struct Metrics {
     pub backend_health_checks: IntCounterVec,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("unique metric name");
-    c
+/// A metric family as registered: name, help, label names.
+type Family = (&'static str, &'static str, &'static [&'static str]);
+
+// The families, in the order they are registered (the text output is sorted by name anyway).
+const LATENCY: Family = (
+    "wxedge_request_duration_seconds",
+    "Time from request to the last byte sent",
+    &["route"],
+);
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const IN_FLIGHT: Family = (
+    "wxedge_requests_in_flight",
+    "Requests being handled now",
+    &[],
+);
+const CONNECTIONS: Family = (
+    "wxedge_active_connections",
+    "Established client connections on the public listeners",
+    &[],
+);
+const REDIS_DURATION: Family = (
+    "wxedge_redis_duration_seconds",
+    "Redis operations, answered or not, by operation",
+    &["op"],
+);
+const REDIS_BUCKETS: [f64; 11] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+const BACKEND_HEALTHY: Family = (
+    "wxedge_backend_healthy",
+    "1 while the backend is in the rotation, else 0",
+    &["backend"],
+);
+const REQUESTS: Family = (
+    "wxedge_requests_total",
+    "Requests by route class and status",
+    &["route", "status"],
+);
+const STATIC_RESPONSES: Family = (
+    "wxedge_static_responses_total",
+    "Static answers by encoding",
+    &["encoding"],
+);
+const COMPRESS_CACHE: Family = (
+    "wxedge_compress_cache_total",
+    "Compression cache look-ups (hit, miss) and writes (written, write_error) per variant",
+    &["result"],
+);
+const WECHAT_EXCHANGES: Family = (
+    "wxedge_wechat_exchanges_total",
+    "Calls to WeChat's code exchange by result and errcode",
+    &["result", "errcode"],
+);
+const SINGLEFLIGHT_JOINS: Family = (
+    "wxedge_code_singleflight_joins_total",
+    "Requests that joined an in-flight exchange",
+    &[],
+);
+const CODE_CACHE_HITS: Family = (
+    "wxedge_code_cache_hits_total",
+    "Codes answered from the edge's cache",
+    &[],
+);
+const BACKEND_ERRORS: Family = (
+    "wxedge_backend_errors_total",
+    "Backend failures by kind",
+    &["kind"],
+);
+const RELAY_LOGINS: Family = (
+    "wxedge_relay_logins_total",
+    "Login relay outcomes by mode and result",
+    &["mode", "result"],
+);
+const TLS_HANDSHAKE_FAILURES: Family = (
+    "wxedge_tls_handshake_failures_total",
+    "TLS handshakes that failed or timed out",
+    &[],
+);
+const CONNECTIONS_REFUSED: Family = (
+    "wxedge_connections_refused_total",
+    "Client connections closed at once because max_connections were open",
+    &[],
+);
+const ACCESS_LOG_DROPPED: Family = (
+    "wxedge_access_log_dropped_lines_total",
+    "Access-log lines dropped because the log could not keep up",
+    &[],
+);
+const SHARED_CODE_HITS: Family = (
+    "wxedge_shared_code_cache_hits_total",
+    "Codes answered from the replicas' shared cache",
+    &[],
+);
+const SHARED_CODE_WAITS: Family = (
+    "wxedge_shared_code_waits_total",
+    "Codes whose outcome this replica waited for while another one redeemed them",
+    &[],
+);
+const SHARED_FALLBACKS: Family = (
+    "wxedge_shared_fallbacks_total",
+    "Requests that went on without the shared state because of Redis trouble",
+    &["what"],
+);
+const REDIS_ERRORS: Family = (
+    "wxedge_redis_errors_total",
+    "Failed Redis operations by operation and kind",
+    &["op", "kind"],
+);
+const REVOKED_SESSIONS_REFUSED: Family = (
+    "wxedge_revoked_sessions_refused_total",
+    "Requests whose session had been revoked",
+    &[],
+);
+const BACKEND_HEALTH_CHECKS: Family = (
+    "wxedge_backend_health_checks_total",
+    "Active backend health checks by result",
+    &["backend", "result"],
+);
+
+/// Registers `metric` in `r` and returns it (names are static: only a repeated one fails).
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: M) -> M {
+    r.register(Box::new(metric.clone()))
+        .expect("unique metric name");
+    metric
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+fn counter_vec(r: &Registry, (name, help, labels): Family) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    register(r, c)
+}
+
+fn counter(r: &Registry, (name, help, _): Family) -> IntCounter {
     let c = IntCounter::new(name, help).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("unique metric name");
-    c
+    register(r, c)
+}
+
+fn gauge(r: &Registry, (name, help, _): Family) -> IntGauge {
+    register(r, IntGauge::new(name, help).expect("static"))
+}
+
+fn gauge_vec(r: &Registry, (name, help, labels): Family) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    register(r, g)
+}
+
+fn histogram_vec(r: &Registry, (name, help, labels): Family, buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(
+        r,
+        HistogramVec::new(opts, labels).expect("static metric definition"),
+    )
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "wxedge_request_duration_seconds",
-                "Time from request to the last byte sent",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["route"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(latency.clone()))
-            .expect("unique metric name");
-        let in_flight = IntGauge::new("wxedge_requests_in_flight", "Requests being handled now")
-            .expect("static");
-        r.register(Box::new(in_flight.clone()))
-            .expect("unique metric name");
-        let connections = IntGauge::new(
-            "wxedge_active_connections",
-            "Established client connections on the public listeners",
-        )
-        .expect("static");
-        r.register(Box::new(connections.clone()))
-            .expect("unique metric name");
-        let redis_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "wxedge_redis_duration_seconds",
-                "Redis operations, answered or not, by operation",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-            ]),
-            &["op"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(redis_duration.clone()))
-            .expect("unique metric name");
-        let backend_healthy = IntGaugeVec::new(
-            Opts::new(
-                "wxedge_backend_healthy",
-                "1 while the backend is in the rotation, else 0",
-            ),
-            &["backend"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(backend_healthy.clone()))
-            .expect("unique metric name");
+        let latency = histogram_vec(&r, LATENCY, &LATENCY_BUCKETS);
+        let in_flight = gauge(&r, IN_FLIGHT);
+        let connections = gauge(&r, CONNECTIONS);
+        let redis_duration = histogram_vec(&r, REDIS_DURATION, &REDIS_BUCKETS);
+        let backend_healthy = gauge_vec(&r, BACKEND_HEALTHY);
         Metrics {
-            requests: counter_vec(
-                &r,
-                "wxedge_requests_total",
-                "Requests by route class and status",
-                &["route", "status"],
-            ),
+            requests: counter_vec(&r, REQUESTS),
             latency,
-            static_hits: counter_vec(
-                &r,
-                "wxedge_static_responses_total",
-                "Static answers by encoding",
-                &["encoding"],
-            ),
-            compress_cache: counter_vec(
-                &r,
-                "wxedge_compress_cache_total",
-                "Compression cache look-ups (hit, miss) and writes (written, write_error) per variant",
-                &["result"],
-            ),
-            wechat_exchanges: counter_vec(
-                &r,
-                "wxedge_wechat_exchanges_total",
-                "Calls to WeChat's code exchange by result and errcode",
-                &["result", "errcode"],
-            ),
-            singleflight_joins: counter(
-                &r,
-                "wxedge_code_singleflight_joins_total",
-                "Requests that joined an in-flight exchange",
-            ),
-            code_cache_hits: counter(
-                &r,
-                "wxedge_code_cache_hits_total",
-                "Codes answered from the edge's cache",
-            ),
-            backend_errors: counter_vec(
-                &r,
-                "wxedge_backend_errors_total",
-                "Backend failures by kind",
-                &["kind"],
-            ),
-            relay_logins: counter_vec(
-                &r,
-                "wxedge_relay_logins_total",
-                "Login relay outcomes by mode and result",
-                &["mode", "result"],
-            ),
-            tls_handshake_failures: counter(
-                &r,
-                "wxedge_tls_handshake_failures_total",
-                "TLS handshakes that failed or timed out",
-            ),
-            connections_refused: counter(
-                &r,
-                "wxedge_connections_refused_total",
-                "Client connections closed at once because max_connections were open",
-            ),
-            access_log_dropped: counter(
-                &r,
-                "wxedge_access_log_dropped_lines_total",
-                "Access-log lines dropped because the log could not keep up",
-            ),
-            shared_code_hits: counter(
-                &r,
-                "wxedge_shared_code_cache_hits_total",
-                "Codes answered from the replicas' shared cache",
-            ),
-            shared_code_waits: counter(
-                &r,
-                "wxedge_shared_code_waits_total",
-                "Codes whose outcome this replica waited for while another one redeemed them",
-            ),
-            shared_fallbacks: counter_vec(
-                &r,
-                "wxedge_shared_fallbacks_total",
-                "Requests that went on without the shared state because of Redis trouble",
-                &["what"],
-            ),
-            redis_errors: counter_vec(
-                &r,
-                "wxedge_redis_errors_total",
-                "Failed Redis operations by operation and kind",
-                &["op", "kind"],
-            ),
+            static_hits: counter_vec(&r, STATIC_RESPONSES),
+            compress_cache: counter_vec(&r, COMPRESS_CACHE),
+            wechat_exchanges: counter_vec(&r, WECHAT_EXCHANGES),
+            singleflight_joins: counter(&r, SINGLEFLIGHT_JOINS),
+            code_cache_hits: counter(&r, CODE_CACHE_HITS),
+            backend_errors: counter_vec(&r, BACKEND_ERRORS),
+            relay_logins: counter_vec(&r, RELAY_LOGINS),
+            tls_handshake_failures: counter(&r, TLS_HANDSHAKE_FAILURES),
+            connections_refused: counter(&r, CONNECTIONS_REFUSED),
+            access_log_dropped: counter(&r, ACCESS_LOG_DROPPED),
+            shared_code_hits: counter(&r, SHARED_CODE_HITS),
+            shared_code_waits: counter(&r, SHARED_CODE_WAITS),
+            shared_fallbacks: counter_vec(&r, SHARED_FALLBACKS),
+            redis_errors: counter_vec(&r, REDIS_ERRORS),
             redis_duration,
-            revoked_sessions_refused: counter(
-                &r,
-                "wxedge_revoked_sessions_refused_total",
-                "Requests whose session had been revoked",
-            ),
-            backend_health_checks: counter_vec(
-                &r,
-                "wxedge_backend_health_checks_total",
-                "Active backend health checks by result",
-                &["backend", "result"],
-            ),
+            revoked_sessions_refused: counter(&r, REVOKED_SESSIONS_REFUSED),
+            backend_health_checks: counter_vec(&r, BACKEND_HEALTH_CHECKS),
             backend_healthy,
             in_flight,
             connections,
