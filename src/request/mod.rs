@@ -178,23 +178,7 @@ fn validate<'b, 'h>(
     minor_version: u8,
     headers: &'h [httparse::Header<'b>],
 ) -> Result<Request<'b, 'h>, Refusal> {
-    if !valid_method(method) {
-        return Err(refuse(400, "malformed method"));
-    }
-    if !target.starts_with('/') {
-        // Absolute-form and `*`: no browser sends them to an origin server, and an absolute
-        // target is a second Host.
-        return Err(refuse(400, "the request target must be a path"));
-    }
-    if target.contains('#') {
-        return Err(refuse(400, "a fragment in the request target"));
-    }
-    let (raw_path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let path = path::normalise(raw_path).map_err(|e| refuse(400, e.0))?;
-
+    let (path, query) = request_line(method, target)?;
     let mut r = Request {
         method,
         target,
@@ -212,75 +196,128 @@ fn validate<'b, 'h>(
         user_agent: None,
         host: None,
     };
-    let (mut hosts, mut lengths, mut encodings) = (0, 0, 0);
-    let mut length = None;
-    let mut chunked = false;
-    let (mut close, mut keep_alive_token, mut upgrade_token, mut upgrade_header) =
-        (false, false, false, false);
+    let mut seen = Seen::default();
     for h in headers {
-        let v = h.value;
-        let c = &mut r.conditions;
-        // The first copy counts for fields that are not lists.
-        macro_rules! first {
-            ($slot:expr) => {
-                if $slot.is_none() {
-                    $slot = text(v);
-                }
-            };
-        }
-        let n = h.name;
-        match n.len() {
-            4 if n.eq_ignore_ascii_case("host") => {
-                hosts += 1;
-                r.host.get_or_insert(v);
-            }
-            5 if n.eq_ignore_ascii_case("range") => first!(c.range),
-            6 if n.eq_ignore_ascii_case("accept") => first!(c.accept),
-            6 if n.eq_ignore_ascii_case("expect") => {
-                r.expects_continue |= v.trim_ascii().eq_ignore_ascii_case(b"100-continue")
-            }
-            7 if n.eq_ignore_ascii_case("referer") => {
-                r.referer.get_or_insert(v);
-            }
-            7 if n.eq_ignore_ascii_case("upgrade") => upgrade_header = true,
-            8 if n.eq_ignore_ascii_case("if-match") => first!(c.if_match),
-            8 if n.eq_ignore_ascii_case("if-range") => first!(c.if_range),
-            10 if n.eq_ignore_ascii_case("user-agent") => {
-                r.user_agent.get_or_insert(v);
-            }
-            10 if n.eq_ignore_ascii_case("connection") => {
-                close |= has_token(v, "close");
-                keep_alive_token |= has_token(v, "keep-alive");
-                upgrade_token |= has_token(v, "upgrade");
-            }
-            12 if n.eq_ignore_ascii_case("x-request-id") => {
-                r.request_id.get_or_insert(v);
-            }
-            13 if n.eq_ignore_ascii_case("if-none-match") => first!(c.if_none_match),
-            14 if n.eq_ignore_ascii_case("content-length") => {
-                lengths += 1;
-                length = Some(
-                    content_length(v).ok_or(refuse(400, "Content-Length is not a plain number"))?,
-                );
-            }
-            15 if n.eq_ignore_ascii_case("accept-encoding") => first!(c.accept_encoding),
-            17 if n.eq_ignore_ascii_case("if-modified-since") => first!(c.if_modified_since),
-            17 if n.eq_ignore_ascii_case("transfer-encoding") => {
-                encodings += 1;
-                chunked = v.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            }
-            19 if n.eq_ignore_ascii_case("if-unmodified-since") => {
-                first!(c.if_unmodified_since)
-            }
-            _ => {}
-        }
+        read_field(&mut r, &mut seen, h.name, h.value)?;
     }
-    if let Some(why) = host::host_problem(minor_version == 1, hosts, r.host) {
+    if let Some(why) = host::host_problem(minor_version == 1, seen.hosts, r.host) {
         return Err(refuse(400, why));
     }
-    r.framing = match (lengths, encodings) {
+    r.framing = framing(&seen, minor_version)?;
+    r.expects_continue &= minor_version == 1;
+    r.upgrade = seen.upgrade_header && seen.upgrade_token && minor_version == 1 && method == "GET";
+    r.keep_alive = !seen.close && (minor_version == 1 || seen.keep_alive_token);
+    Ok(r)
+}
+
+/// The request line's checks: the method, a path target without a fragment, the path
+/// normalised; then the path and the query.
+fn request_line<'b>(
+    method: &str,
+    target: &'b str,
+) -> Result<(Cow<'b, str>, Option<&'b str>), Refusal> {
+    if !valid_method(method) {
+        return Err(refuse(400, "malformed method"));
+    }
+    if !target.starts_with('/') {
+        // Absolute-form and `*`: no browser sends them to an origin server, and an absolute
+        // target is a second Host.
+        return Err(refuse(400, "the request target must be a path"));
+    }
+    if target.contains('#') {
+        return Err(refuse(400, "a fragment in the request target"));
+    }
+    let (raw_path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let path = path::normalise(raw_path).map_err(|e| refuse(400, e.0))?;
+    Ok((path, query))
+}
+
+/// What the header fields said about Host, framing and the connection, judged after all of
+/// them are read.
+#[derive(Default)]
+struct Seen {
+    hosts: usize,
+    lengths: usize,
+    encodings: usize,
+    /// The last `Content-Length` (each one is checked to be a number as it is read).
+    length: Option<u64>,
+    /// Whether the last `Transfer-Encoding` is exactly `chunked`.
+    chunked: bool,
+    close: bool,
+    keep_alive_token: bool,
+    upgrade_token: bool,
+    upgrade_header: bool,
+}
+
+/// One header field: into the request (first copy of a field that is not a list) or `seen`.
+fn read_field<'b>(
+    r: &mut Request<'b, '_>,
+    seen: &mut Seen,
+    n: &'b str,
+    v: &'b [u8],
+) -> Result<(), Refusal> {
+    let c = &mut r.conditions;
+    // The first copy counts for fields that are not lists.
+    macro_rules! first {
+        ($slot:expr) => {
+            if $slot.is_none() {
+                $slot = text(v);
+            }
+        };
+    }
+    match n.len() {
+        4 if n.eq_ignore_ascii_case("host") => {
+            seen.hosts += 1;
+            r.host.get_or_insert(v);
+        }
+        5 if n.eq_ignore_ascii_case("range") => first!(c.range),
+        6 if n.eq_ignore_ascii_case("accept") => first!(c.accept),
+        6 if n.eq_ignore_ascii_case("expect") => {
+            r.expects_continue |= v.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        }
+        7 if n.eq_ignore_ascii_case("referer") => {
+            r.referer.get_or_insert(v);
+        }
+        7 if n.eq_ignore_ascii_case("upgrade") => seen.upgrade_header = true,
+        8 if n.eq_ignore_ascii_case("if-match") => first!(c.if_match),
+        8 if n.eq_ignore_ascii_case("if-range") => first!(c.if_range),
+        10 if n.eq_ignore_ascii_case("user-agent") => {
+            r.user_agent.get_or_insert(v);
+        }
+        10 if n.eq_ignore_ascii_case("connection") => {
+            seen.close |= has_token(v, "close");
+            seen.keep_alive_token |= has_token(v, "keep-alive");
+            seen.upgrade_token |= has_token(v, "upgrade");
+        }
+        12 if n.eq_ignore_ascii_case("x-request-id") => {
+            r.request_id.get_or_insert(v);
+        }
+        13 if n.eq_ignore_ascii_case("if-none-match") => first!(c.if_none_match),
+        14 if n.eq_ignore_ascii_case("content-length") => {
+            seen.lengths += 1;
+            seen.length =
+                Some(content_length(v).ok_or(refuse(400, "Content-Length is not a plain number"))?);
+        }
+        15 if n.eq_ignore_ascii_case("accept-encoding") => first!(c.accept_encoding),
+        17 if n.eq_ignore_ascii_case("if-modified-since") => first!(c.if_modified_since),
+        17 if n.eq_ignore_ascii_case("transfer-encoding") => {
+            seen.encodings += 1;
+            seen.chunked = v.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        }
+        19 if n.eq_ignore_ascii_case("if-unmodified-since") => first!(c.if_unmodified_since),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The body's framing from the `Content-Length` and `Transfer-Encoding` fields seen.
+fn framing(seen: &Seen, minor_version: u8) -> Result<Framing, Refusal> {
+    Ok(match (seen.lengths, seen.encodings) {
         (0, 0) => Framing::Empty,
-        (1, 0) => match length {
+        (1, 0) => match seen.length {
             Some(0) | None => Framing::Empty,
             Some(n) => Framing::Length(n),
         },
@@ -288,16 +325,12 @@ fn validate<'b, 'h>(
         (0, 1) if minor_version == 0 => {
             return Err(refuse(400, "Transfer-Encoding in an HTTP/1.0 request"))
         }
-        (0, 1) if chunked => Framing::Chunked,
+        (0, 1) if seen.chunked => Framing::Chunked,
         // nginx's answer to a coding it cannot decode.
         (0, 1) => return Err(refuse(501, "only Transfer-Encoding: chunked is supported")),
         (0, _) => return Err(refuse(400, "more than one Transfer-Encoding")),
         _ => return Err(refuse(400, "both Content-Length and Transfer-Encoding")),
-    };
-    r.expects_continue &= minor_version == 1;
-    r.upgrade = upgrade_header && upgrade_token && minor_version == 1 && method == "GET";
-    r.keep_alive = !close && (minor_version == 1 || keep_alive_token);
-    Ok(r)
+    })
 }
 
 impl Request<'_, '_> {

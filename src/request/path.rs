@@ -43,7 +43,12 @@ pub fn normalise(raw: &str) -> Result<Cow<'_, str>, BadPath> {
 }
 
 fn normalise_slow(bytes: &[u8]) -> Result<String, BadPath> {
-    // Pass 1: decode unreserved escapes, check everything else.
+    let decoded = decode(bytes)?;
+    merge_segments(&decoded)
+}
+
+/// Pass 1: decode unreserved escapes, check everything else.
+fn decode(bytes: &[u8]) -> Result<String, BadPath> {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -82,9 +87,12 @@ fn normalise_slow(bytes: &[u8]) -> Result<String, BadPath> {
         i += 1;
     }
     // Only ASCII was decoded, so the bytes are as valid UTF-8 as the input was.
-    let decoded = String::from_utf8(decoded).map_err(|_| BadPath("the path is not UTF-8"))?;
+    String::from_utf8(decoded).map_err(|_| BadPath("the path is not UTF-8"))
+}
 
-    // Pass 2: segments.
+/// Pass 2: dot segments removed and slashes merged, refusing `..` above the root and dot
+/// segments with parameters.
+fn merge_segments(decoded: &str) -> Result<String, BadPath> {
     let trailing_slash = decoded.len() > 1 && decoded.ends_with('/');
     let mut segments: Vec<&str> = Vec::new();
     let mut ends_in_dir = trailing_slash;
