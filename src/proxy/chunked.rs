@@ -90,98 +90,123 @@ impl Chunked {
         let mut i = 0;
         while i < data.len() {
             if let State::Data { left } = self.state {
-                let take = left.min((data.len() - i) as u64) as usize;
-                if let Some(out) = out.as_deref_mut() {
-                    out.extend_from_slice(&data[i..i + take]);
-                }
-                i += take;
-                self.state = if take as u64 == left {
-                    State::DataCr
-                } else {
-                    State::Data {
-                        left: left - take as u64,
-                    }
-                };
+                i += self.take_data(left, &data[i..], out.as_deref_mut());
                 continue;
             }
             let b = data[i];
             i += 1;
-            if matches!(
-                self.state,
-                State::TrailerStart | State::TrailerName | State::TrailerValue | State::TrailerLf
-            ) {
-                self.trailer_bytes += 1;
-                if self.trailer_bytes > MAX_TRAILER_BYTES {
-                    return Err(Malformed("chunked trailers too large"));
-                }
-            }
-            self.state = match self.state {
-                State::Size { size, digits } => match (b as char).to_digit(16) {
-                    Some(d) if digits < MAX_SIZE_DIGITS => State::Size {
-                        size: size * 16 + u64::from(d),
-                        digits: digits + 1,
-                    },
-                    Some(_) => return Err(Malformed("chunk size too large")),
-                    None if digits == 0 => return Err(Malformed("chunk size missing")),
-                    None => match b {
-                        b' ' | b'\t' => State::SizeSpace { size },
-                        b';' => State::Extension { size },
-                        b'\r' => State::SizeLf { size },
-                        b'\n' => self.after_size_line(size),
-                        _ => return Err(Malformed("chunk size is not hexadecimal")),
-                    },
-                },
-                State::SizeSpace { size } => match b {
-                    b' ' | b'\t' => State::SizeSpace { size },
-                    b';' => State::Extension { size },
-                    b'\r' => State::SizeLf { size },
-                    b'\n' => self.after_size_line(size),
-                    _ => return Err(Malformed("garbage after the chunk size")),
-                },
-                State::Extension { size } => match b {
-                    b'\r' => State::SizeLf { size },
-                    b'\n' => self.after_size_line(size),
-                    b if is_field_byte(b) => {
-                        self.extension_bytes += 1;
-                        if self.extension_bytes > MAX_EXTENSION_BYTES {
-                            return Err(Malformed("chunk extension too long"));
-                        }
-                        State::Extension { size }
-                    }
-                    _ => return Err(Malformed("control character in a chunk extension")),
-                },
-                State::SizeLf { size } if b == b'\n' => self.after_size_line(size),
-                State::DataCr if b == b'\r' => State::DataLf,
-                State::DataCr | State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
-                State::TrailerStart => match b {
-                    b'\r' => State::EndLf,
-                    b'\n' => State::Done,
-                    b if is_token(b) => State::TrailerName,
-                    _ => return Err(Malformed("malformed trailer field")),
-                },
-                State::TrailerName => match b {
-                    b':' => State::TrailerValue,
-                    b if is_token(b) => State::TrailerName,
-                    _ => return Err(Malformed("malformed trailer field name")),
-                },
-                State::TrailerValue => match b {
-                    b'\r' => State::TrailerLf,
-                    b'\n' => State::TrailerStart,
-                    b if is_field_byte(b) => State::TrailerValue,
-                    _ => return Err(Malformed("control character in a trailer field")),
-                },
-                State::TrailerLf if b == b'\n' => State::TrailerStart,
-                State::EndLf if b == b'\n' => State::Done,
-                State::SizeLf { .. } | State::TrailerLf | State::EndLf => {
-                    return Err(Malformed("CR without LF in chunked framing"))
-                }
-                _ => return Err(Malformed("chunk data not followed by a line end")),
-            };
+            self.state = self.framing_byte(b)?;
             if self.state == State::Done {
                 return Ok(Some(i));
             }
         }
         Ok(None)
+    }
+
+    /// Takes what `data` holds of the current chunk's `left` data bytes; returns how many.
+    fn take_data(&mut self, left: u64, data: &[u8], out: Option<&mut Vec<u8>>) -> usize {
+        let take = left.min(data.len() as u64) as usize;
+        if let Some(out) = out {
+            out.extend_from_slice(&data[..take]);
+        }
+        self.state = if take as u64 == left {
+            State::DataCr
+        } else {
+            State::Data {
+                left: left - take as u64,
+            }
+        };
+        take
+    }
+
+    /// The state after byte `b` of the framing (anything but chunk data).
+    fn framing_byte(&mut self, b: u8) -> Result<State, Malformed> {
+        if matches!(
+            self.state,
+            State::TrailerStart | State::TrailerName | State::TrailerValue | State::TrailerLf
+        ) {
+            self.trailer_bytes += 1;
+            if self.trailer_bytes > MAX_TRAILER_BYTES {
+                return Err(Malformed("chunked trailers too large"));
+            }
+        }
+        Ok(match self.state {
+            State::Size { size, digits } => self.size_byte(size, digits, b)?,
+            State::SizeSpace { size } => self.size_space_byte(size, b)?,
+            State::Extension { size } => self.extension_byte(size, b)?,
+            State::SizeLf { size } if b == b'\n' => self.after_size_line(size),
+            State::DataCr if b == b'\r' => State::DataLf,
+            State::DataCr | State::DataLf if b == b'\n' => State::Size { size: 0, digits: 0 },
+            State::TrailerStart => match b {
+                b'\r' => State::EndLf,
+                b'\n' => State::Done,
+                b if is_token(b) => State::TrailerName,
+                _ => return Err(Malformed("malformed trailer field")),
+            },
+            State::TrailerName => match b {
+                b':' => State::TrailerValue,
+                b if is_token(b) => State::TrailerName,
+                _ => return Err(Malformed("malformed trailer field name")),
+            },
+            State::TrailerValue => match b {
+                b'\r' => State::TrailerLf,
+                b'\n' => State::TrailerStart,
+                b if is_field_byte(b) => State::TrailerValue,
+                _ => return Err(Malformed("control character in a trailer field")),
+            },
+            State::TrailerLf if b == b'\n' => State::TrailerStart,
+            State::EndLf if b == b'\n' => State::Done,
+            State::SizeLf { .. } | State::TrailerLf | State::EndLf => {
+                return Err(Malformed("CR without LF in chunked framing"))
+            }
+            _ => return Err(Malformed("chunk data not followed by a line end")),
+        })
+    }
+
+    /// A byte of the hex size (`digits` read so far), or the first one after it.
+    fn size_byte(&mut self, size: u64, digits: u8, b: u8) -> Result<State, Malformed> {
+        Ok(match (b as char).to_digit(16) {
+            Some(d) if digits < MAX_SIZE_DIGITS => State::Size {
+                size: size * 16 + u64::from(d),
+                digits: digits + 1,
+            },
+            Some(_) => return Err(Malformed("chunk size too large")),
+            None if digits == 0 => return Err(Malformed("chunk size missing")),
+            None => match b {
+                b' ' | b'\t' => State::SizeSpace { size },
+                b';' => State::Extension { size },
+                b'\r' => State::SizeLf { size },
+                b'\n' => self.after_size_line(size),
+                _ => return Err(Malformed("chunk size is not hexadecimal")),
+            },
+        })
+    }
+
+    /// A byte in the whitespace after the size.
+    fn size_space_byte(&mut self, size: u64, b: u8) -> Result<State, Malformed> {
+        Ok(match b {
+            b' ' | b'\t' => State::SizeSpace { size },
+            b';' => State::Extension { size },
+            b'\r' => State::SizeLf { size },
+            b'\n' => self.after_size_line(size),
+            _ => return Err(Malformed("garbage after the chunk size")),
+        })
+    }
+
+    /// A byte of a chunk extension (counted against [`MAX_EXTENSION_BYTES`]).
+    fn extension_byte(&mut self, size: u64, b: u8) -> Result<State, Malformed> {
+        Ok(match b {
+            b'\r' => State::SizeLf { size },
+            b'\n' => self.after_size_line(size),
+            b if is_field_byte(b) => {
+                self.extension_bytes += 1;
+                if self.extension_bytes > MAX_EXTENSION_BYTES {
+                    return Err(Malformed("chunk extension too long"));
+                }
+                State::Extension { size }
+            }
+            _ => return Err(Malformed("control character in a chunk extension")),
+        })
     }
 
     fn after_size_line(&mut self, size: u64) -> State {
