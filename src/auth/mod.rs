@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
-use crate::config::{Config, IdentityHeaderNames};
+use crate::config::{Config, IdentityHeaderNames, WechatSettings};
 use crate::ops::metrics::METRICS;
 use crate::ops::RouteClass;
 use crate::proxy::headers::canonical;
@@ -167,10 +167,11 @@ fn without_code(path: &str, query: Option<&str>) -> String {
     }
 }
 
-impl Login {
-    fn from_config(config: &Config) -> Result<Login, String> {
+impl Provider {
+    /// The app's credentials and WeChat's (or the sandbox's) addresses; and whether the
+    /// sandbox is on.
+    fn from_config(config: &Config) -> Result<(Provider, bool), String> {
         let w = &config.settings.wechat;
-        let s = &config.settings.session;
         let sandbox_on = w.sandbox.unwrap_or(w.appid.is_empty());
         let (appid, secret) = match (w.appid.is_empty(), sandbox_on) {
             (true, true) => (
@@ -199,39 +200,79 @@ impl Login {
             (true, true) => "/_wxedge/sandbox".into(),
             (true, false) => "https://open.weixin.qq.com".into(),
         };
-        if !config.settings.redis_url.is_empty() && s.keys.is_empty() {
-            return Err("redis_url (WXEDGE_REDIS_URL) needs session.keys (WXEDGE_SESSION_KEY): replicas must share the key that seals sessions and the shared code cache".into());
-        }
-        let keys = if s.keys.is_empty() {
-            log::warn!(
-                "session: no WXEDGE_SESSION_KEY: a random key is used, so sessions end with this process and are not shared between replicas"
-            );
-            SessionKeys::random()
-        } else {
-            SessionKeys::from_secrets(&s.keys).map_err(|e| format!("session.keys: {e}"))?
+        let provider = Provider {
+            appid,
+            secret,
+            scope: w.scope.clone(),
+            open_base,
+            api_base,
         };
-        let codec = SessionCodec::new(
-            keys,
-            s.cookie_name.clone(),
-            Duration::from_secs(s.lifetime_seconds),
-            s.cookie_secure,
+        Ok((provider, sandbox_on))
+    }
+}
+
+/// The session keys (random without `session.keys`, which shared state needs) and the codec.
+fn session_codec(config: &Config) -> Result<SessionCodec, String> {
+    let s = &config.settings.session;
+    if !config.settings.redis_url.is_empty() && s.keys.is_empty() {
+        return Err("redis_url (WXEDGE_REDIS_URL) needs session.keys (WXEDGE_SESSION_KEY): replicas must share the key that seals sessions and the shared code cache".into());
+    }
+    let keys = if s.keys.is_empty() {
+        log::warn!(
+            "session: no WXEDGE_SESSION_KEY: a random key is used, so sessions end with this process and are not shared between replicas"
         );
-        let client = WechatClient::new(WechatClientConfig {
-            api_base: api_base.clone(),
-            appid: appid.clone(),
-            secret: secret.clone(),
-            connect_timeout: Duration::from_millis(w.connect_timeout_ms),
-            total_timeout: Duration::from_millis(w.timeout_ms),
-        })
-        .map_err(|e| format!("wechat: {e}"))?;
-        let mut exchanger = CodeExchanger::new(
-            Arc::new(client),
-            Arc::new(MemoryCodeCache::default()),
-            ExchangerConfig::default(),
-        );
-        let (mut revocations, mut redis_addr) = (None, None);
-        let mut spent_tickets: Arc<dyn crate::session::SpentTickets> =
-            Arc::new(crate::session::MemorySpentTickets::default());
+        SessionKeys::random()
+    } else {
+        SessionKeys::from_secrets(&s.keys).map_err(|e| format!("session.keys: {e}"))?
+    };
+    Ok(SessionCodec::new(
+        keys,
+        s.cookie_name.clone(),
+        Duration::from_secs(s.lifetime_seconds),
+        s.cookie_secure,
+    ))
+}
+
+/// The WeChat API client and the code exchange over it, with this replica's code cache.
+fn code_exchanger(w: &WechatSettings, provider: &Provider) -> Result<CodeExchanger, String> {
+    let client = WechatClient::new(WechatClientConfig {
+        api_base: provider.api_base.clone(),
+        appid: provider.appid.clone(),
+        secret: provider.secret.clone(),
+        connect_timeout: Duration::from_millis(w.connect_timeout_ms),
+        total_timeout: Duration::from_millis(w.timeout_ms),
+    })
+    .map_err(|e| format!("wechat: {e}"))?;
+    Ok(CodeExchanger::new(
+        Arc::new(client),
+        Arc::new(MemoryCodeCache::default()),
+        ExchangerConfig::default(),
+    ))
+}
+
+/// What the replicas share through Redis (`redis_url`); without it, this replica's own.
+struct SharedState {
+    revocations: Option<Arc<Revocations>>,
+    /// `host:port` of the shared Redis, for the start-up log.
+    redis_addr: Option<String>,
+    spent_tickets: Arc<dyn crate::session::SpentTickets>,
+}
+
+impl SharedState {
+    /// With `redis_url`: the code cache across replicas (added to `exchanger`), revocations and
+    /// spent relay tickets in Redis.
+    fn from_config(
+        config: &Config,
+        codec: &SessionCodec,
+        mut exchanger: CodeExchanger,
+    ) -> Result<(CodeExchanger, SharedState), String> {
+        let w = &config.settings.wechat;
+        let s = &config.settings.session;
+        let mut shared = SharedState {
+            revocations: None,
+            redis_addr: None,
+            spent_tickets: Arc::new(crate::session::MemorySpentTickets::default()),
+        };
         if !config.settings.redis_url.is_empty() {
             let redis = Redis::new(
                 &config.settings.redis_url,
@@ -241,47 +282,57 @@ impl Login {
             .map_err(|e| format!("redis_url: {e}"))?;
             // A redemption is one exchange and one userinfo call, each bounded by timeout_ms.
             let lock_ttl = Duration::from_millis(2 * w.timeout_ms + 1000);
-            let shared = RedisCodeCache::new(redis.clone(), codec.keys().clone(), lock_ttl);
-            exchanger = exchanger.with_shared(Arc::new(shared));
-            redis_addr = Some(redis.addr().to_string());
-            spent_tickets = Arc::new(crate::shared::RedisSpentTickets::new(redis.clone()));
-            revocations = Some(Arc::new(Revocations::new(
+            let cache = RedisCodeCache::new(redis.clone(), codec.keys().clone(), lock_ttl);
+            exchanger = exchanger.with_shared(Arc::new(cache));
+            shared.redis_addr = Some(redis.addr().to_string());
+            shared.spent_tickets = Arc::new(crate::shared::RedisSpentTickets::new(redis.clone()));
+            shared.revocations = Some(Arc::new(Revocations::new(
                 redis,
                 Duration::from_secs(s.lifetime_seconds),
             )));
         }
+        Ok((exchanger, shared))
+    }
+}
+
+/// The configured identity header names, each with the field it carries.
+fn identity_header_names(names: &IdentityHeaderNames) -> Result<Vec<(HeaderName, Field)>, String> {
+    names
+        .all()
+        .into_iter()
+        .zip(Field::ALL)
+        .map(|(name, f)| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map(|h| (h, f))
+                .map_err(|e| format!("{name}: {e}"))
+        })
+        .collect()
+}
+
+impl Login {
+    fn from_config(config: &Config) -> Result<Login, String> {
+        let w = &config.settings.wechat;
+        let s = &config.settings.session;
+        let (provider, sandbox_on) = Provider::from_config(config)?;
+        let codec = session_codec(config)?;
+        let exchanger = code_exchanger(w, &provider)?;
+        let (exchanger, shared) = SharedState::from_config(config, &codec, exchanger)?;
         let sandbox = sandbox_on.then(|| {
             Sandbox::new(SandboxConfig {
-                appid: appid.clone(),
-                secret: secret.clone(),
+                appid: provider.appid.clone(),
+                secret: provider.secret.clone(),
                 latency: Duration::from_millis(w.sandbox_latency_ms),
                 allowed_redirect_hosts: w.sandbox_authorized_domains.clone(),
                 ..SandboxConfig::default()
             })
         });
-        let header_names = s
-            .identity_headers
-            .all()
-            .into_iter()
-            .zip(Field::ALL)
-            .map(|(name, f)| {
-                HeaderName::from_bytes(name.as_bytes())
-                    .map(|h| (h, f))
-                    .map_err(|e| format!("{name}: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let header_names = identity_header_names(&s.identity_headers)?;
         Ok(Login {
-            provider: Provider {
-                appid,
-                secret,
-                scope: w.scope.clone(),
-                open_base,
-                api_base,
-            },
+            provider,
             codec,
             exchanger: Arc::new(exchanger),
-            revocations,
-            redis_addr,
+            revocations: shared.revocations,
+            redis_addr: shared.redis_addr,
             sandbox,
             header_names,
             callback_paths: w.callback_paths.clone(),
@@ -289,7 +340,7 @@ impl Login {
             require_session: s.require_session.clone(),
             public_url: w.public_url.clone(),
             secure: s.cookie_secure,
-            relay: relay::Relay::from_config(w, &s.keys, spent_tickets)?,
+            relay: relay::Relay::from_config(w, &s.keys, shared.spent_tickets)?,
         })
     }
 
