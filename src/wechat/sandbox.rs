@@ -373,23 +373,56 @@ impl Sandbox {
 
     fn access_token(&self, q: &HashMap<String, String>, now: u64) -> SandboxResponse {
         self.access_token_calls.fetch_add(1, Ordering::Relaxed);
+        let code = match self.check_client(q) {
+            Ok(code) => code,
+            Err(r) => return r,
+        };
+        let (token, user_ix, userinfo) = match self.redeem(code, now) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let user = &self.cfg.users[user_ix];
+        let mut v = json!({
+            "access_token": token,
+            "expires_in": TOKEN_TTL_SECS,
+            "refresh_token": self.random_token(),
+            "openid": user.openid,
+            "scope": if userinfo { "snsapi_userinfo" } else { "snsapi_base" },
+        });
+        if user.snapshot {
+            v["is_snapshotuser"] = json!(1);
+        }
+        if let Some(u) = &user.unionid {
+            v["unionid"] = json!(u);
+        }
+        self.api_ok(v)
+    }
+
+    /// The code exchange's `appid`, `secret` and `grant_type` checked; its `code`.
+    fn check_client<'q>(&self, q: &'q HashMap<String, String>) -> Result<&'q str, SandboxResponse> {
         match q.get("appid").map(String::as_str) {
-            None | Some("") => return self.api_error(41002, "appid missing"),
-            Some(a) if a != self.cfg.appid => return self.api_error(40013, "invalid appid"),
+            None | Some("") => return Err(self.api_error(41002, "appid missing")),
+            Some(a) if a != self.cfg.appid => return Err(self.api_error(40013, "invalid appid")),
             _ => {}
         }
         match q.get("secret").map(String::as_str) {
-            None | Some("") => return self.api_error(41004, "appsecret missing"),
-            Some(s) if s != self.cfg.secret => return self.api_error(40125, "invalid appsecret"),
+            None | Some("") => return Err(self.api_error(41004, "appsecret missing")),
+            Some(s) if s != self.cfg.secret => {
+                return Err(self.api_error(40125, "invalid appsecret"))
+            }
             _ => {}
         }
         if q.get("grant_type").map(String::as_str) != Some("authorization_code") {
-            return self.api_error(40002, "invalid grant_type");
+            return Err(self.api_error(40002, "invalid grant_type"));
         }
-        let code = match q.get("code").map(String::as_str) {
-            None | Some("") => return self.api_error(41008, "missing code"),
-            Some(c) => c,
-        };
+        match q.get("code").map(String::as_str) {
+            None | Some("") => Err(self.api_error(41008, "missing code")),
+            Some(c) => Ok(c),
+        }
+    }
+
+    /// Uses `code` up and issues an access token for it, under one lock: (token, user, userinfo).
+    fn redeem(&self, code: &str, now: u64) -> Result<(String, usize, bool), SandboxResponse> {
         let mut st = self.state.lock().unwrap();
         if !st.codes.contains_key(code) {
             // Issued on first use; then single-use like any other, while it is held.
@@ -406,20 +439,20 @@ impl Sandbox {
         }
         let Some(entry) = st.codes.get_mut(code) else {
             drop(st);
-            return self.api_error(40029, "invalid code");
+            return Err(self.api_error(40029, "invalid code"));
         };
         if now >= entry.issued.saturating_add(CODE_TTL_SECS) {
             st.codes.remove(code);
             drop(st);
-            return self.api_error(40029, "invalid code");
+            return Err(self.api_error(40029, "invalid code"));
         }
         if let Some(errcode) = entry.fail_first.take() {
             drop(st);
-            return self.api_error(errcode, "error injected by the sandbox (fail=)");
+            return Err(self.api_error(errcode, "error injected by the sandbox (fail=)"));
         }
         if entry.used {
             drop(st);
-            return self.api_error(40163, "code been used");
+            return Err(self.api_error(40163, "code been used"));
         }
         entry.used = true;
         let (user_ix, userinfo) = (entry.user, entry.userinfo);
@@ -438,22 +471,7 @@ impl Sandbox {
                 expires: now + TOKEN_TTL_SECS,
             },
         );
-        drop(st);
-        let user = &self.cfg.users[user_ix];
-        let mut v = json!({
-            "access_token": token,
-            "expires_in": TOKEN_TTL_SECS,
-            "refresh_token": self.random_token(),
-            "openid": user.openid,
-            "scope": if userinfo { "snsapi_userinfo" } else { "snsapi_base" },
-        });
-        if user.snapshot {
-            v["is_snapshotuser"] = json!(1);
-        }
-        if let Some(u) = &user.unionid {
-            v["unionid"] = json!(u);
-        }
-        self.api_ok(v)
+        Ok((token, user_ix, userinfo))
     }
 
     /// Checks `access_token` + `openid`; the token's (user, userinfo scope) or an error answer.
@@ -522,46 +540,9 @@ impl Sandbox {
 
     fn authorize(&self, q: &HashMap<String, String>, raw_query: &str, now: u64) -> SandboxResponse {
         let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
-        let appid = get("appid");
-        if appid.is_empty() {
-            return error_page(10012, "appid 参数错误 (appid missing)");
-        }
-        if appid != self.cfg.appid {
-            return error_page(40013, "invalid appid");
-        }
-        let redirect_uri = get("redirect_uri");
-        if redirect_uri.is_empty() {
-            return error_page(10011, "redirect_uri 参数错误 (redirect_uri missing)");
-        }
-        let Some(authority) = redirect_authority(redirect_uri) else {
-            return error_page(10011, "redirect_uri 参数错误 (not an http(s) URL)");
-        };
-        if !self.cfg.allowed_redirect_hosts.is_empty() {
-            let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
-                if p.bytes().all(|b| b.is_ascii_digit()) {
-                    h
-                } else {
-                    authority
-                }
-            });
-            let ok = self
-                .cfg
-                .allowed_redirect_hosts
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(authority) || a.eq_ignore_ascii_case(host));
-            if !ok {
-                return error_page(10003, "redirect_uri 域名与后台配置不一致");
-            }
-        }
-        if get("response_type") != "code" {
-            return error_page(10004, "response_type 参数错误 (must be code)");
-        }
-        let scope = get("scope");
-        let userinfo = match scope {
-            "" => return error_page(10010, "scope 参数错误 (scope missing)"),
-            "snsapi_base" => false,
-            "snsapi_userinfo" => true,
-            _ => return error_page(10005, "scope 参数错误或没有 scope 权限"),
+        let (redirect_uri, userinfo) = match self.check_authorize(q) {
+            Ok(x) => x,
+            Err(page) => return page,
         };
         let state = get("state");
 
@@ -576,8 +557,75 @@ impl Sandbox {
                 };
             }
         }
+        self.picker_page(raw_query, get("appid"), get("scope"), redirect_uri, state)
+    }
 
-        // The picker page. Links repeat the query (minus auto=) with auto=<user>.
+    /// The authorize URL's `appid`, `redirect_uri`, `response_type` and `scope` checked as
+    /// WeChat does (its error pages); the redirect URI and whether the scope is userinfo.
+    fn check_authorize<'q>(
+        &self,
+        q: &'q HashMap<String, String>,
+    ) -> Result<(&'q str, bool), SandboxResponse> {
+        let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+        let appid = get("appid");
+        if appid.is_empty() {
+            return Err(error_page(10012, "appid 参数错误 (appid missing)"));
+        }
+        if appid != self.cfg.appid {
+            return Err(error_page(40013, "invalid appid"));
+        }
+        let redirect_uri = get("redirect_uri");
+        if redirect_uri.is_empty() {
+            return Err(error_page(
+                10011,
+                "redirect_uri 参数错误 (redirect_uri missing)",
+            ));
+        }
+        let Some(authority) = redirect_authority(redirect_uri) else {
+            return Err(error_page(
+                10011,
+                "redirect_uri 参数错误 (not an http(s) URL)",
+            ));
+        };
+        if !self.cfg.allowed_redirect_hosts.is_empty() && !self.redirect_allowed(authority) {
+            return Err(error_page(10003, "redirect_uri 域名与后台配置不一致"));
+        }
+        if get("response_type") != "code" {
+            return Err(error_page(10004, "response_type 参数错误 (must be code)"));
+        }
+        let userinfo = match get("scope") {
+            "" => return Err(error_page(10010, "scope 参数错误 (scope missing)")),
+            "snsapi_base" => false,
+            "snsapi_userinfo" => true,
+            _ => return Err(error_page(10005, "scope 参数错误或没有 scope 权限")),
+        };
+        Ok((redirect_uri, userinfo))
+    }
+
+    /// Whether the redirect URI's authority (`host` or `host:port`) is an authorized domain.
+    fn redirect_allowed(&self, authority: &str) -> bool {
+        let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        });
+        self.cfg
+            .allowed_redirect_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(authority) || a.eq_ignore_ascii_case(host))
+    }
+
+    /// The picker page. Links repeat the query (minus auto=) with auto=<user>.
+    fn picker_page(
+        &self,
+        raw_query: &str,
+        appid: &str,
+        scope: &str,
+        redirect_uri: &str,
+        state: &str,
+    ) -> SandboxResponse {
         let base_query: String = raw_query
             .split('&')
             .filter(|kv| {
