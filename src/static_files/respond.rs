@@ -344,25 +344,8 @@ pub fn plan(file: &StaticFile, c: &Conditions, head: bool) -> Plan {
         content_length: None,
         encoding: variant.encoding,
     };
-
-    // Preconditions, in RFC 9110 §13.2.2 order.
-    if let Some(im) = c.if_match {
-        if !etag_list_matches(im, &variant.etag, true) {
-            return bare(412, headers);
-        }
-    } else if let Some(ius) = c.if_unmodified_since.and_then(http_date) {
-        if file.modified > ius {
-            return bare(412, headers);
-        }
-    }
-    if let Some(inm) = c.if_none_match {
-        if etag_list_matches(inm, &variant.etag, false) {
-            return bare(304, headers);
-        }
-    } else if let Some(ims) = c.if_modified_since.and_then(http_date) {
-        if file.modified <= ims {
-            return bare(304, headers);
-        }
+    if let Some(status) = precondition_failed(file, variant, c) {
+        return bare(status, headers);
     }
 
     push_representation_headers(&mut headers, variant);
@@ -411,36 +394,69 @@ pub fn plan(file: &StaticFile, c: &Conditions, head: bool) -> Plan {
                 encoding: variant.encoding,
             }
         }
-        Ranges::Parts(parts) => {
-            let b = boundary(variant);
-            let ct = file
-                .content_type
-                .to_str()
-                .unwrap_or("application/octet-stream");
-            let mut body = Vec::with_capacity(parts.len() * 2 + 1);
-            for r in &parts {
-                let (start, end) = (*r.start(), *r.end());
-                body.push(Piece::Memory(Bytes::from(format!(
-                    "\r\n--{b}\r\nContent-Type: {ct}\r\nContent-Range: bytes {start}-{end}/{total}\r\n\r\n"
-                ))));
-                body.push(slice(variant, start, end - start + 1));
-            }
-            body.push(Piece::Memory(Bytes::from(format!("\r\n--{b}--\r\n"))));
-            let len = body.iter().map(Piece::len).sum();
-            headers.push((
-                header::CONTENT_TYPE,
-                HeaderValue::from_str(&format!("multipart/byteranges; boundary={b}"))
-                    .expect("ASCII"),
-            ));
-            let body = if head { vec![] } else { body };
-            Plan {
-                status: 206,
-                headers,
-                body,
-                content_length: Some(len),
-                encoding: variant.encoding,
-            }
+        Ranges::Parts(parts) => multipart(file, variant, &parts, headers, head),
+    }
+}
+
+/// The status when a precondition decides the answer (412, or 304 for a cached copy still
+/// current), checked in RFC 9110 §13.2.2 order.
+fn precondition_failed(file: &StaticFile, variant: &Variant, c: &Conditions) -> Option<u16> {
+    if let Some(im) = c.if_match {
+        if !etag_list_matches(im, &variant.etag, true) {
+            return Some(412);
         }
+    } else if let Some(ius) = c.if_unmodified_since.and_then(http_date) {
+        if file.modified > ius {
+            return Some(412);
+        }
+    }
+    if let Some(inm) = c.if_none_match {
+        if etag_list_matches(inm, &variant.etag, false) {
+            return Some(304);
+        }
+    } else if let Some(ims) = c.if_modified_since.and_then(http_date) {
+        if file.modified <= ims {
+            return Some(304);
+        }
+    }
+    None
+}
+
+/// A 206 of several ranges: `multipart/byteranges`, each part with its own head.
+fn multipart(
+    file: &StaticFile,
+    variant: &Variant,
+    parts: &[std::ops::RangeInclusive<u64>],
+    mut headers: Vec<(HeaderName, HeaderValue)>,
+    head: bool,
+) -> Plan {
+    let total = variant.len;
+    let b = boundary(variant);
+    let ct = file
+        .content_type
+        .to_str()
+        .unwrap_or("application/octet-stream");
+    let mut body = Vec::with_capacity(parts.len() * 2 + 1);
+    for r in parts {
+        let (start, end) = (*r.start(), *r.end());
+        body.push(Piece::Memory(Bytes::from(format!(
+            "\r\n--{b}\r\nContent-Type: {ct}\r\nContent-Range: bytes {start}-{end}/{total}\r\n\r\n"
+        ))));
+        body.push(slice(variant, start, end - start + 1));
+    }
+    body.push(Piece::Memory(Bytes::from(format!("\r\n--{b}--\r\n"))));
+    let len = body.iter().map(Piece::len).sum();
+    headers.push((
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&format!("multipart/byteranges; boundary={b}")).expect("ASCII"),
+    ));
+    let body = if head { vec![] } else { body };
+    Plan {
+        status: 206,
+        headers,
+        body,
+        content_length: Some(len),
+        encoding: variant.encoding,
     }
 }
 
