@@ -117,7 +117,26 @@ pub fn run(root: &Path, opts: &StaticSettings) -> Result<Report, String> {
         source_bytes: candidates.iter().map(|f| f.meta.len()).sum(),
         ..Report::default()
     };
+    let done = compress_all(&root, &candidates, &old, &names);
+    let manifest = tally(&mut report, done);
+    remove_stale_twins(&root, &old, &manifest, &mut report);
 
+    let on_file = root.join(compress::MANIFEST);
+    if manifest != old || (!on_file.exists() && !manifest.entries.is_empty()) {
+        compress::write_atomically(&on_file, manifest.render().as_bytes())
+            .map_err(|e| format!("{}: {e}", on_file.display()))?;
+        report.manifest_written = true;
+    }
+    Ok(report)
+}
+
+/// Each candidate's twins made (or found current), in no particular order.
+fn compress_all(
+    root: &Path,
+    candidates: &[&DistFile],
+    old: &Manifest,
+    names: &HashSet<&str>,
+) -> Vec<Result<Vec<Done>, String>> {
     // One file per worker at a time, all cores: this runs at build time, nobody waits on it.
     let next = AtomicUsize::new(0);
     let done: Mutex<Vec<Result<Vec<Done>, String>>> = Mutex::new(Vec::new());
@@ -130,14 +149,18 @@ pub fn run(root: &Path, opts: &StaticSettings) -> Result<Report, String> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(f) = candidates.get(i) else { break };
-                let result = compress_file(&root, f, &old, &names);
+                let result = compress_file(root, f, old, names);
                 done.lock().expect("not poisoned").push(result);
             });
         }
     });
+    done.into_inner().expect("not poisoned")
+}
 
+/// Counts the results into `report`; the new manifest of the twins made or kept.
+fn tally(report: &mut Report, done: Vec<Result<Vec<Done>, String>>) -> Manifest {
     let mut manifest = Manifest::default();
-    for result in done.into_inner().expect("not poisoned") {
+    for result in done {
         let twins = match result {
             Ok(twins) => twins,
             Err(e) => {
@@ -166,15 +189,18 @@ pub fn run(root: &Path, opts: &StaticSettings) -> Result<Report, String> {
             }
         }
     }
+    manifest
+}
 
-    // Twins this command wrote for files it no longer compresses: removed while they are still
-    // exactly what it wrote (a file put there since is someone else's).
+/// Twins this command wrote for files it no longer compresses: removed while they are still
+/// exactly what it wrote (a file put there since is someone else's).
+fn remove_stale_twins(root: &Path, old: &Manifest, manifest: &Manifest, report: &mut Report) {
     for (path, entry) in &old.entries {
         if manifest.entries.contains_key(path) {
             continue;
         }
         let Some(twin) = entry.twin else { continue };
-        let file = on_disk(&root, path);
+        let file = on_disk(root, path);
         if Digest::of_file(&file).is_ok_and(|d| d == twin) {
             match std::fs::remove_file(&file) {
                 Ok(()) => report.removed += 1,
@@ -182,14 +208,6 @@ pub fn run(root: &Path, opts: &StaticSettings) -> Result<Report, String> {
             }
         }
     }
-
-    let on_file = root.join(compress::MANIFEST);
-    if manifest != old || (!on_file.exists() && !manifest.entries.is_empty()) {
-        compress::write_atomically(&on_file, manifest.render().as_bytes())
-            .map_err(|e| format!("{}: {e}", on_file.display()))?;
-        report.manifest_written = true;
-    }
-    Ok(report)
 }
 
 /// One twin name's result: its manifest entry, or why it failed.
