@@ -497,12 +497,43 @@ fn load_file(
     let worth = data
         .as_ref()
         .filter(|d| is_compressible(&essence) && d.len() as u64 >= ctx.opts.compress_min_bytes);
+    let missing = existing_variants(f, ctx, &mut digest, worth, &mut variants);
+    let pending = match worth {
+        Some(d) if !missing.is_empty() => Some(Pending {
+            clean: f.clean.clone(),
+            data: d.clone(),
+            digest: digest(f).expect("in memory"),
+            gzip: missing.contains(&Encoding::Gzip),
+            brotli: missing.contains(&Encoding::Brotli),
+        }),
+        _ => None,
+    };
+    let file = StaticFile::new(
+        content_type,
+        cache_control_for(&f.clean, &essence, &ctx.opts.cache_control),
+        modified,
+        variants,
+        pending.is_some(),
+    );
+    Ok((file, pending))
+}
+
+/// Adds to `variants` the encoded variants that exist already: twins shipped with the dist (or
+/// written by `wxedge compress`) that check out, then compression cache entries. Returns the
+/// encodings still to make.
+fn existing_variants(
+    f: &DistFile,
+    ctx: &mut LoadContext,
+    digest: &mut impl FnMut(&DistFile) -> Option<Digest>,
+    worth: Option<&Bytes>,
+    variants: &mut Vec<Variant>,
+) -> Vec<Encoding> {
     let mut missing = Vec::new();
     for (enc, ext) in compress::ENCODINGS {
         let twin_path = format!("{}.{ext}", f.clean);
         // Twins shipped by the build, or written by `wxedge compress` and still current, win.
         if let Some(twin) = ctx.by_name.get(twin_path.as_str()).copied() {
-            match shipped_variant(enc, twin, &twin_path, ctx, &mut digest, f) {
+            match shipped_variant(enc, twin, &twin_path, ctx, digest, f) {
                 Twin::Served(v) => {
                     variants.push(v);
                     continue;
@@ -535,24 +566,7 @@ fn load_file(
         }
         missing.push(enc);
     }
-    let pending = match worth {
-        Some(d) if !missing.is_empty() => Some(Pending {
-            clean: f.clean.clone(),
-            data: d.clone(),
-            digest: digest(f).expect("in memory"),
-            gzip: missing.contains(&Encoding::Gzip),
-            brotli: missing.contains(&Encoding::Brotli),
-        }),
-        _ => None,
-    };
-    let file = StaticFile::new(
-        content_type,
-        cache_control_for(&f.clean, &essence, &ctx.opts.cache_control),
-        modified,
-        variants,
-        pending.is_some(),
-    );
-    Ok((file, pending))
+    missing
 }
 
 /// The bodies of the files the budget admitted, read on a few threads at once (reading a
