@@ -139,32 +139,9 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(backends: &[BackendAddr], s: &ProxySettings) -> Self {
         Lazy::force(&EPOCH);
-        let list: Vec<Backend> = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| Backend {
-                authority: Box::leak(b.authority.clone().into_boxed_str()),
-                addr: b.clone(),
-                server: backends[..i]
-                    .iter()
-                    .position(|o| o.addr == b.addr)
-                    .unwrap_or(i),
-            })
-            .collect();
-        let members: Vec<pingora::lb::Backend> = list
-            .iter()
-            .map(|b| {
-                let mut ext = Extensions::new();
-                ext.insert(Slot(b.server));
-                pingora::lb::Backend {
-                    addr: PingoraAddr::Inet(b.addr.addr),
-                    weight: list.iter().filter(|o| o.server == b.server).count(),
-                    ext,
-                }
-            })
-            .collect();
+        let list = backend_list(backends);
         // Pingora keeps them ordered by address: the rotation goes in that order.
-        let set: BTreeSet<pingora::lb::Backend> = members.iter().cloned().collect();
+        let set: BTreeSet<pingora::lb::Backend> = lb_members(&list).into_iter().collect();
         let servers = set.len();
         let state = Arc::new(State {
             // Pingora starts every backend healthy, and so does the verdict kept here.
@@ -177,45 +154,15 @@ impl Upstreams {
                 .collect(),
             backends: list,
         });
-        let hc = &s.health_check;
-        let active = hc.interval_ms > 0 && servers > 0;
+        let active = s.health_check.interval_ms > 0 && servers > 0;
         let rotation = Arc::new(RoundRobin::build(&set));
-        let mut view = Backends::new(discovery::Static::new(set));
-        if active {
-            view.set_health_check(Box::new(Checks::new(state.clone(), hc, &s.host)));
-        }
-        let mut balancer = Balancer::from_backends(view);
-        balancer.health_check_frequency = Some(Duration::from_millis(hc.interval_ms));
-        // One slow backend must not delay the others' checks.
-        balancer.parallel_health_check = true;
-        // Static discovery answers at once: the backends are in place before any request.
-        {
-            let update = std::pin::pin!(balancer.update());
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match std::future::Future::poll(update, &mut cx) {
-                std::task::Poll::Ready(r) => r.expect("static discovery does not fail"),
-                std::task::Poll::Pending => unreachable!("static discovery does not wait"),
-            }
-        }
+        let balancer = balancer(set, &state, s, active);
         let pool = Arc::new(Pool {
             rotation,
             state,
             balancer: Arc::new(balancer),
         });
-        let weak = Arc::downgrade(&pool);
-        crate::ops::metrics::refresh_on_scrape(move || {
-            let Some(pool) = weak.upgrade() else {
-                return false;
-            };
-            let now = now_ms();
-            for (i, b) in pool.state.backends.iter().enumerate() {
-                METRICS
-                    .backend_healthy
-                    .with_label_values(&[b.authority])
-                    .set(i64::from(pool.healthy(i, now)));
-            }
-            true
-        });
+        report_health_on_scrape(&pool);
         Upstreams {
             pool,
             servers,
@@ -349,6 +296,85 @@ impl Upstreams {
         o.idle_timeout = Some(self.idle_timeout);
         peer
     }
+}
+
+/// The configured backends in order; `server` tells repeated addresses apart from distinct ones.
+fn backend_list(backends: &[BackendAddr]) -> Vec<Backend> {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Backend {
+            authority: Box::leak(b.authority.clone().into_boxed_str()),
+            addr: b.clone(),
+            server: backends[..i]
+                .iter()
+                .position(|o| o.addr == b.addr)
+                .unwrap_or(i),
+        })
+        .collect()
+}
+
+/// Pingora's backend per configured one (a server listed twice weighs twice), each carrying
+/// its server's slot.
+fn lb_members(list: &[Backend]) -> Vec<pingora::lb::Backend> {
+    list.iter()
+        .map(|b| {
+            let mut ext = Extensions::new();
+            ext.insert(Slot(b.server));
+            pingora::lb::Backend {
+                addr: PingoraAddr::Inet(b.addr.addr),
+                weight: list.iter().filter(|o| o.server == b.server).count(),
+                ext,
+            }
+        })
+        .collect()
+}
+
+/// Pingora's round-robin over `set`, with the active checks when `active`, its backends
+/// already in place.
+fn balancer(
+    set: BTreeSet<pingora::lb::Backend>,
+    state: &Arc<State>,
+    s: &ProxySettings,
+    active: bool,
+) -> Balancer {
+    let hc = &s.health_check;
+    let mut view = Backends::new(discovery::Static::new(set));
+    if active {
+        view.set_health_check(Box::new(Checks::new(state.clone(), hc, &s.host)));
+    }
+    let mut balancer = Balancer::from_backends(view);
+    balancer.health_check_frequency = Some(Duration::from_millis(hc.interval_ms));
+    // One slow backend must not delay the others' checks.
+    balancer.parallel_health_check = true;
+    // Static discovery answers at once: the backends are in place before any request.
+    {
+        let update = std::pin::pin!(balancer.update());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::future::Future::poll(update, &mut cx) {
+            std::task::Poll::Ready(r) => r.expect("static discovery does not fail"),
+            std::task::Poll::Pending => unreachable!("static discovery does not wait"),
+        }
+    }
+    balancer
+}
+
+/// `wxedge_backend_healthy` set from the pool when scraped, while the pool lives.
+fn report_health_on_scrape(pool: &Arc<Pool>) {
+    let weak = Arc::downgrade(pool);
+    crate::ops::metrics::refresh_on_scrape(move || {
+        let Some(pool) = weak.upgrade() else {
+            return false;
+        };
+        let now = now_ms();
+        for (i, b) in pool.state.backends.iter().enumerate() {
+            METRICS
+                .backend_healthy
+                .with_label_values(&[b.authority])
+                .set(i64::from(pool.healthy(i, now)));
+        }
+        true
+    });
 }
 
 /// The active checks: Pingora's `HttpHealthCheck` (one per server, each with its own `Host`:
