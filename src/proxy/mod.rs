@@ -401,8 +401,8 @@ impl Checks {
                 if hc.path.is_empty() {
                     let mut tcp = TcpHealthCheck::new();
                     let o = &mut tcp.peer_template.options;
-                    o.connection_timeout = Some(timeout);
-                    o.total_connection_timeout = Some(timeout);
+                    o.connection_timeout = Some(backstop(timeout));
+                    o.total_connection_timeout = Some(backstop(timeout));
                     tcp
                 } else {
                     // The `Host` requests get when it is fixed (`proxy.host`), else the
@@ -426,6 +426,13 @@ impl Checks {
     }
 }
 
+/// A probe's own timeouts: later than the bound of the whole check (`Checks::check`), which
+/// fires first and says so ("no answer within"); equal, the two raced and the reason a check
+/// failed depended on which timer the runtime polled first.
+fn backstop(timeout: Duration) -> Duration {
+    timeout * 2
+}
+
 /// `GET path` with `Host: host`, passing on a 2xx or 3xx answer (a redirect is an answer: an
 /// application that sends `/` to its login page is up).
 fn http_probe(host: &str, path: &str, timeout: Duration) -> HttpHealthCheck {
@@ -435,10 +442,10 @@ fn http_probe(host: &str, path: &str, timeout: Duration) -> HttpHealthCheck {
     let _ = req.append_header("User-Agent", "wxedge-health-check");
     check.req = req;
     let o = &mut check.peer_template.options;
-    o.connection_timeout = Some(timeout);
-    o.total_connection_timeout = Some(timeout);
-    o.read_timeout = Some(timeout);
-    o.write_timeout = Some(timeout);
+    o.connection_timeout = Some(backstop(timeout));
+    o.total_connection_timeout = Some(backstop(timeout));
+    o.read_timeout = Some(backstop(timeout));
+    o.write_timeout = Some(backstop(timeout));
     let path = path.to_string();
     check.validator = Some(Box::new(move |resp: &ResponseHeader| {
         let status = resp.status.as_u16();
