@@ -25,36 +25,6 @@ import log_instructions as li
 WECHAT = [f"User-Agent: {li.WECHAT_UA}", "Referer: https://bench.local/pages/index/index"]
 
 
-def exchange(sock, req, n):
-    """Send `req` n times, one at a time, reading each whole answer (a 200 or a 304)."""
-    buf = b""
-    for _ in range(n):
-        sock.sendall(req)
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head = buf[:end].decode("latin-1").lower().split("\r\n")
-                status = head[0][9:12]
-                length = 0
-                for line in head[1:]:
-                    name, _, value = line.partition(":")
-                    if name.strip() == "content-length" and status != "304":
-                        length = int(value)
-                if status not in ("200", "304"):
-                    raise SystemExit(f"ab_instructions: unexpected answer: {head[0]}")
-                if len(buf) >= end + 4 + length:
-                    buf = buf[end + 4 + length:]
-                    break
-            data = sock.recv(65536)
-            if not data:
-                raise SystemExit("ab_instructions: the edge closed the connection")
-            buf += data
-
-
-# The measurement is log_instructions' own, with answers other than 200 allowed.
-li.exchange = exchange
-
-
 def backend():
     """A keep-alive HTTP/1.1 backend answering every request with a small JSON body."""
     srv = socket.socket()

@@ -36,7 +36,8 @@ def request(path, host, extra):
 
 
 def exchange(sock, req, n):
-    """Send `req` n times, one at a time, reading each whole answer (Content-Length bodies)."""
+    """Send `req` n times, one at a time, reading each whole answer (a 200 with a Content-Length
+    body, or a 304)."""
     buf = b""
     for _ in range(n):
         sock.sendall(req)
@@ -44,12 +45,13 @@ def exchange(sock, req, n):
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
                 head = buf[:end].decode("latin-1").lower().split("\r\n")
+                not_modified = head[0].startswith("http/1.1 304")
                 length = 0
                 for line in head[1:]:
                     name, _, value = line.partition(":")
-                    if name.strip() == "content-length":
+                    if name.strip() == "content-length" and not not_modified:
                         length = int(value)
-                if not head[0].startswith("http/1.1 200"):
+                if not (head[0].startswith("http/1.1 200") or not_modified):
                     sys.exit(f"log_instructions: unexpected answer: {head[0]}")
                 if len(buf) >= end + 4 + length:
                     buf = buf[end + 4 + length:]
