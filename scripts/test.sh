@@ -8,7 +8,7 @@ cargo test --locked
 # (ops.short_path off): every static, proxy, login and front-door assertion covers both paths.
 WXEDGE_TEST_SHORT_PATH=false cargo test --locked \
   --test static_files --test proxy --test oauth --test relay --test front_door --test ops --test replicas \
-  --test tls
+  --test tls --test uploads
 # deploy/: the Kubernetes manifests and compose.yaml against their schemas (validators from PyPI).
 bash scripts/validate-deploy.sh
 # The fuzz targets: build, replay the committed seeds and regressions, fuzz each briefly.

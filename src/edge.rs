@@ -403,6 +403,12 @@ impl Site {
             Plan::Forward(identity) | Plan::Tunnel(identity) => {
                 ctx.class = RouteClass::Proxy;
                 ctx.identity = identity;
+                if !self.declared_empty_body_ended(session).await {
+                    let r = crate::request::refuse(400, "a body after content-length: 0");
+                    ctx.class = RouteClass::Rejected;
+                    write_reply(session, ctx, Reply::refusal(r)).await?;
+                    return Ok(true);
+                }
                 return Ok(false);
             }
             Plan::Refuse(r) => Reply::refusal(r),
@@ -412,6 +418,30 @@ impl Site {
         ctx.class = reply.class;
         write_reply(session, ctx, reply).await?;
         Ok(true)
+    }
+
+    /// An HTTP/2 request that says `content-length: 0` before its stream has ended (Pingora
+    /// then takes it as bodiless) goes on only once the stream ends empty: a DATA frame could
+    /// still contradict it, and the backend must never get a request the client did not
+    /// finish. `false`: it did not end empty (or in time).
+    async fn declared_empty_body_ended(&self, session: &mut Session) -> bool {
+        let downstream = session.as_downstream_mut();
+        let declared_empty = downstream
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+        if !downstream.is_http2() || !declared_empty {
+            return true;
+        }
+        loop {
+            let next = downstream.read_request_body();
+            match tokio::time::timeout(self.limits.body_timeout, next).await {
+                Ok(Ok(None)) => return true,
+                Ok(Ok(Some(data))) if data.is_empty() => {} // an empty DATA frame
+                _ => return false,
+            }
+        }
     }
 
     /// A record for a request that did not come through the front door.

@@ -51,6 +51,8 @@ pub struct SiteState {
     pub public_host: Option<String>,
     pub drop_underscore_headers: bool,
     pub max_body_bytes: u64,
+    /// How request bodies are kept until they are sent on (memory, then a temporary file).
+    pub body_spool: crate::request::body::SpoolPolicy,
     pub limits: ClientLimits,
     pub access_log: access_log::Format,
     /// Header names only the edge may send upstream (canonical spelling).
@@ -132,6 +134,14 @@ impl Site {
                 .and_then(|u| u.host().map(str::to_string)),
             drop_underscore_headers: s.proxy.drop_underscore_headers,
             max_body_bytes: s.proxy.max_body_bytes,
+            body_spool: crate::request::body::SpoolPolicy {
+                buffer_bytes: s.proxy.body_buffer_bytes.min(usize::MAX as u64) as usize,
+                temp_dir: match s.proxy.body_temp_dir.as_str() {
+                    "" => std::env::temp_dir(),
+                    dir => dir.into(),
+                },
+                max_temp_bytes: s.proxy.body_temp_max_bytes,
+            },
             limits: ClientLimits {
                 max_header_bytes: s.ops.max_header_bytes,
                 header_timeout: Duration::from_millis(s.ops.client_header_timeout_ms),

@@ -1080,3 +1080,188 @@ async fn split_http2_cookies_reach_the_backend_as_one_line() {
         assert_eq!(cookies, ["theme=dark; lang=zh; cart=3"], "login {login}");
     }
 }
+
+/// HTTP/2 uploads are kept like HTTP/1's (a small buffer in memory, the rest in a temporary
+/// file): they reach the backend byte-exact with a declared length and without one, and
+/// streams that stall hold no memory for what they sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_uploads_arrive_whole_and_stalled_ones_hold_a_buffer_each() {
+    const SIZE: usize = 10 << 20;
+    const SHORT: usize = 64 << 10;
+    const BUFFER: usize = 16 << 10;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let m = metrics.to_string();
+    let s = site(&[
+        ("WXEDGE_METRICS_LISTEN", m.as_str()),
+        ("WXEDGE_CLIENT_BODY_TIMEOUT_MS", "600000"),
+    ])
+    .await;
+    let body_of = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 12) as u8)
+            .collect()
+    };
+    let mut client = h2_client(&s).await;
+    for (i, len) in [0, 1, BUFFER - 1, BUFFER, BUFFER + 1, 3 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        for declared in [true, false] {
+            let body = body_of(len, i as u8 + declared as u8 * 100);
+            let mut req = http::Request::post(format!("https://a.test/api/upload/{len}"));
+            if declared {
+                req = req.header("content-length", len);
+            }
+            let (resp, mut send) = client.send_request(req.body(()).unwrap(), false).unwrap();
+            send.send_data(bytes::Bytes::from(body.clone()), true)
+                .unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200, "{len} bytes, declared {declared}");
+            let got = s.backend.seen().pop().unwrap();
+            assert!(
+                got.body == body,
+                "{len} bytes, declared {declared}: {} arrived",
+                got.body.len()
+            );
+        }
+    }
+    let temp = "wxedge_request_body_temp_bytes";
+    wait_for_metric(metrics, temp, 0.0, std::time::Duration::from_secs(10)).await;
+
+    // 100 streams on 10 connections send all but the last 64 KiB of 10 MiB, then stall.
+    let before = rss_kib(&s.edge);
+    let piece = bytes::Bytes::from(body_of(SIZE - SHORT, 9));
+    let (mut stalled, mut clients) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let mut client = h2_client(&s).await;
+        for _ in 0..10 {
+            client = client.ready().await.unwrap();
+            let req = http::Request::post("https://a.test/api/upload/stalled")
+                .header("content-length", SIZE)
+                .body(())
+                .unwrap();
+            let (resp, mut send) = client.send_request(req, false).unwrap();
+            send.send_data(piece.clone(), false).unwrap();
+            stalled.push((resp, send));
+        }
+        clients.push(client); // its connection stays open while the test runs
+    }
+    if short_path_setting() == "true" {
+        // Everything sent has been read and kept, in temporary files.
+        let in_files = 100 * (SIZE - SHORT);
+        let limit = std::time::Duration::from_secs(120);
+        wait_for_metric(metrics, temp, in_files as f64, limit).await;
+    } else {
+        // Pingora's path streams each body to the backend as it arrives instead.
+        let start = std::time::Instant::now();
+        while s
+            .backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < 100
+        {
+            assert!(
+                start.elapsed().as_secs() < 120,
+                "the stalled streams did not reach the backend"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let during = rss_kib(&s.edge);
+    let growth_mib = during.saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "100 stalled HTTP/2 uploads of 10 MiB: RSS {before} -> {during} KiB (+{growth_mib:.1} MiB)"
+    );
+    assert!(
+        growth_mib < 32.0,
+        "stalled HTTP/2 uploads grew the edge by {growth_mib:.1} MiB"
+    );
+    // One finishes and arrives whole; the others are reset and their files go.
+    let (resp, mut send) = stalled.pop().unwrap();
+    send.send_data(bytes::Bytes::from(vec![7u8; SHORT]), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let got = s.backend.seen().pop().unwrap().body;
+    assert_eq!(got.len(), SIZE);
+    assert!(got[..SIZE - SHORT] == piece[..] && got[SIZE - SHORT..].iter().all(|&b| b == 7));
+    for (_, mut send) in stalled {
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    wait_for_metric(metrics, temp, 0.0, std::time::Duration::from_secs(30)).await;
+    drop(clients);
+}
+
+/// HTTP/2 requests as strict as HTTP/1's: what RFC 9113 calls malformed is refused before any
+/// backend sees it, and a body that could still contradict its declared length is not
+/// forwarded before its stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http2_fields_are_refused_before_the_backend() {
+    let s = site(&[]).await;
+    let mut client = h2_client(&s).await;
+    // (why it is malformed, the request): each is answered 400 and never forwarded.
+    let cases: Vec<(&str, http::Request<()>)> = vec![
+        (
+            "8.2.1: a field value that starts with a space",
+            http::Request::get("https://a.test/api/ping")
+                .header("x-a", " v")
+                .body(())
+                .unwrap(),
+        ),
+        (
+            "8.2.1: a field value that ends with a tab",
+            http::Request::get("https://a.test/api/ping")
+                .header("x-a", "v\t")
+                .body(())
+                .unwrap(),
+        ),
+        (
+            "8.3.1: an :authority whose port is above 65535",
+            http::Request::get("https://a.test:99999/api/ping")
+                .body(())
+                .unwrap(),
+        ),
+    ];
+    for (why, req) in cases {
+        client = client.ready().await.unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 400, "{why}");
+    }
+    assert!(
+        s.backend.seen().is_empty(),
+        "a malformed request reached the backend"
+    );
+
+    // 8.1.1: `content-length: 0` on a HEADERS frame that does not end the stream. A DATA frame
+    // then contradicts it: the stream fails, and the backend never had the request.
+    let post = || {
+        http::Request::post("https://a.test/api/ping")
+            .header("content-length", "0")
+            .body(())
+            .unwrap()
+    };
+    client = client.ready().await.unwrap();
+    let (resp, mut send) = client.send_request(post(), false).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        s.backend.seen().is_empty(),
+        "forwarded before the stream ended"
+    );
+    let _ = send.send_data(bytes::Bytes::from_static(b"x"), true);
+    assert!(
+        resp.await.is_err(),
+        "a body contradicting content-length: 0 was answered"
+    );
+    // The same request whose stream then ends empty goes on, after the end.
+    let mut client = h2_client(&s).await;
+    let (resp, mut send) = client.send_request(post(), false).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        s.backend.seen().is_empty(),
+        "forwarded before the stream ended"
+    );
+    send.send_data(bytes::Bytes::new(), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(s.backend.seen().len(), 1);
+}

@@ -169,6 +169,15 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_MAX_BODY_BYTES", |s, n, v| {
         Ok(s.proxy.max_body_bytes = number(n, v)?)
     }),
+    ("WXEDGE_BODY_BUFFER_BYTES", |s, n, v| {
+        Ok(s.proxy.body_buffer_bytes = number(n, v)?)
+    }),
+    ("WXEDGE_BODY_TEMP_DIR", |s, _, v| {
+        Ok(s.proxy.body_temp_dir = v.trim().into())
+    }),
+    ("WXEDGE_BODY_TEMP_MAX_BYTES", |s, n, v| {
+        Ok(s.proxy.body_temp_max_bytes = number(n, v)?)
+    }),
     ("WXEDGE_BACKEND_RETRY_SECONDS", |s, n, v| {
         Ok(s.proxy.backend_retry_seconds = number(n, v)?)
     }),

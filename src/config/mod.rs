@@ -430,7 +430,26 @@ fn validate_proxy(proxy: &ProxySettings) -> Result<Vec<BackendAddr>, ConfigError
         .map(|b| parse_backend(b))
         .collect::<Result<Vec<_>, _>>()?;
     validate_health_check(&proxy.health_check)?;
+    validate_body_temp_dir(proxy)?;
     Ok(backends)
+}
+
+/// Request bodies past the memory buffer need a directory that takes files: found out at
+/// start-up (and by `wxedge -t`), not by the first large upload.
+fn validate_body_temp_dir(proxy: &ProxySettings) -> Result<(), ConfigError> {
+    if proxy.body_buffer_bytes >= proxy.max_body_bytes {
+        return Ok(()); // every body fits in memory: no file is ever made
+    }
+    let dir = match proxy.body_temp_dir.as_str() {
+        "" => std::env::temp_dir(),
+        dir => dir.into(),
+    };
+    tempfile::tempfile_in(&dir).map(drop).or_else(|e| {
+        err(format!(
+            "proxy.body_temp_dir: cannot create temporary files in {}: {e}",
+            dir.display()
+        ))
+    })
 }
 
 /// The access log's format and the private listeners (metrics, the WeChat compat endpoint).

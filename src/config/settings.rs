@@ -145,6 +145,15 @@ pub struct ProxySettings {
     pub write_timeout_ms: u64,
     /// Request bodies above this are refused with 413.
     pub max_body_bytes: u64,
+    /// The most of one request body kept in memory (nginx's `client_body_buffer_size`); the
+    /// rest waits in an unnamed temporary file until the body is whole and sent on.
+    pub body_buffer_bytes: u64,
+    /// The directory of those temporary files (nginx's `client_body_temp_path`); empty = the
+    /// system's (`TMPDIR`, else `/tmp`).
+    pub body_temp_dir: String,
+    /// The most bytes all request bodies may hold in temporary files at once; a new upload
+    /// past it gets 503.
+    pub body_temp_max_bytes: u64,
     /// How long a backend that refused a connection is skipped.
     pub backend_retry_seconds: u64,
     /// Upstream keep-alive idle timeout.
@@ -405,6 +414,9 @@ impl Default for ProxySettings {
             read_timeout_ms: 60_000,
             write_timeout_ms: 60_000,
             max_body_bytes: 10 << 20,
+            body_buffer_bytes: 16 * 1024,
+            body_temp_dir: String::new(),
+            body_temp_max_bytes: 1 << 30,
             backend_retry_seconds: 10,
             keepalive_idle_seconds: 60,
             drop_underscore_headers: true,

@@ -35,6 +35,7 @@ use crate::pipeline::Plan;
 use crate::proxy::forward::{self, Outgoing};
 use crate::proxy::upstream::{self, ForwardedIdentity, Outbound};
 use crate::reply::{Reply, ReplyBody};
+use crate::request::body::{BodyError, Spooled};
 use crate::request::client::ClientAddr;
 use crate::static_files::pieces::PieceReader;
 use crate::static_files::{Piece, Quick};
@@ -328,15 +329,19 @@ impl Front {
         identity: ForwardedIdentity,
     ) {
         let site = &self.site;
-        let Some(body) = self.read_h2_body(&mut session).await else {
-            // The client went away or stalled mid-body.
-            session.shutdown();
-            return;
+        let body = match self.read_h2_body(&mut session).await {
+            Ok(body) => body,
+            Err(Some(reply)) => return self.reply_h2(session, record, reply).await,
+            Err(None) => {
+                // The client went away or stalled mid-body.
+                session.shutdown();
+                return;
+            }
         };
         let req = session.req_header();
         let https = record.https;
         let hsts = self.hsts(https);
-        let mut bytes = Vec::with_capacity(512 + body.len());
+        let mut head = Vec::with_capacity(512);
         let method = req.method.as_str();
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
         // HTTP/1 backends get `Host` from `:authority` where the client sent one, in place of
@@ -353,7 +358,7 @@ impl Front {
             .chain(host.map(|a| ("host", a)))
             .collect();
         upstream::write_head(
-            &mut bytes,
+            &mut head,
             method,
             target,
             client.iter().copied(),
@@ -366,9 +371,9 @@ impl Front {
                 upgrade: false,
             },
         );
-        bytes.extend_from_slice(&body);
         let outgoing = Outgoing {
-            bytes: &bytes,
+            head: &head,
+            body: &body,
             head_request: req.method == http::Method::HEAD,
             request_id: &record.request_id,
             close_client: false,
@@ -393,20 +398,31 @@ impl Front {
         }
     }
 
-    /// The request body, whole (its declared length is within `max_body_bytes`: `check`);
-    /// `None` if the client goes away or pauses longer than the body timeout.
-    async fn read_h2_body(&self, session: &mut HttpSession) -> Option<Vec<u8>> {
-        if session.is_body_done() {
-            return Some(Vec::new());
-        }
-        let limit = self.site.max_body_bytes as usize;
-        let mut body = Vec::new();
+    /// The request body, whole (its start in memory, the rest in a temporary file, as on
+    /// HTTP/1; its declared length is within `max_body_bytes`: `check`). `Err(None)` if the
+    /// client goes away or pauses longer than the body timeout, `Err(Some(..))` a body that
+    /// cannot be kept (the stream gets that answer).
+    async fn read_h2_body(&self, session: &mut HttpSession) -> Result<Spooled, Option<Reply>> {
+        let site = &self.site;
+        let mut body = Spooled::default();
+        // Read to the end of the stream even when `Content-Length: 0` says there is no body
+        // (Pingora's `is_body_done` believes it): a DATA frame may still contradict it, and a
+        // request the client has not finished must not reach the backend.
+        let refuse = |e: BodyError| {
+            Some(Reply::refusal(crate::request::refuse(
+                e.status(),
+                e.message(),
+            )))
+        };
         loop {
             let read = session.read_body_bytes();
-            match tokio::time::timeout(self.site.limits.body_timeout, read).await {
-                Ok(Ok(Some(b))) if body.len() + b.len() <= limit => body.extend_from_slice(&b),
-                Ok(Ok(None)) => return Some(body),
-                _ => return None,
+            match tokio::time::timeout(site.limits.body_timeout, read).await {
+                Ok(Ok(Some(b))) if body.len() + b.len() as u64 <= site.max_body_bytes => {
+                    body.push(&b, &site.body_spool).map_err(refuse)?
+                }
+                Ok(Ok(Some(_))) => return Err(refuse(BodyError::TooLarge)),
+                Ok(Ok(None)) => return Ok(body),
+                _ => return Err(None),
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The client connection as Pingora's answer path sees it.
 //!
 //! The front door has already read and decoded the whole request; Pingora gets it as a
-//! rewritten prefix (`set_pipelined_prefix`). Reads through this wrapper see nothing, so
+//! rewritten prefix (`set_pipelined_prefix`), and the part of its body that waits in a
+//! temporary file (`request::body`) as the first reads here. Past that, reads see nothing, so
 //! Pingora can never read past that request into the next pipelined one (which stays in the
 //! front door's buffer) or parse any byte the front door has not validated. Writes go straight
 //! to the socket. A real upgrade (WebSocket) is the exception: after it the connection is a
@@ -19,16 +20,21 @@ use pingora::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::request::body::{TempBody, TempReader};
+
 #[derive(Debug)]
 pub struct HandedOver {
     inner: Stream,
+    /// The rest of the request's body, read before anything else.
+    body: Option<TempReader>,
     /// Reads reach the socket (only for upgrades).
     reads: bool,
 }
 
 impl HandedOver {
-    pub fn new(inner: Stream, reads: bool) -> HandedOver {
-        HandedOver { inner, reads }
+    pub fn new(inner: Stream, body: Option<TempBody>, reads: bool) -> HandedOver {
+        let body = body.map(TempBody::reader);
+        HandedOver { inner, body, reads }
     }
 
     /// The front door's stream back from the one Pingora returns.
@@ -47,6 +53,13 @@ impl AsyncRead for HandedOver {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(body) = &mut self.body {
+            let before = buf.filled().len();
+            match Pin::new(body).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before => self.body = None,
+                other => return other,
+            }
+        }
         if self.reads {
             Pin::new(&mut self.inner).poll_read(cx, buf)
         } else {

@@ -42,7 +42,7 @@ use crate::ops::record::{LogFields, RequestRecord};
 use crate::ops::{lifecycle, request_id, RouteClass};
 use crate::proxy::forward::{self, Outgoing, COALESCE_MAX};
 use crate::proxy::upstream::{self, Outbound};
-use crate::request::body::Body;
+use crate::request::body::{Body, Spooled, TempBody};
 use crate::request::client::ClientAddr;
 use crate::request::{self, Framing, Request, MAX_HEADERS};
 use handover::HandedOver;
@@ -132,7 +132,9 @@ enum Turn {
 
 /// A request for Pingora's path: its rewritten bytes, its record and its plan.
 struct HandOff {
+    /// The head and the body's start; the rest of the body in its temporary file.
     request: BytesMut,
+    body_rest: Option<TempBody>,
     handed: Handed,
     upgrade: bool,
 }
@@ -340,7 +342,8 @@ impl Front {
         h: HandOff,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut session = ServerSession::new_http1(Box::new(HandedOver::new(stream, h.upgrade)));
+        let mut session =
+            ServerSession::new_http1(Box::new(HandedOver::new(stream, h.body_rest, h.upgrade)));
         let keepalive = (!*shutdown.borrow() && !lifecycle::draining() && !h.upgrade)
             .then(|| self.site.limits.keepalive.as_secs());
         session.set_keepalive(keepalive);
@@ -498,8 +501,10 @@ impl Front {
             }
             plan => {
                 let upgrade = matches!(plan, Plan::Tunnel(_));
+                let (request, body_rest) = rewritten(req, body, upgrade);
                 Turn::HandOff(Box::new(HandOff {
-                    request: rewritten(req, &body, upgrade),
+                    request,
+                    body_rest,
                     handed: Handed {
                         record,
                         plan: Some(plan.detach()),
@@ -526,19 +531,22 @@ impl Front {
         Turn::Refused
     }
 
-    /// The whole body, decoded; `Err(Some(..))` is an answer to refuse it with (the
+    /// The whole body, decoded (its start in memory, the rest in a temporary file: a stalled
+    /// upload holds `body_spool.buffer_bytes`, not its size); `Err(Some(..))` is an answer to refuse it with (the
     /// connection then closes), `Err(None)` a client that went away.
     async fn read_body(
         &self,
         stream: &mut Stream,
         conn: &mut Conn,
         req: &Request<'_, '_>,
-    ) -> Result<Vec<u8>, Option<Refusal>> {
+    ) -> Result<Spooled, Option<Refusal>> {
         if req.framing == Framing::Empty {
-            return Ok(Vec::new());
+            return Ok(Spooled::default());
         }
         let refuse = |e: request::body::BodyError| Some(request::refuse(e.status(), e.message()));
-        let mut body = Body::new(req.framing, self.site.max_body_bytes).map_err(refuse)?;
+        let site = &self.site;
+        let mut body =
+            Body::new(req.framing, site.max_body_bytes, &site.body_spool).map_err(refuse)?;
         let used = body.take(&conn.buf).map_err(refuse)?;
         conn.buf.advance(used);
         if !body.is_done() && req.expects_continue {
@@ -564,7 +572,7 @@ impl Front {
             let used = body.take(&conn.buf).map_err(refuse)?;
             conn.buf.advance(used);
         }
-        Ok(body.into_bytes())
+        Ok(body.into_spooled())
     }
 
     /// A whole dist file or its 304, from header lines serialized at start-up; whether it was
@@ -619,16 +627,16 @@ impl Front {
         stream: &mut Stream,
         conn: &mut Conn,
         req: &Request<'_, '_>,
-        body: &[u8],
+        body: &Spooled,
         identity: ForwardedIdentity,
         record: &mut RequestRecord,
         keep_alive: bool,
     ) -> Turn {
         let site = &self.site;
         let target = req.normalised_target();
-        let mut bytes = Vec::with_capacity(512 + body.len());
+        let mut head = Vec::with_capacity(512);
         upstream::write_head(
-            &mut bytes,
+            &mut head,
             req.method,
             &target,
             req.headers.iter().map(|h| (h.name, h.value)),
@@ -641,9 +649,9 @@ impl Front {
                 upgrade: false,
             },
         );
-        bytes.extend_from_slice(body);
         let outgoing = Outgoing {
-            bytes: &bytes,
+            head: &head,
+            body,
             head_request: req.is_head(),
             request_id: &record.request_id,
             close_client: !keep_alive,
@@ -768,12 +776,15 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// The request as Pingora's path gets it: the normalised target, the client's header lines,
-/// the decoded body as a `Content-Length` body, and one `Connection` line that says what the
+/// the decoded body as a `Content-Length` body (its start here, the rest, if any, still in
+/// its temporary file), and one `Connection` line that says what the
 /// front door decided. The client's framing, `Expect` and `Connection` lines are not copied
 /// (the front door has dealt with them: Pingora must not decide them again, differently),
 /// nor those the client's `Connection` names, nor `Upgrade` unless it is a real one.
-fn rewritten(req: &Request<'_, '_>, body: &[u8], upgrade: bool) -> BytesMut {
-    let mut out = BytesMut::with_capacity(512 + body.len());
+fn rewritten(req: &Request<'_, '_>, body: Spooled, upgrade: bool) -> (BytesMut, Option<TempBody>) {
+    let body_len = body.len();
+    let (memory, rest) = body.into_parts();
+    let mut out = BytesMut::with_capacity(512 + memory.len());
     out.put_slice(req.method.as_bytes());
     out.put_u8(b' ');
     out.put_slice(req.normalised_target().as_bytes());
@@ -810,12 +821,12 @@ fn rewritten(req: &Request<'_, '_>, body: &[u8], upgrade: bool) -> BytesMut {
         (false, true) => b"connection: keep-alive\r\n",
         (false, false) => b"connection: close\r\n",
     });
-    if let Some(len) = crate::proxy::upstream::declared_length(req.method, body.len()) {
+    if let Some(len) = crate::proxy::upstream::declared_length(req.method, body_len) {
         out.put_slice(format!("content-length: {len}\r\n").as_bytes());
     }
     out.put_slice(b"\r\n");
-    out.put_slice(body);
-    out
+    out.put_slice(&memory);
+    (out, rest)
 }
 
 #[cfg(test)]
@@ -840,7 +851,10 @@ mod tests {
 Expect: 100-continue\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n";
         let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (req, _) = request::parse(raw, &mut hs, 4096).unwrap().unwrap();
-        let out = rewritten(&req, b"hello", false);
+        let mut body = Spooled::default();
+        body.push(b"hello", &Default::default()).unwrap();
+        let (out, rest) = rewritten(&req, body, false);
+        assert!(rest.is_none());
         assert_eq!(
             &out[..],
             &b"POST /api/y?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nconnection: keep-alive\r\ncontent-length: 5\r\n\r\nhello"[..]

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     /// Active health checks by backend and result (pass, fail).
     pub backend_health_checks: IntCounterVec,
+    /// Bytes of request bodies waiting in temporary files now; set when scraped.
+    pub body_temp_bytes: IntGauge,
 }
 
 /// A metric family as registered: name, help, label names.
@@ -174,6 +176,11 @@ const REVOKED_SESSIONS_REFUSED: Family = (
     "Requests whose session had been revoked",
     &[],
 );
+const BODY_TEMP_BYTES: Family = (
+    "wxedge_request_body_temp_bytes",
+    "Bytes of request bodies waiting in temporary files",
+    &[],
+);
 const BACKEND_HEALTH_CHECKS: Family = (
     "wxedge_backend_health_checks_total",
     "Active backend health checks by result",
@@ -243,6 +250,7 @@ impl Metrics {
             revoked_sessions_refused: counter(&r, REVOKED_SESSIONS_REFUSED),
             backend_health_checks: counter_vec(&r, BACKEND_HEALTH_CHECKS),
             backend_healthy,
+            body_temp_bytes: gauge(&r, BODY_TEMP_BYTES),
             in_flight,
             connections,
             registry: r,
@@ -254,6 +262,8 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|refresh| refresh());
+        let temp = crate::request::body::temp_bytes();
+        self.body_temp_bytes.set(temp.min(i64::MAX as u64) as i64);
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf

@@ -19,6 +19,7 @@ use super::chunked::Chunked;
 use super::headers;
 use super::Upstreams;
 use crate::ops::metrics::METRICS;
+use crate::request::body::Spooled;
 use crate::request::has_token;
 
 /// Idle backend connections kept per thread (nginx: `keepalive 64` per worker).
@@ -85,8 +86,10 @@ fn put_idle(addr: SocketAddr, stream: TcpStream) {
 
 /// One request as it goes upstream (its head written by [`super::upstream::write_head`]).
 pub struct Outgoing<'a> {
-    /// The whole request as it goes upstream: the head, then the (small) body.
-    pub bytes: &'a [u8],
+    /// The request head as it goes upstream.
+    pub head: &'a [u8],
+    /// The whole body (sent after the head; again from its start on a retry).
+    pub body: &'a Spooled,
     /// A HEAD request: the answer has no body whatever its headers say.
     pub head_request: bool,
     pub request_id: &'a str,
@@ -250,9 +253,12 @@ async fn send_and_read_head(
     mut stream: TcpStream,
     req: &Outgoing<'_>,
 ) -> Result<(TcpStream, BytesMut, usize), (Failure, bool)> {
-    timed(ups.write_timeout, stream.write_all(req.bytes))
-        .await
-        .map_err(|f| (f, true))?;
+    timed(
+        ups.write_timeout,
+        req.body.write_after(req.head, &mut stream),
+    )
+    .await
+    .map_err(|f| (f, true))?;
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let n = timed(ups.read_timeout, stream.read_buf(&mut buf))

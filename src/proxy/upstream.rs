@@ -29,7 +29,7 @@ pub struct Outbound<'a> {
     pub request_id: &'a str,
     /// `Content-Length` of the whole (decoded) request body, when one is sent
     /// ([`declared_length`]).
-    pub body_len: Option<usize>,
+    pub body_len: Option<u64>,
     /// A body of unknown length follows (an HTTP/2 request without `Content-Length`): sent
     /// chunked. Never together with `body_len`.
     pub streamed_body: bool,
@@ -48,7 +48,7 @@ fn is_framing(name: &str) -> bool {
 /// The `Content-Length` a request goes on with: its body's length when it has one, and 0 for
 /// an empty body of a method that defines one (RFC 9110 §8.6: a POST without a length would
 /// leave the backend to guess).
-pub fn declared_length(method: &str, body_len: usize) -> Option<usize> {
+pub fn declared_length(method: &str, body_len: u64) -> Option<u64> {
     (body_len > 0 || matches!(method, "POST" | "PUT" | "PATCH")).then_some(body_len)
 }
 
@@ -222,7 +222,7 @@ mod tests {
         ]
     }
 
-    fn built(identity: &ForwardedIdentity, body_len: usize, upgrade: bool) -> String {
+    fn built(identity: &ForwardedIdentity, body_len: u64, upgrade: bool) -> String {
         let (lb, protected) = (trusted_lb(), vec![headers::canonical("X-WX-OpenID")]);
         let f = forwarding(&lb, &protected);
         let out = Outbound {

@@ -24,6 +24,13 @@ pub fn check(req: &mut RequestHeader, max_body_bytes: u64) -> Result<(), Refusal
     if !valid_method(req.method.as_str()) {
         return Err(refuse(400, "malformed method"));
     }
+    // RFC 9113 8.2.1: a value that starts or ends with a space or tab is malformed (HTTP/1's
+    // parser trims that whitespace; here it would reach the backend as sent).
+    let padded =
+        |v: &[u8]| matches!(v.first().zip(v.last()), Some((a, b)) if is_ws(*a) || is_ws(*b));
+    if req.headers.values().any(|v| padded(v.as_bytes())) {
+        return Err(refuse(400, "a header value starts or ends with whitespace"));
+    }
     // CONNECT (no :path) and `*` end here, as absolute-form and `*` do on HTTP/1.
     let raw_path = req.uri.path();
     if !raw_path.starts_with('/') {
@@ -76,6 +83,10 @@ pub fn check(req: &mut RequestHeader, max_body_bytes: u64) -> Result<(), Refusal
         req.set_uri(uri);
     }
     Ok(())
+}
+
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
 }
 
 /// A checked HTTP/2 request (or any request Pingora read) as the decision sees it.
@@ -154,6 +165,11 @@ mod tests {
                 413,
             ),
             ("get", "https://a.example/", &[], 400),
+            // RFC 9113 8.2.1 and 8.3.1: malformed fields are refused, not passed on.
+            ("GET", "https://a.example:99999/", &[], 400),
+            ("GET", "https://a.example/", &[("x-a", " v")], 400),
+            ("GET", "https://a.example/", &[("x-a", "v\t")], 400),
+            ("GET", "https://a.example/", &[("x-a", " ")], 400),
         ];
         for (m, u, hs, status) in cases {
             let mut r = h2(m, u, hs);

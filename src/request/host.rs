@@ -17,7 +17,8 @@ pub fn host_problem(http_1_1: bool, count: usize, first: Option<&[u8]>) -> Optio
 }
 
 /// `host[:port]` as RFC 3986 has it: a registered name (letters, digits and the unreserved,
-/// sub-delimiter and `%` characters) or a bracketed IPv6 literal, then optional port digits.
+/// sub-delimiter and `%` characters) or a bracketed IPv6 literal, then an optional port
+/// (digits, at most 65535; `host:` with none is allowed, as RFC 3986 allows it).
 pub(crate) fn valid_host(v: &[u8]) -> bool {
     let v = v.trim_ascii();
     let (host_ok, port) = if let Some(rest) = v.strip_prefix(b"[") {
@@ -43,7 +44,11 @@ pub(crate) fn valid_host(v: &[u8]) -> bool {
     };
     let port_ok = match port.split_first() {
         None => true,
-        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        // A port is at most 65535 (RFC 9113 8.3.1 calls a larger one malformed).
+        Some((b':', digits)) => {
+            digits.iter().all(u8::is_ascii_digit)
+                && (digits.len() < 5 || (digits.len() == 5 && digits <= &b"65535"[..]))
+        }
         Some(_) => false,
     };
     host_ok && port_ok
@@ -63,6 +68,7 @@ mod tests {
             b"[::1]",
             b"[::1]:8080",
             b"[2001:db8::7]:443",
+            b"a.example:65535",
             b"my_host-1.internal",
             b" padded.example ",
         ] {
@@ -84,6 +90,10 @@ mod tests {
             b"a@b",
             b"host:80x",
             b"host:80:81",
+            b"host:65536",
+            b"host:99999",
+            b"host:000080",
+            b"[::1]:123456",
             b":80",
             b"[::1",
             b"[]",

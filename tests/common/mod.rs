@@ -19,12 +19,79 @@ pub mod redis_server;
 pub mod relay;
 pub mod wechat;
 
+/// A loopback port for a server the test starts (the edge, nginx, Redis), which binds it later.
+///
+/// Not a port from `bind(":0")`: those come from the kernel's ephemeral range, the same range
+/// outgoing connections take their local ports from, so between our probe and the server's
+/// bind another test's connection to a backend may take it (CI saw "Address already in use").
+/// Ports below the ephemeral range are never taken that way; a per-process counter starting at
+/// an offset from the pid keeps parallel tests (and test binaries) apart, and each candidate is
+/// probed before it is handed out.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let Some((low, high)) = below_ephemeral_range() else {
+        let probe = StdListener::bind("127.0.0.1:0").unwrap();
+        return probe.local_addr().unwrap().port();
+    };
+    let span = high - low;
+    let start = std::process::id() as usize * 997;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if StdListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The ports from 10000 up to the kernel's ephemeral range (32768 by default), if there is room.
+fn below_ephemeral_range() -> Option<(usize, usize)> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    (ephemeral_low > 12000).then_some((10000, ephemeral_low))
+}
+
+/// The edge's resident memory, KiB.
+pub fn rss_kib(edge: &EdgeProc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", edge.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// One unlabelled metric's value from the metrics listener at `metrics`.
+pub fn scrape(metrics: SocketAddr, name: &str) -> f64 {
+    let text = raw(
+        metrics,
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in the metrics"))
+}
+
+/// Wait until the metric `name` is `want` (polling), or fail after `limit`.
+pub async fn wait_for_metric(metrics: SocketAddr, name: &'static str, want: f64, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = tokio::task::spawn_blocking(move || scrape(metrics, name))
+            .await
+            .unwrap();
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} is {got}, not {want}, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub fn fixture_dist() -> PathBuf {
