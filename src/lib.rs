@@ -21,6 +21,7 @@ pub mod session;
 pub(crate) mod shared;
 pub(crate) mod site;
 pub mod static_files;
+pub(crate) mod throttle;
 pub(crate) mod tls;
 pub(crate) mod wechat;
 

@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 
-use crate::auth::{AuthAction, AuthRequest};
+use crate::auth::{pages, AuthAction, AuthRequest};
 use crate::ops::metrics::METRICS;
 use crate::ops::record::RequestRecord;
 use crate::ops::{health, RouteClass};
@@ -116,6 +116,10 @@ impl SiteState {
             Route::Ready => return Plan::Reply(health::ready(self).await),
             Route::AcmeChallenge => return Plan::Reply(self.acme_challenge(req.path).await),
             _ => {}
+        }
+        let client = &req.client.client;
+        if let Some(over) = self.rate_limits.check(route, req.path, req.query, client) {
+            return Plan::Reply(limited_reply(req, route, over.limit, over.retry_after));
         }
         // WeChat login at the edge: callback interception, /_wxedge/* endpoints, the sandbox,
         // the 401 for `require_session` prefixes.
@@ -230,6 +234,35 @@ impl SiteState {
         let body = Bytes::from_static(b"301 Moved Permanently\n");
         Plan::Reply(Reply::moved(RouteClass::Static, 301, &location, body))
     }
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1): a page for a navigation, JSON for the
+/// rest. Counted per limit.
+fn limited_reply(
+    req: &Incoming<'_>,
+    route: Route,
+    limit: &str,
+    retry_after: std::time::Duration,
+) -> Reply {
+    METRICS.limited.with_label_values(&[limit]).inc();
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let retry = HeaderValue::from(seconds.max(1));
+    let navigation = route != Route::Proxy
+        && (req.fields.first("sec-fetch-mode") == Some(b"navigate".as_slice())
+            || req
+                .fields
+                .first("accept")
+                .is_some_and(|a| memchr::memmem::find(a, b"text/html").is_some()));
+    let reply = if navigation {
+        let page = pages::busy_page("rate_limited", req.target, req.request_id, seconds.max(1));
+        Reply::page(RouteClass::Rejected, 429, page)
+    } else {
+        let message = "too many requests from this address; retry after Retry-After seconds";
+        Reply::error(RouteClass::Rejected, 429, "too_many_requests", message)
+    };
+    reply
+        .with(header::RETRY_AFTER, retry)
+        .with(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 /// The parts of the request the login looks at.

@@ -54,6 +54,10 @@ pub struct SiteState {
     /// How request bodies are kept until they are sent on (memory, then a temporary file).
     pub body_spool: crate::request::body::SpoolPolicy,
     pub limits: ClientLimits,
+    /// Request rates per client address (`limits.*`).
+    pub rate_limits: crate::throttle::RateLimits,
+    /// Open connections per client address (`limits.connections_per_client`).
+    pub client_connections: crate::throttle::ClientConnections,
     pub access_log: access_log::Format,
     /// Header names only the edge may send upstream (canonical spelling).
     pub protected_headers: Vec<String>,
@@ -149,6 +153,10 @@ impl Site {
                 send_timeout: Duration::from_millis(s.ops.send_timeout_ms),
                 keepalive: Duration::from_secs(s.ops.keepalive_timeout_seconds),
             },
+            rate_limits: crate::throttle::RateLimits::new(&s.limits),
+            client_connections: crate::throttle::ClientConnections::new(
+                s.limits.connections_per_client,
+            ),
             access_log: access_log::Format::parse(&s.ops.access_log),
             short_path: s.ops.short_path,
         }))

@@ -47,6 +47,9 @@ fn json_reply(status: u16, body: Bytes) -> Reply {
     Reply::json(RouteClass::Auth, status, body)
 }
 
+/// The label of [`ExchangeError::Busy`].
+const BUSY: &str = "busy";
+
 fn page_reply(status: u16, html: String) -> Reply {
     Reply::page(RouteClass::Auth, status, html)
 }
@@ -90,6 +93,19 @@ fn login_failed_page(label: &str, retry_href: &str, request_id: &str) -> Reply {
         _ => 502,
     };
     page_reply(status, pages::error_page(label, retry_href, request_id))
+}
+
+/// "Busy, retry" (503): WeChat was not called (too many calls in flight, `limits.wechat_*`), so
+/// the same request shortly after works; nothing it would have spent is spent (the cookies it
+/// would have cleared, the login's or the relay's, stay).
+fn busy_reply(req: &AuthRequest, out: &mut SetCookies) -> Reply {
+    out.values.clear();
+    let again = match req.query {
+        Some(q) => format!("{}?{q}", req.path),
+        None => req.path.to_string(),
+    };
+    page_reply(503, pages::busy_page("busy", &again, req.request_id, 1))
+        .with(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
 /// The resolved WeChat side: real WeChat, a stand-in, or the built-in sandbox.
@@ -234,13 +250,20 @@ fn session_codec(config: &Config) -> Result<SessionCodec, String> {
 }
 
 /// The WeChat API client and the code exchange over it, with this replica's code cache.
-fn code_exchanger(w: &WechatSettings, provider: &Provider) -> Result<CodeExchanger, String> {
+fn code_exchanger(
+    w: &WechatSettings,
+    limits: &crate::config::LimitSettings,
+    provider: &Provider,
+) -> Result<CodeExchanger, String> {
     let client = WechatClient::new(WechatClientConfig {
         api_base: provider.api_base.clone(),
         appid: provider.appid.clone(),
         secret: provider.secret.clone(),
         connect_timeout: Duration::from_millis(w.connect_timeout_ms),
         total_timeout: Duration::from_millis(w.timeout_ms),
+        in_flight: limits.wechat_in_flight,
+        queue: limits.wechat_queue,
+        queue_wait: Duration::from_millis(limits.wechat_queue_ms),
     })
     .map_err(|e| format!("wechat: {e}"))?;
     Ok(CodeExchanger::new(
@@ -315,7 +338,7 @@ impl Login {
         let s = &config.settings.session;
         let (provider, sandbox_on) = Provider::from_config(config)?;
         let codec = session_codec(config)?;
-        let exchanger = code_exchanger(w, &provider)?;
+        let exchanger = code_exchanger(w, &config.settings.limits, &provider)?;
         let (exchanger, shared) = SharedState::from_config(config, &codec, exchanger)?;
         let sandbox = sandbox_on.then(|| {
             Sandbox::new(SandboxConfig {
@@ -498,7 +521,8 @@ impl Login {
             }
             Err(e) => {
                 let label = e.errcode_label();
-                if called_wechat {
+                // Not called at all when the calls in flight were at their bound.
+                if called_wechat && *e != ExchangeError::Busy {
                     METRICS
                         .wechat_exchanges
                         .with_label_values(&["error", &label])
@@ -624,6 +648,9 @@ impl Login {
     /// restart the page's own login once (the page reloads without the spent code and asks
     /// WeChat again), then show an error page instead of looping.
     fn callback_failed(&self, req: &AuthRequest, label: &str, out: &mut SetCookies) -> Reply {
+        if label == BUSY {
+            return busy_reply(req, out);
+        }
         let clean = without_code(req.path, req.query);
         let config_error = matches!(label, "40125" | "40013" | "40002");
         if !config_error && !cookies::has(&req.cookies, RETRY_MARKER) {
@@ -760,6 +787,7 @@ impl Login {
                 out.push(set);
                 redirect_reply(to)
             }
+            Err((label, _)) if label == BUSY => busy_reply(req, out),
             Err((label, req_id)) => {
                 log::warn!(
                     "wechat code exchange failed on the edge login: errcode {label}{}",

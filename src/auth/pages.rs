@@ -14,6 +14,14 @@ pub fn reason_text(label: &str) -> (&'static str, &'static str) {
             "The site's WeChat settings are wrong.",
         ),
         "-1" | "45011" => ("微信服务繁忙，请稍后重试。", "WeChat is busy right now."),
+        "busy" => (
+            "登录人数较多，正在重试……",
+            "Many people are signing in right now; retrying in a moment.",
+        ),
+        "rate_limited" => (
+            "请求过于频繁，正在重试……",
+            "Too many requests from this network; retrying in a moment.",
+        ),
         "timeout" | "connect" => (
             "连接微信超时，请稍后重试。",
             "WeChat did not answer in time.",
@@ -62,6 +70,31 @@ small{{color:#999}}</style></head>
         label = escape(label),
         zh = zh,
         en = en,
+        href = escape(retry_href),
+        rid = escape(request_id),
+    )
+}
+
+/// A "busy, retry" page: the same request again after `seconds` (nothing was spent: no code
+/// was redeemed), or at once with the button.
+pub fn busy_page(label: &str, retry_href: &str, request_id: &str, seconds: u64) -> String {
+    let (zh, en) = reason_text(label);
+    format!(
+        r#"<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="{seconds}">
+<title>请稍候</title>
+<style>body{{font-family:-apple-system,"PingFang SC",sans-serif;background:#f6f7f9;margin:0}}
+main{{max-width:28rem;margin:4rem auto;padding:1.5rem;background:#fff;border-radius:12px;text-align:center}}
+a.button{{display:inline-block;margin-top:1rem;padding:.7rem 1.6rem;background:#07c160;color:#fff;border-radius:6px;text-decoration:none}}
+small{{color:#999}}</style></head>
+<body><main id="wxedge-busy" data-reason="{label}">
+<h1>请稍候</h1><p>{zh}</p><p><small>{en}</small></p>
+<a class="button" id="wxedge-retry" href="{href}">重试 / Retry</a>
+<p><small>{label} · request {rid}</small></p>
+</main></body></html>
+"#,
+        label = escape(label),
         href = escape(retry_href),
         rid = escape(request_id),
     )

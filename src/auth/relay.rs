@@ -330,6 +330,7 @@ impl Login {
                     &[("ticket", &ticket), ("state", &b.state)],
                 ))
             }
+            Err((label, _)) if label == super::BUSY => super::busy_reply(req, out),
             Err((label, req_id)) => {
                 log::warn!(
                     "wechat code exchange failed on the login relay: errcode {label}{}",

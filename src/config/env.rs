@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::settings::{CacheRule, ConfigError, Settings};
+use super::settings::{CacheRule, ConfigError, PrefixLimit, Settings};
 
 /// Where variables come from: the process in production, a map in tests.
 pub trait EnvSource {
@@ -72,6 +72,23 @@ fn pair_files(pairs: &mut Vec<crate::tls::CertificateFiles>, paths: Vec<String>,
 }
 
 /// `/static/=public, max-age=86400|/x/=no-store`
+/// `prefix=rate:burst` entries, comma-separated (`/api/sms/=1:5`).
+fn prefix_limits(name: &str, v: &str) -> Result<Vec<PrefixLimit>, ConfigError> {
+    list(v)
+        .iter()
+        .map(|entry| {
+            let bad = || ConfigError(format!("{name}: `{entry}` is not prefix=rate:burst"));
+            let (prefix, numbers) = entry.rsplit_once('=').ok_or_else(bad)?;
+            let (rate, burst) = numbers.split_once(':').ok_or_else(bad)?;
+            Ok(PrefixLimit {
+                prefix: prefix.trim().to_string(),
+                rate: rate.trim().parse().map_err(|_| bad())?,
+                burst: burst.trim().parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
+}
+
 fn cache_rules(name: &str, v: &str) -> Result<Vec<CacheRule>, ConfigError> {
     v.split('|')
         .filter(|r| !r.trim().is_empty())
@@ -177,6 +194,27 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     }),
     ("WXEDGE_BODY_TEMP_MAX_BYTES", |s, n, v| {
         Ok(s.proxy.body_temp_max_bytes = number(n, v)?)
+    }),
+    ("WXEDGE_LIMIT_LOGIN_RATE", |s, n, v| {
+        Ok(s.limits.login_rate = number(n, v)?)
+    }),
+    ("WXEDGE_LIMIT_LOGIN_BURST", |s, n, v| {
+        Ok(s.limits.login_burst = number(n, v)?)
+    }),
+    ("WXEDGE_LIMIT_CONNECTIONS_PER_CLIENT", |s, n, v| {
+        Ok(s.limits.connections_per_client = number(n, v)?)
+    }),
+    ("WXEDGE_LIMIT_WECHAT_IN_FLIGHT", |s, n, v| {
+        Ok(s.limits.wechat_in_flight = number(n, v)?)
+    }),
+    ("WXEDGE_LIMIT_WECHAT_QUEUE", |s, n, v| {
+        Ok(s.limits.wechat_queue = number(n, v)?)
+    }),
+    ("WXEDGE_LIMIT_WECHAT_QUEUE_MS", |s, n, v| {
+        Ok(s.limits.wechat_queue_ms = number(n, v)?)
+    }),
+    ("WXEDGE_LIMIT_PREFIXES", |s, n, v| {
+        Ok(s.limits.prefixes = prefix_limits(n, v)?)
     }),
     ("WXEDGE_BACKEND_RETRY_SECONDS", |s, n, v| {
         Ok(s.proxy.backend_retry_seconds = number(n, v)?)

@@ -11,8 +11,9 @@ use pingora::server::configuration::ServerConf;
 
 pub use env::{EnvSource, ProcessEnv, VARIABLES as ENV_VARIABLES};
 pub use settings::{
-    CacheRule, ConfigError, HealthCheckSettings, IdentityHeaderNames, OpsSettings, ProxySettings,
-    RealIpSettings, SessionSettings, Settings, StaticSettings, TlsSettings, WechatSettings,
+    CacheRule, ConfigError, HealthCheckSettings, IdentityHeaderNames, LimitSettings, OpsSettings,
+    PrefixLimit, ProxySettings, RealIpSettings, SessionSettings, Settings, StaticSettings,
+    TlsSettings, WechatSettings,
 };
 
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
@@ -523,6 +524,24 @@ fn validate_session(session: &SessionSettings) -> Result<(), ConfigError> {
 
 /// The client limits: the head's size, and timeouts that must not be 0.
 fn validate_limits(settings: &Settings) -> Result<(), ConfigError> {
+    let l = &settings.limits;
+    if l.wechat_in_flight == 0 {
+        return err("limits.wechat_in_flight: at least 1");
+    }
+    if l.login_rate > 0 && l.login_burst == 0 {
+        return err("limits.login_burst: at least 1 when limits.login_rate is set");
+    }
+    for p in &l.prefixes {
+        if !p.prefix.starts_with('/') {
+            return err(format!("limits.prefixes: `{}` must start with /", p.prefix));
+        }
+        if p.rate == 0 || p.burst == 0 {
+            return err(format!(
+                "limits.prefixes: `{}` needs a rate and a burst of at least 1",
+                p.prefix
+            ));
+        }
+    }
     if settings.ops.max_header_bytes < 1024 {
         return err("ops.max_header_bytes: at least 1024");
     }

@@ -39,10 +39,65 @@ pub struct Settings {
     pub wechat: WechatSettings,
     pub session: SessionSettings,
     pub ops: OpsSettings,
+    /// Request rates per client address (nginx's `limit_req`).
+    pub limits: LimitSettings,
     /// Redis shared by the replicas (code cache, session revocation); empty = none.
     pub redis_url: String,
     /// Bound of one Redis operation; past it the edge goes on without Redis.
     pub redis_timeout_ms: u64,
+}
+
+/// nginx's `limit_req`, keyed by the real client address (an IPv6 client by its /64): a rate
+/// with a burst for the requests that cost WeChat calls or state (every `/_wxedge/` endpoint
+/// but health and the sandbox, and page loads carrying an OAuth `code`), and for prefixes the
+/// site names. Past it: 429 with `Retry-After`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Login requests per second per client address; 0 = no limit.
+    pub login_rate: u32,
+    /// Login requests a client may make at once before the rate applies.
+    pub login_burst: u32,
+    /// More limits, each for the paths under a prefix.
+    pub prefixes: Vec<PrefixLimit>,
+    /// Open connections per client address (nginx's `limit_conn`); 0 = no bound.
+    pub connections_per_client: u32,
+    /// WeChat API calls in flight at once, all clients together.
+    pub wechat_in_flight: usize,
+    /// Calls that may wait for a place; past it a login gets "busy, retry" at once.
+    pub wechat_queue: usize,
+    /// The longest wait for a place.
+    pub wechat_queue_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixLimit {
+    pub prefix: String,
+    /// Requests per second per client address.
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        // A login is 3 or 4 of these (the page with its code, perhaps loaded twice by WeChat's
+        // browser, /_wxedge/login, /_wxedge/callback): 20 at once and 5 a second never touch a
+        // person, even several behind one NAT address, yet hold a flood of forged codes from
+        // one address to 5 WeChat calls a second.
+        LimitSettings {
+            login_rate: 5,
+            login_burst: 20,
+            prefixes: Vec::new(),
+            // A browser opens 6 to a host; a few dozen people behind one NAT address stay
+            // well inside it, one client opening thousands does not.
+            connections_per_client: 256,
+            // WeChat answers in 50-200 ms: 64 at once is hundreds of logins a second.
+            wechat_in_flight: 64,
+            wechat_queue: 256,
+            wechat_queue_ms: 1000,
+        }
+    }
 }
 
 /// nginx's `listen 443 ssl http2`, `ssl_certificate`, and the port-80 server that redirects.
@@ -342,6 +397,7 @@ impl Default for Settings {
             wechat: WechatSettings::default(),
             session: SessionSettings::default(),
             ops: OpsSettings::default(),
+            limits: LimitSettings::default(),
             redis_url: String::new(),
             redis_timeout_ms: 50,
         }

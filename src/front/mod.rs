@@ -38,6 +38,7 @@ use pingora::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::ops::metrics::METRICS;
 use crate::ops::record::{LogFields, RequestRecord};
 use crate::ops::{lifecycle, request_id, RouteClass};
 use crate::proxy::forward::{self, Outgoing, COALESCE_MAX};
@@ -45,6 +46,7 @@ use crate::proxy::upstream::{self, Outbound};
 use crate::request::body::{Body, Spooled, TempBody};
 use crate::request::client::ClientAddr;
 use crate::request::{self, Framing, Request, MAX_HEADERS};
+use crate::throttle::ClientConnection;
 use handover::HandedOver;
 
 use crate::pipeline::{self, Handed, Plan};
@@ -173,6 +175,8 @@ struct Conn {
     closing: ShutdownWatch,
     /// A request has been read here: from now on, shutting down closes it while idle.
     served: bool,
+    /// Its place among its client's connections (`limits.connections_per_client`).
+    _per_client: Option<ClientConnection>,
 }
 
 impl Front {
@@ -241,11 +245,23 @@ impl Front {
             to_https: on(&self.site.redirect_listen),
             closing: shutdown.clone(),
             served: false,
+            _per_client: None,
         };
         if on(&self.site.proxy_protocol) {
             if let Err(why) = self.proxy_protocol(&mut stream, &mut conn).await {
                 log::warn!("closing a connection from {}: {why}", conn.peer.hop);
                 return None;
+            }
+        }
+        // A trusted load balancer's connections carry many clients: only others are counted.
+        if !conn.peer.hop_trusted || conn.peer.client != conn.peer.hop {
+            match self.site.client_connections.enter(&conn.peer.client) {
+                Ok(place) => conn._per_client = place,
+                Err(()) => {
+                    // nginx's `limit_conn`, at the door: nothing is read from a client past it.
+                    METRICS.limited.with_label_values(&["connections"]).inc();
+                    return None;
+                }
             }
         }
         if let Some(https) = https {
@@ -256,6 +272,7 @@ impl Front {
                 if self.site.short_path {
                     self.serve_h2(stream, conn.peer, conn.https, shutdown).await;
                 } else {
+                    let _place = conn._per_client.take(); // held while Pingora serves it
                     drop(conn);
                     ServerApp::process_new(&self.pingora, stream, shutdown).await;
                 }

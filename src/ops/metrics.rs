@@ -57,6 +57,8 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     /// Active health checks by backend and result (pass, fail).
     pub backend_health_checks: IntCounterVec,
+    /// Requests refused by a limit (`login`, a prefix, `wechat_in_flight`).
+    pub limited: IntCounterVec,
     /// Bytes of request bodies waiting in temporary files now; set when scraped.
     pub body_temp_bytes: IntGauge,
 }
@@ -176,6 +178,11 @@ const REVOKED_SESSIONS_REFUSED: Family = (
     "Requests whose session had been revoked",
     &[],
 );
+const LIMITED: Family = (
+    "wxedge_limited_requests_total",
+    "Requests refused by a limit: login or a prefix (rate per client), wechat_in_flight",
+    &["limit"],
+);
 const BODY_TEMP_BYTES: Family = (
     "wxedge_request_body_temp_bytes",
     "Bytes of request bodies waiting in temporary files",
@@ -251,6 +258,7 @@ impl Metrics {
             backend_health_checks: counter_vec(&r, BACKEND_HEALTH_CHECKS),
             backend_healthy,
             body_temp_bytes: gauge(&r, BODY_TEMP_BYTES),
+            limited: counter_vec(&r, LIMITED),
             in_flight,
             connections,
             registry: r,

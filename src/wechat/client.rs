@@ -11,6 +11,9 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::ops::metrics::METRICS;
+use crate::throttle::CallGate;
+
 /// Everything but RFC 3986 unreserved characters is encoded in query values.
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -39,6 +42,11 @@ pub struct WechatClientConfig {
     pub connect_timeout: Duration,
     /// Bound on a whole call, retry included.
     pub total_timeout: Duration,
+    /// Calls in flight at once, calls that may wait for a place, and how long
+    /// (`limits.wechat_*`).
+    pub in_flight: usize,
+    pub queue: usize,
+    pub queue_wait: Duration,
 }
 
 impl WechatClientConfig {
@@ -55,6 +63,9 @@ impl WechatClientConfig {
             secret: secret.into(),
             connect_timeout: Duration::from_secs(2),
             total_timeout: Duration::from_secs(5),
+            in_flight: 64,
+            queue: 256,
+            queue_wait: Duration::from_secs(1),
         }
     }
 }
@@ -148,6 +159,9 @@ pub enum ExchangeError {
     HttpStatus(u16),
     /// An answer that is not what WeChat sends (short description, no body content).
     Garbage(String),
+    /// Not called: the calls in flight were at their bound and the queue full (or its wait
+    /// ran out). The code is unspent.
+    Busy,
 }
 
 impl ExchangeError {
@@ -169,6 +183,7 @@ impl ExchangeError {
             ExchangeError::Connect(_) => "connect".into(),
             ExchangeError::HttpStatus(s) => format!("http_{s}"),
             ExchangeError::Garbage(_) => "garbage".into(),
+            ExchangeError::Busy => "busy".into(),
         }
     }
 
@@ -186,7 +201,7 @@ impl ExchangeError {
     pub fn is_retryable_later(&self) -> bool {
         match self {
             ExchangeError::WeChat { errcode, .. } => matches!(errcode, -1 | 45009 | 45011),
-            ExchangeError::Timeout | ExchangeError::Connect(_) => true,
+            ExchangeError::Timeout | ExchangeError::Connect(_) | ExchangeError::Busy => true,
             ExchangeError::HttpStatus(s) => *s >= 500 || *s == 429,
             ExchangeError::Garbage(_) => false,
         }
@@ -237,6 +252,7 @@ impl std::fmt::Display for ExchangeError {
             ExchangeError::Connect(m) => write!(f, "cannot reach WeChat: {m}"),
             ExchangeError::HttpStatus(s) => write!(f, "WeChat answered HTTP {s}"),
             ExchangeError::Garbage(m) => write!(f, "unexpected answer from WeChat: {m}"),
+            ExchangeError::Busy => f.write_str("too many WeChat calls in flight: not called"),
         }
     }
 }
@@ -282,6 +298,8 @@ pub struct WechatClient {
     api_base: String,
     http: reqwest::Client,
     retry_backoff: Duration,
+    /// The bound on calls in flight (`limits.wechat_*`).
+    gate: CallGate,
 }
 
 impl std::fmt::Debug for WechatClient {
@@ -313,10 +331,11 @@ impl WechatClient {
             .build()
             .map_err(|e| format!("cannot build the WeChat HTTP client: {}", e.without_url()))?;
         Ok(WechatClient {
-            cfg,
             api_base,
             http,
             retry_backoff: Duration::from_millis(200),
+            gate: CallGate::new(cfg.in_flight, cfg.queue, cfg.queue_wait),
+            cfg,
         })
     }
 
@@ -374,6 +393,13 @@ impl WechatClient {
     /// One GET with the `-1` retry, bounded by the total timeout. Returns the JSON object of a
     /// successful answer (`errcode` absent or 0).
     async fn call(&self, url: &str, scrub: &[&str]) -> Result<Value, ExchangeError> {
+        let Ok(_place) = self.gate.enter().await else {
+            METRICS
+                .limited
+                .with_label_values(&["wechat_in_flight"])
+                .inc();
+            return Err(ExchangeError::Busy);
+        };
         let deadline = Instant::now() + self.cfg.total_timeout;
         let work = async {
             match self.attempt(url, scrub).await {

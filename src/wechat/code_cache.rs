@@ -712,6 +712,11 @@ mod tests {
             assert_eq!(cache_ttl(&e(c), &cfg), None, "{c}");
         }
         assert_eq!(cache_ttl(&Err(ExchangeError::Timeout), &cfg), None);
+        assert_eq!(
+            cache_ttl(&Err(ExchangeError::Busy), &cfg),
+            None,
+            "not called: unspent"
+        );
         assert_eq!(cache_ttl(&Err(ExchangeError::HttpStatus(502)), &cfg), None);
         assert_eq!(
             cache_ttl(&Err(ExchangeError::Garbage("x".into())), &cfg),

@@ -66,6 +66,10 @@ pub fn sites(
             "relay-own-session-key-0123456789-abcdef",
         ),
         ("WXEDGE_METRICS_LISTEN", rm_s.as_str()),
+        // The suites send dozens of relay requests from one address in a burst (every bad
+        // redirect a scanner would try): past the default login limit. `tests/limits.rs`
+        // covers the limit itself.
+        ("WXEDGE_LIMIT_LOGIN_BURST", "1000"),
     ]);
     let mut t = common.to_vec();
     t.extend([
