@@ -115,6 +115,9 @@ wait_http() {  # wait_http URL PID NAME LOGFILE
 # start_wxedge NAME PORT [VAR=value ...]: wxedge with the bench's settings (plus VAR=value) in a
 # clean environment, so a WX_APPID or WXEDGE_* of the caller's shell cannot change the run; its pid
 # in STARTED_PID, its log in $T/NAME.log.
+# The load comes from one address, as fast as it can: the per-client limits (limit_conn, the
+# login's limit_req) and the bound on WeChat calls in flight would turn it away (nginx has none
+# of them configured here either), so they are off.
 start_wxedge() {
   local name="$1" port="$2"
   shift 2
@@ -126,6 +129,7 @@ start_wxedge() {
     WXEDGE_ACCESS_LOG="$WX_ACCESS_LOG" \
     WXEDGE_PID_FILE="$T/$name.pid" \
     WXEDGE_UPGRADE_SOCK="$T/${name}_upgrade.sock" \
+    WXEDGE_LIMIT_CONNECTIONS_PER_CLIENT=0 WXEDGE_LIMIT_LOGIN_RATE=0 WXEDGE_LIMIT_WECHAT_IN_FLIGHT=100000 \
     "$@" "$BIN") >"$T/$name.access.log" 2>"$T/$name.log" &
   STARTED_PID=$!; STARTED_PIDS+=("$STARTED_PID")
   wait_http "http://127.0.0.1:$port/_wxedge/healthz" "$STARTED_PID" "$name" "$T/$name.log"

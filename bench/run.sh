@@ -398,12 +398,9 @@ oauth_shared() {  # oauth_shared ROUND: N concurrent loads of one fresh code mus
 
 case_oauth_callback() {
   log "OAuth callback (wxedge only): its own wxedge on :$OAUTH_PORT, sandbox WeChat answering after ${OAUTH_LATENCY_MS} ms"
-  # The load comes from one address, as fast as it can: the per-client login limit and the bound
-  # on WeChat calls in flight (tests/limits.rs) would turn it away, so they are off here.
   start_wxedge wxedge-oauth "$OAUTH_PORT" \
     WXEDGE_METRICS_LISTEN="127.0.0.1:$OAUTH_METRICS_PORT" \
-    WXEDGE_SANDBOX_LATENCY_MS="$OAUTH_LATENCY_MS" \
-    WXEDGE_LIMIT_LOGIN_RATE=0 WXEDGE_LIMIT_WECHAT_IN_FLIGHT=100000
+    WXEDGE_SANDBOX_LATENCY_MS="$OAUTH_LATENCY_MS"
   OAUTH_PID="$STARTED_PID"
   local r
   [ -n "$WARMUP" ] && oauth_distinct 0 "$WARMUP" warm

@@ -309,6 +309,7 @@ async fn drive(args: Args) -> bool {
         .env("WX_TIMEOUT_MS", "10000")
         // One address logging in as fast as it can: the limits that would stop it are off.
         .env("WXEDGE_LIMIT_LOGIN_RATE", "0")
+        .env("WXEDGE_LIMIT_CONNECTIONS_PER_CLIENT", "0")
         .env("WXEDGE_LIMIT_WECHAT_IN_FLIGHT", "100000")
         .env("WXEDGE_ACCESS_LOG_PATH", tmp.join("access.log"))
         .env("RUST_LOG", "warn")
