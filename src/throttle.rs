@@ -93,11 +93,8 @@ impl RateLimits {
         query: Option<&str>,
         client: &str,
     ) -> Option<Limited<'_>> {
-        if self.zones.is_empty() {
-            return None;
-        }
-        self.forget_idle_clients();
-        let key = client_key(client);
+        // Most requests (assets, API calls) meet no limit: nothing is parsed or counted for them.
+        let mut key = None;
         let mut over = None;
         for zone in &self.zones {
             let applies = match &zone.scope {
@@ -107,6 +104,10 @@ impl RateLimits {
             if !applies {
                 continue;
             }
+            let key = *key.get_or_insert_with(|| {
+                self.forget_idle_clients();
+                client_key(client)
+            });
             if let Err(not_until) = zone.limiter.check_key(&key) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 over.get_or_insert(Limited {
