@@ -133,7 +133,10 @@ pub fn refusal_kind(status: u16) -> &'static str {
         413 => "payload_too_large",
         414 => "uri_too_long",
         431 => "header_too_large",
+        // A body the edge could not keep (its temporary file), or too many being kept.
+        500 => "internal_error",
         501 => "not_implemented",
+        503 => "service_unavailable",
         505 => "version_not_supported",
         _ => "bad_request",
     }

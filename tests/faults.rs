@@ -120,6 +120,14 @@ fn bystanders(addr: SocketAddr, count: usize) -> tokio::task::JoinHandle<Duratio
     })
 }
 
+/// `n` page loads, one connection each, all answered 200.
+fn load_index(addr: SocketAddr, n: usize) {
+    for _ in 0..n {
+        let page = b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        assert_eq!(raw(addr, page).unwrap().status, 200);
+    }
+}
+
 /// Access-log lines written so far (JSON lines on the edge's stdout).
 fn logged(edge: &EdgeProc) -> usize {
     edge.stdout().lines().filter(|l| l.starts_with('{')).count()
@@ -282,12 +290,7 @@ async fn wechat_faults_under_a_login_load_end_in_a_retry_and_nothing_hangs() {
         );
         wait_logged(&edge, before_lines + 60, metrics).await;
         let errors = blocking(move || {
-            let text = raw(
-                metrics,
-                b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
-            )
-            .unwrap()
-            .text();
+            let text = metrics_text(metrics);
             text.lines()
                 .filter(|l| {
                     l.starts_with("wxedge_wechat_exchanges_total{")
@@ -337,14 +340,7 @@ fn a_closed_log_pipe_loses_no_answers_and_counts_the_lines() {
     drop(log);
     let metrics: SocketAddr = metrics.parse().unwrap();
     let dropped_before = scrape(metrics, "wxedge_access_log_dropped_lines_total");
-    for _ in 0..100 {
-        let r = raw(
-            addr,
-            b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.status, 200);
-    }
+    load_index(addr, 100);
     let t = Instant::now();
     loop {
         let dropped = scrape(metrics, "wxedge_access_log_dropped_lines_total") - dropped_before;
@@ -384,6 +380,7 @@ async fn a_body_directory_that_goes_away_is_a_500_for_large_bodies_only() {
     let big = post(100 * 1024).await.unwrap();
     assert_eq!(big.status, 500);
     assert!(big.text().contains("could not be stored"), "{}", big.text());
+    assert!(big.text().contains("\"internal_error\""), "{}", big.text());
     let small = post(1024).await.unwrap();
     assert_eq!(
         small.status, 200,
@@ -448,14 +445,7 @@ fn at_the_open_file_limit_new_connections_are_closed_at_once_and_the_edge_goes_o
     // When they go, new clients are served again: nothing leaked, nothing stuck.
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
-    for _ in 0..50 {
-        let r = raw(
-            addr,
-            b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r.status, 200);
-    }
+    load_index(addr, 50);
     assert!(
         child.try_wait().unwrap().is_none(),
         "the edge is still running"

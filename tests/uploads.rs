@@ -287,7 +287,8 @@ async fn uploads_past_the_temporary_file_bound_get_503_and_the_rest_go_on() {
     .await;
     let answer = upload(addr, Framing::Length, &pattern(2 << 20, 4)).await;
     assert!(
-        answer.starts_with(b"HTTP/1.1 503"),
+        answer.starts_with(b"HTTP/1.1 503")
+            && String::from_utf8_lossy(&answer).contains("\"service_unavailable\""),
         "{}",
         String::from_utf8_lossy(&answer[..answer.len().min(300)])
     );

@@ -398,7 +398,7 @@ impl Front {
         }
     }
 
-    /// The request body, whole (its start in memory, the rest in a temporary file, as on
+    /// The request body, whole (in memory up to the buffer, else in a temporary file, as on
     /// HTTP/1; its declared length is within `max_body_bytes`: `check`). `Err(None)` if the
     /// client goes away or pauses longer than the body timeout, `Err(Some(..))` a body that
     /// cannot be kept (the stream gets that answer).

@@ -63,15 +63,16 @@ pub fn rss_kib(edge: &EdgeProc) -> u64 {
         .expect("VmRSS")
 }
 
-/// One unlabelled metric's value from the metrics listener at `metrics`.
+/// The metrics listener's whole text.
+pub fn metrics_text(metrics: SocketAddr) -> String {
+    let get = b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n";
+    raw(metrics, get).unwrap().text()
+}
+
+/// One metric's value (name with its labels, as printed) from the metrics listener.
 pub fn scrape(metrics: SocketAddr, name: &str) -> f64 {
-    let text = raw(
-        metrics,
-        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap()
-    .text();
-    text.lines()
+    metrics_text(metrics)
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} is not in the metrics"))
 }
