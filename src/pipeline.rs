@@ -254,7 +254,13 @@ fn limited_reply(
                 .first("accept")
                 .is_some_and(|a| memchr::memmem::find(a, b"text/html").is_some()));
     let reply = if navigation {
-        let page = pages::busy_page("rate_limited", req.target, req.request_id, seconds.max(1));
+        // The normalised path (one leading slash), never the target as sent: `//host/x` there
+        // would make the retry link another site's.
+        let again = match req.query {
+            Some(q) => format!("{}?{q}", req.path),
+            None => req.path.to_string(),
+        };
+        let page = pages::busy_page("rate_limited", &again, req.request_id, seconds.max(1));
         Reply::page(RouteClass::Rejected, 429, page)
     } else {
         let message = "too many requests from this address; retry after Retry-After seconds";

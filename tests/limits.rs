@@ -133,6 +133,20 @@ async fn a_flood_of_forged_codes_costs_a_few_wechat_calls_while_people_sign_in()
         assert!((1..=1).contains(&retry), "Retry-After {retry}");
         assert!(r.text().contains("wxedge-busy"), "a navigation gets a page");
     }
+    // The page's retry link is the normalised path: a target of `//host/` cannot make it
+    // another site's.
+    let mut page = None;
+    for _ in 0..30 {
+        let target = "//evil.test/?code=FORGEDX&state=s".to_string();
+        let (r, _) = page_load(addr, target, "203.0.113.66".into()).await;
+        if r.status == 429 {
+            page = Some(r.text());
+            break;
+        }
+    }
+    let page = page.expect("still limited");
+    assert!(page.contains("href=\"/evil.test/?code=FORGEDX"), "{page}");
+    assert!(!page.contains("href=\"//"), "{page}");
     // People's logins went at their usual pace (WeChat's 50 ms and the edge's own work).
     assert!(
         slowest < Duration::from_secs(1),
