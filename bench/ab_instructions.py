@@ -78,7 +78,7 @@ def main():
                 run = argparse.Namespace(
                     bin=os.path.abspath(binary), dist=os.path.abspath(args.dist),
                     requests=args.requests, warmup=args.warmup,
-                    env=[f"WXEDGE_BACKEND=http://127.0.0.1:{port}", "WXEDGE_SHORT_PATH=true"],
+                    env=[f"WXEDGE_BACKEND=http://127.0.0.1:{port}"],
                 )
                 counts.append(li.instructions(run, True, req, workdir))
             a, b = counts

@@ -4,11 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --locked
-# The same integration suites again with every request answered on Pingora's path
-# (ops.short_path off): every static, proxy, login and front-door assertion covers both paths.
-WXEDGE_TEST_SHORT_PATH=false cargo test --locked \
-  --test static_files --test proxy --test oauth --test relay --test front_door --test ops --test replicas \
-  --test tls --test uploads
 # deploy/: the Kubernetes manifests and compose.yaml against their schemas (validators from PyPI).
 bash scripts/validate-deploy.sh
 # The fuzz targets: build, replay the committed seeds and regressions, fuzz each briefly.

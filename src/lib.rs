@@ -7,7 +7,6 @@
 
 pub(crate) mod auth;
 pub mod config;
-pub(crate) mod edge;
 pub(crate) mod front;
 pub(crate) mod html;
 pub(crate) mod ops;

@@ -17,14 +17,11 @@
 //! without a socket. Most requests (the dist's files) are decided without waiting for anything
 //! ([`SiteState::decide_at_once`]); a transport that answers those inline calls that first.
 
-use std::cell::RefCell;
-
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 
 use crate::auth::{pages, AuthAction, AuthRequest};
 use crate::ops::metrics::METRICS;
-use crate::ops::record::RequestRecord;
 use crate::ops::{health, RouteClass};
 use crate::proxy::upstream::ForwardedIdentity;
 use crate::reply::{Reply, ReplyBody};
@@ -59,28 +56,6 @@ impl Plan<'_> {
             Plan::Tunnel(id) => Plan::Tunnel(id),
         }
     }
-}
-
-/// A decided request handed to Pingora's path: its record, and its plan (none: Pingora's
-/// path decides, for a request it read itself).
-pub struct Handed {
-    pub record: RequestRecord,
-    pub plan: Option<Plan<'static>>,
-}
-
-tokio::task_local! {
-    /// The request being handed to Pingora's path, for its `new_ctx`.
-    static HANDED: RefCell<Option<Handed>>;
-}
-
-/// Run Pingora's path (`served`) with `handed` for it to take.
-pub async fn hand_over<F: std::future::Future>(handed: Handed, served: F) -> F::Output {
-    HANDED.scope(RefCell::new(Some(handed)), served).await
-}
-
-/// What the transport handed over for the request Pingora's path is starting, if anything.
-pub fn take_handed() -> Option<Handed> {
-    HANDED.try_with(|h| h.borrow_mut().take()).ok().flatten()
 }
 
 impl SiteState {

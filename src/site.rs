@@ -61,8 +61,6 @@ pub struct SiteState {
     pub access_log: access_log::Format,
     /// Header names only the edge may send upstream (canonical spelling).
     pub protected_headers: Vec<String>,
-    /// Answer the common requests on the front door's short path (`ops.short_path`).
-    pub short_path: bool,
 }
 
 /// The HTTPS side of the edge.
@@ -158,7 +156,6 @@ impl Site {
                 s.limits.connections_per_client,
             ),
             access_log: access_log::Format::parse(&s.ops.access_log),
-            short_path: s.ops.short_path,
         }))
     }
 }

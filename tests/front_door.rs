@@ -1,6 +1,6 @@
-//! The front door's short path (src/front, src/proxy/forward.rs) against a scripted backend
-//! that answers in every framing HTTP/1.1 allows, and connections that move between the
-//! short path and Pingora's path.
+//! The front door (src/front, src/proxy/forward.rs) against a scripted backend that answers
+//! in every framing HTTP/1.1 allows, HTTP/1.0 clients, upgrades, and connections that carry
+//! every kind of answer in turn.
 
 mod common;
 
@@ -255,14 +255,9 @@ fn every_backend_framing_is_relayed_whole_on_a_kept_alive_connection() {
             .count(),
         1
     );
-    // Hop-by-hop headers are the edge's own (Pingora's path says `keep-alive`, the short
-    // path nothing: both mean the same on HTTP/1.1); none of the backend's is relayed.
-    assert!(
-        r.header("connection")
-            .is_none_or(|v| v.eq_ignore_ascii_case("keep-alive")),
-        "{:?}",
-        r.headers
-    );
+    // Hop-by-hop headers are the edge's own (none: keep-alive is HTTP/1.1's default); none
+    // of the backend's is relayed.
+    assert!(r.header("connection").is_none(), "{:?}", r.headers);
     assert!(
         r.header("x-hop").is_none() && r.header("keep-alive").is_none(),
         "{:?}",
@@ -271,13 +266,8 @@ fn every_backend_framing_is_relayed_whole_on_a_kept_alive_connection() {
     // A body that ends when the backend closes: relayed whole, then the client connection ends.
     let r = c.send(&get("/api/close"));
     assert_eq!((r.status, r.text().as_str()), (200, "until the end"));
-    if short_path_setting() == "false" {
-        // Pingora's path re-frames it as chunked and keeps the client's connection.
-        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-    } else {
-        assert_eq!(r.header("connection"), Some("close"));
-        assert!(c.is_closed());
-    }
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
     // Five answers on one backend connection, the sixth (close-delimited) on a second.
     assert!(backend.connections.load(Ordering::SeqCst) <= 2);
 }
@@ -300,18 +290,13 @@ fn backend_garbage_is_a_502_and_a_body_cut_short_closes_the_client() {
         ),
     }));
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
-    // The short path keeps the client's connection after a 502 (as nginx does); Pingora's
-    // path closes it after any upstream failure (pingora-proxy decides that, not the edge).
-    let keeps = short_path_setting() != "false";
+    // The client's connection stays after a 502 (as nginx's does).
     let mut c = Client::connect(edge.addr());
     for path in ["/api/garbage", "/api/two-lengths"] {
         let r = c.send(&get(path));
         assert_eq!(r.status, 502, "{path}");
         assert!(r.text().contains("bad_gateway"), "{path}: {}", r.text());
-        if !keeps {
-            assert!(c.is_closed(), "{path}");
-            c = Client::connect(edge.addr());
-        }
+        assert_eq!(r.header("connection"), None, "{path}");
     }
     // Still usable after the 502s.
     assert_eq!(c.send(&get("/api/fine")).text(), "ok");
@@ -355,10 +340,8 @@ fn the_backend_head_is_judged_once_whole_and_never_waited_for_when_it_cannot_be_
     let started = std::time::Instant::now();
     let r = Client::connect(edge.addr()).send(&get("/api/not-http"));
     assert_eq!(r.status, 502);
-    if short_path_setting() != "false" {
-        // Not after the backend read timeout (60 s).
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    }
+    // Not after the backend read timeout (60 s).
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let started = std::time::Instant::now();
     let r = Client::connect(edge.addr()).send(&get("/api/bare-cr"));
     assert_eq!(r.status, 502);
@@ -447,7 +430,7 @@ fn a_pooled_connection_closed_as_the_request_arrives_is_retried_on_the_same_back
 }
 
 #[test]
-fn one_connection_moves_between_the_short_path_and_pingoras() {
+fn one_connection_carries_files_replies_and_api_calls_in_turn() {
     let backend = ScriptedBackend::answering("pong", false);
     let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
     let index = std::fs::read(fixture_dist().join("index.html")).unwrap();
@@ -456,7 +439,7 @@ fn one_connection_moves_between_the_short_path_and_pingoras() {
         let r = c.send(&get("/index.html"));
         assert_eq!((r.status, &r.body), (200, &index));
         let r = c.send(&get("/_wxedge/healthz"));
-        assert_eq!(r.status, 200, "Pingora's path on the same connection");
+        assert_eq!(r.status, 200, "an ops reply on the same connection");
         let r = c.send(&get("/api/ping"));
         assert_eq!(r.text(), "pong");
         let r = c.send(b"GET /index.html HTTP/1.1\r\nHost: h\r\nRange: bytes=0-4\r\n\r\n");
@@ -475,7 +458,7 @@ fn one_connection_moves_between_the_short_path_and_pingoras() {
 }
 
 #[test]
-fn short_path_and_pingoras_path_answer_a_file_with_the_same_headers() {
+fn http10_and_http11_clients_get_a_file_with_the_same_headers() {
     let edge = start_edge(&[]);
     let strip = |r: &RawResponse| {
         let mut h: Vec<(String, String)> = r
@@ -497,7 +480,6 @@ fn short_path_and_pingoras_path_answer_a_file_with_the_same_headers() {
         ("/assets/uni.424060a0.css", ""),
         ("/pages/some/route", "Accept: text/html\r\n"),
     ] {
-        // HTTP/1.1 takes the short path; HTTP/1.0 is always Pingora's.
         let short = Client::connect(edge.addr())
             .send(format!("GET {path} HTTP/1.1\r\nHost: h\r\n{extra}\r\n").as_bytes());
         let pingora = raw(
@@ -562,7 +544,7 @@ fn host_lines_rfc_9112_refuses_are_a_400_that_ends_the_connection_on_every_path(
         ("a space in Host", b"Host: h5.example.com evil\r\n"),
         ("a path in Host", b"Host: h5.example.com/x\r\n"),
     ];
-    // A static file and an API call (short path), an ops endpoint (Pingora's path).
+    // A static file, an API call, an ops endpoint.
     for path in ["/index.html", "/api/ping", "/_wxedge/healthz"] {
         for (what, host_lines) in hosts {
             let mut c = Client::connect(edge.addr());
@@ -655,7 +637,7 @@ fn trickled_heads_and_stalled_bodies_are_cut_at_their_deadlines() {
 }
 
 /// `Expect: 100-continue`: the client hears `100 Continue` before it sends the body, on the
-/// short path and on Pingora's; the backend never sees the expectation.
+/// and the backend never sees the expectation.
 #[test]
 fn expect_100_continue_is_answered_before_the_body() {
     let backend = ScriptedBackend::answering("ok", false);
@@ -675,4 +657,211 @@ fn expect_100_continue_is_answered_before_the_body() {
     assert!(!head.to_ascii_lowercase().contains("expect"), "{head}");
     // Still one connection, still usable.
     assert_eq!(c.send(&get("/api/again")).text(), "ok");
+}
+
+/// HTTP/1.0 clients cannot read chunked framing: a chunked answer reaches them decoded and
+/// ended by closing the connection (nginx does the same); a length-framed one keeps a
+/// connection the client asked to keep (`Connection: keep-alive` said back, as HTTP/1.0
+/// needs), and no framing line of the backend's is relayed.
+#[test]
+fn http10_clients_get_chunked_answers_decoded_and_keep_alive_said_back() {
+    let backend = ScriptedBackend::start(Arc::new(|_m: &str, target: &str| {
+        let answer: &[u8] = match target {
+            "/api/chunked" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        };
+        (answer.to_vec(), false)
+    }));
+    let edge = start_edge(&[("WXEDGE_BACKEND", &backend.url())]);
+    let get10 = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.0\r\nHost: h\r\n{extra}\r\n").into_bytes()
+    };
+    // Chunked, the client asked to keep the connection: decoded, then closed.
+    let mut c = Client::connect(edge.addr());
+    c.sock
+        .write_all(&get10("/api/chunked", "Connection: keep-alive\r\n"))
+        .unwrap();
+    let mut got = Vec::new();
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    c.sock.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert_eq!(body, "hello world", "{text}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // A length: kept alive on request, said back, and the connection serves the next one.
+    let mut c = Client::connect(edge.addr());
+    for _ in 0..2 {
+        let r = c.send(&get10("/api/len", "Connection: keep-alive\r\n"));
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+    }
+    // Without asking, HTTP/1.0 closes after the answer.
+    let r = c.send(&get10("/api/len", ""));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed());
+    // The backend heard HTTP/1.1 with the edge's own framing lines each time.
+    for (head, _) in backend.requests() {
+        assert!(head.contains(" HTTP/1.1\r\n"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("keep-alive"), "{head}");
+    }
+}
+
+/// A WebSocket-style backend: `/ws/echo` switches (saying something first) and echoes until
+/// the client stops sending, then says `bye` and closes; `/ws/declined` refuses the upgrade;
+/// `/ws/no-protocol` switches to no named protocol, `/ws/h2c` to one nobody asked for;
+/// `/ws/quiet` switches and says nothing.
+fn upgrade_backend() -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Received = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let Some((_, target, head, _)) = read_request(&mut sock, &mut buf) else {
+                    return;
+                };
+                let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                let mut after = Vec::new();
+                match target.as_str() {
+                    "/api/ws/echo" => {
+                        sock.write_all(switch).unwrap();
+                        sock.write_all(b"[hello]").unwrap();
+                        after.extend_from_slice(&buf);
+                        sock.write_all(&buf).unwrap();
+                        let mut chunk = [0u8; 4096];
+                        loop {
+                            match sock.read(&mut chunk) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    after.extend_from_slice(&chunk[..n]);
+                                    sock.write_all(&chunk[..n]).unwrap();
+                                }
+                            }
+                        }
+                        let _ = sock.write_all(b"[bye]");
+                    }
+                    "/api/ws/declined" => {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno");
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                    "/api/ws/no-protocol" => {
+                        let _ = sock.write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n",
+                        );
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                    "/api/ws/h2c" => {
+                        let _ = sock.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                    _ => {
+                        let _ = sock.write_all(switch);
+                        let mut chunk = [0u8; 64];
+                        let _ = sock.read(&mut chunk);
+                    }
+                }
+                log.lock().unwrap().push((head, after));
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn upgrade_request(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Upgrades are tunnelled by the front door: the backend's `101` and its `Upgrade` reach the
+/// client, bytes flow both ways as they come (what the client sent right behind its request
+/// first; what the backend said right after its head too), a half-close travels through and
+/// the other side can still finish; an upgrade the backend declines is an ordinary answer
+/// after which the connection closes; a `101` naming no protocol or another one is a 502; and a tunnel
+/// where nothing moves for the backend read timeout is closed.
+#[test]
+fn upgrades_become_tunnels_both_ways_until_both_sides_are_done() {
+    let (backend, seen) = upgrade_backend();
+    let edge = start_edge(&[
+        ("WXEDGE_BACKEND", &format!("http://{backend}")),
+        ("WXEDGE_READ_TIMEOUT_MS", "1500"),
+    ]);
+    // Early bytes ride with the request, in one write.
+    let mut c = Client::connect(edge.addr());
+    let mut first = upgrade_request("/api/ws/echo");
+    first.extend_from_slice(b"[early]");
+    c.sock.write_all(&first).unwrap();
+    let r = c.read(true);
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    assert_eq!(r.header("connection"), Some("upgrade"));
+    assert!(r.header("sec-websocket-accept").is_some());
+    assert!(r.header("x-request-id").is_some());
+    c.sock.write_all(b"[ping]").unwrap();
+    let want = b"[hello][early][ping]";
+    let mut got = std::mem::take(&mut c.buf);
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    while got.len() < want.len() {
+        let mut chunk = [0u8; 64];
+        let n = c.sock.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "the tunnel closed early: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(got, want);
+    // The client is done sending; the backend hears it and still has its last word.
+    c.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    c.sock.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"[bye]");
+    let logged = seen.lock().unwrap().clone();
+    let (head, after) = &logged[0];
+    assert_eq!(after, b"[early][ping]");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("connection: upgrade\r\n"), "{head}");
+    assert!(head.contains("sec-websocket-key: "), "{head}");
+
+    // Declined: relayed, then the connection closes.
+    let r = raw(edge.addr(), &upgrade_request("/api/ws/declined")).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (403, "no"));
+    assert_eq!(r.header("connection"), Some("close"));
+    // A switch to nothing, or to another protocol than WebSocket.
+    for path in ["/api/ws/no-protocol", "/api/ws/h2c"] {
+        let r = raw(edge.addr(), &upgrade_request(path)).unwrap();
+        assert_eq!(r.status, 502, "{path}");
+    }
+    // Quiet both ways: closed after the read timeout, not held.
+    let started = std::time::Instant::now();
+    let mut c = Client::connect(edge.addr());
+    c.sock.write_all(&upgrade_request("/api/ws/quiet")).unwrap();
+    assert_eq!(c.read(true).status, 101);
+    let mut rest = Vec::new();
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    c.sock.read_to_end(&mut rest).unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(6),
+        "a quiet tunnel closes after the read timeout, not {waited:?}"
+    );
 }

@@ -18,9 +18,8 @@
 //! forge in this table.
 //!
 //! One test per server kind runs every case and panics once, listing every failing case with
-//! expected versus got, so the table is easy to fix up: wxedge on its default (short) path,
-//! wxedge with `WXEDGE_SHORT_PATH=false` (every request through Pingora's path), and nginx
-//! (skipped with a message when it is not installed). Cases ported from nginx's own test suite
+//! expected versus got, so the table is easy to fix up: wxedge and nginx (skipped with a
+//! message when it is not installed). Cases ported from nginx's own test suite
 //! (github.com/nginx/nginx-tests) name the `.t` file they come from.
 //!
 //! Paths that must not fall back to the SPA's index.html are requested with
@@ -926,6 +925,19 @@ fn cases() -> Vec<Case> {
             vec![without("/api/ws", &["upgrade", "connection"])],
         ),
         proxied(
+            "an h2c upgrade is a plain request (h2c smuggling)",
+            get(
+                "/api/x",
+                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+            ),
+            vec![without("/api/x", &["upgrade", "connection", "http2-settings"])],
+        )
+        .nginx_upstream(Upstream::Requests(vec![without(
+            "/api/x",
+            &["upgrade", "connection"],
+        )]))
+        .differs(NGINX_NO_CONNECTION_TOKENS),
+        proxied(
             "header named in Connection is not forwarded",
             get("/api/x", "Connection: X-Secret\r\nX-Secret: 1\r\n"),
             vec![without("/api/x", &["x-secret", "connection"])],
@@ -1811,16 +1823,6 @@ fn check_wxedge(server: &str, extra_env: &[(&str, &str)]) {
 #[test]
 fn malformed_requests_against_wxedge() {
     check_wxedge("wxedge", &[]);
-}
-
-/// Every request through Pingora's answer path (`WXEDGE_SHORT_PATH=false`); an edge that does
-/// not know the setting fails here at start-up, one that ignores it runs the short path again.
-#[test]
-fn malformed_requests_against_wxedge_pingora_path() {
-    check_wxedge(
-        "wxedge (WXEDGE_SHORT_PATH=false)",
-        &[("WXEDGE_SHORT_PATH", "false")],
-    );
 }
 
 #[test]

@@ -822,13 +822,13 @@ async fn one_sandbox_code_shared_by_concurrent_loads_is_one_exchange() {
     );
 }
 
-/// The one upstream builder, seen from the backend: the same request through the short path
-/// and through Pingora's path (`ops.short_path: false`) arrives as exactly the same header
-/// lines, in the same order: the verified identity injected, the client's copies stripped,
-/// the session cookie removed, the client's request id kept, hop-by-hop and framing lines
-/// replaced by the edge's own.
+/// The one upstream builder, seen from the backend: the same request from an HTTP/1.1 client
+/// (chunked, with every hop-by-hop line) and from an HTTP/1.0 one (a length) arrives as exactly
+/// the same header lines, in the same order: the verified identity injected, the client's
+/// copies stripped, the session cookie removed, the client's request id kept, hop-by-hop and
+/// framing lines replaced by the edge's own. (`tests/tls.rs` checks HTTP/2 against it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn both_paths_send_the_backend_exactly_the_built_request() {
+async fn every_client_version_sends_the_backend_exactly_the_built_request() {
     let wx = FakeWechat::start().await;
     wx.script(
         "CODE-BOTH",
@@ -841,25 +841,30 @@ async fn both_paths_send_the_backend_exactly_the_built_request() {
     );
     let backend = Backend::start("b").await;
     let (wxb, bu) = (wx.base(), backend.url());
-    let short = edge_with(env_for(&wxb, &bu, &[("WXEDGE_SHORT_PATH", "true")])).await;
-    let pingora = edge_with(env_for(&wxb, &bu, &[("WXEDGE_SHORT_PATH", "false")])).await;
+    let edge = edge_with(env_for(&wxb, &bu, &[])).await;
     let r = page_load(
-        short.addr(),
+        edge.addr(),
         format!("{PAGE}?code=CODE-BOTH&state=STATE"),
         None,
     )
     .await;
     let cookie = set_cookie(&r, "wxedge_session").expect("a session");
 
-    let request = format!(
-        "POST /api/./orders/../orders?x=1 HTTP/1.1\r\nHost: h5.test\r\nCookie: {cookie}; theme=dark\r\n\
+    let common = format!(
+        "Host: h5.test\r\nCookie: {cookie}; theme=dark\r\n\
 X-WX-OpenID: o-mallory\r\nx_wx_openid: o-eve\r\nX-Request-ID: client-id-1\r\nConnection: keep-alive, X-Hop\r\n\
-X-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 203.0.113.9\r\nAccept: application/json\r\n\
+X-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 203.0.113.9\r\nAccept: application/json\r\n"
+    );
+    let http11 = format!(
+        "POST /api/./orders/../orders?x=1 HTTP/1.1\r\n{common}\
 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     );
+    let http10 = format!(
+        "POST /api/./orders/../orders?x=1 HTTP/1.0\r\n{common}Content-Length: 5\r\nConnection: close\r\n\r\nhello"
+    );
     let mut seen = Vec::new();
-    for edge in [&short, &pingora] {
-        let (addr, bytes) = (edge.addr(), request.clone().into_bytes());
+    for request in [http11, http10] {
+        let (addr, bytes) = (edge.addr(), request.into_bytes());
         let r = blocking(move || raw(addr, &bytes).unwrap()).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-request-id"), Some("client-id-1"));
@@ -892,6 +897,6 @@ Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    assert_eq!(a.headers, want, "the short path");
-    assert_eq!(b.headers, want, "Pingora's path");
+    assert_eq!(a.headers, want, "HTTP/1.1");
+    assert_eq!(b.headers, want, "HTTP/1.0");
 }

@@ -104,15 +104,8 @@ async fn host_override_and_keepalive_to_the_backend() {
     let conns = backend
         .connections
         .load(std::sync::atomic::Ordering::SeqCst);
-    // Pingora's own pool (every request on Pingora's path) sometimes opens a second
-    // connection while the first is being put back; what matters is that it reuses them.
-    let most = if short_path_setting() == "false" {
-        8
-    } else {
-        3
-    };
     assert!(
-        conns <= most,
+        conns <= 3,
         "20 requests used {conns} upstream connections: keep-alive is not working"
     );
 }

@@ -52,7 +52,7 @@ enum Framing {
     Chunked(usize),
     /// `Expect: 100-continue`: the body goes only after the edge's 100.
     Continue,
-    /// HTTP/1.0 with a length (the answer is relayed on Pingora's path).
+    /// HTTP/1.0 with a length.
     Http10,
 }
 

@@ -350,7 +350,7 @@ pub const VARIABLES: &[(&str, Setter)] = &[
         Ok(s.ops.max_connections = number(n, v)?)
     }),
     ("WXEDGE_SHORT_PATH", |s, n, v| {
-        Ok(s.ops.short_path = boolean(n, v)?)
+        Ok(s.ops.short_path = Some(boolean(n, v)?))
     }),
     ("WXEDGE_REDIS_URL", |s, _, v| {
         Ok(s.redis_url = v.trim().into())

@@ -466,6 +466,9 @@ fn validate_ops(
             settings.ops.access_log
         ));
     }
+    if settings.ops.short_path.is_some() {
+        log::warn!("ops.short_path: retired, it has no effect (every request takes one path)");
+    }
     let metrics_listen = match settings.ops.metrics_listen.trim() {
         "" => None,
         s => Some(parse_listen(s, "ops.metrics_listen")?),

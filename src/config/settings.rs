@@ -377,10 +377,9 @@ pub struct OpsSettings {
     /// Most client connections at once (nginx's `worker_connections`); 0 = from the open-file
     /// limit (half of it, less a reserve: a proxied request holds two descriptors).
     pub max_connections: usize,
-    /// Answer the common requests (whole dist files, plain API calls) on the front door's
-    /// short path; `false` sends every request through Pingora's answer path (same parser,
-    /// router and upstream builder; used to test both paths with one suite).
-    pub short_path: bool,
+    /// Retired: every request now takes the one answer path. Still accepted, so a
+    /// configuration that sets it keeps loading; start-up warns that it does nothing.
+    pub short_path: Option<bool>,
 }
 
 impl Default for Settings {
@@ -493,7 +492,7 @@ impl Default for OpsSettings {
             send_timeout_ms: 60_000,
             keepalive_timeout_seconds: 60,
             max_connections: 0,
-            short_path: true,
+            short_path: None,
         }
     }
 }

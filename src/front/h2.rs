@@ -1,4 +1,5 @@
-//! HTTP/2 at the front door: the connection's accept loop, and a short path per stream.
+//! HTTP/2 at the front door: the connection's accept loop, and each stream's checks, decision
+//! and answer.
 //!
 //! The loop is Pingora's (`HttpServerApp::process_new` → `accept_downstream_sessions`, not
 //! public), rebuilt from its public parts: the same handshake and h2 options, GOAWAY when the
@@ -6,13 +7,12 @@
 //! after `keepalive` with no stream in flight, and at most [`MAX_MALFORMED_STREAMS`] refused
 //! streams per connection.
 //!
-//! Each stream is checked (`request::h2::check`, or refused by Pingora's path exactly as
-//! before) and decided by the one decision (`crate::pipeline`): what needs no waiting right here
-//! (a whole dist file or its 304 from headers built at start-up, with no task and no proxy state
-//! machine), the rest in a task of its own, which writes the reply on the stream or sends an API
-//! call over the per-thread keep-alive pool (`proxy::forward`) with the one upstream builder.
-//! Bodies of unknown length are served by Pingora's path (`process_new_http`), which decides
-//! them with the same function.
+//! Each stream is checked (`request::h2::check`: a refusal is answered on the stream) and
+//! decided by the one decision (`crate::pipeline`): what needs no waiting right here (a whole
+//! dist file or its 304 from headers built at start-up, with no task and no proxy state
+//! machine), the rest in a task of its own, which writes the reply on the stream or reads the
+//! body whole (with or without a declared length) and sends the API call over the per-thread
+//! keep-alive pool (`proxy::forward`) with the one upstream builder.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,10 +20,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, STRICT_TRANSPORT_SECURITY};
-use pingora::apps::HttpServerApp;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::{self, H2Accept, HttpSession};
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
@@ -95,12 +93,10 @@ impl Active {
     }
 }
 
-/// What a stream needs after the short path looked at it.
+/// What a stream needs after its first look (`short_h2`).
 enum Next {
     /// Answered (or its answer queued whole on the stream).
     Done,
-    /// Pingora's path checks, decides and answers it (a body of unknown length, a refusal).
-    Pingora,
     /// The head is sent; a large body follows as the client takes it.
     Body(Bytes, RequestRecord),
     /// Decided, to carry out in a task of its own (`None`: the rest of the decision may wait,
@@ -123,7 +119,7 @@ impl Front {
             proxy_digest: stream.get_proxy_digest(),
             socket_digest: stream.get_socket_digest(),
         });
-        let mut conn = match server::handshake(stream, self.pingora.h2_options()).await {
+        let mut conn = match server::handshake(stream, None).await {
             Ok(c) => c,
             Err(e) => {
                 log::error!("H2 handshake error {e}");
@@ -182,30 +178,15 @@ impl Front {
                 };
             }
             for session in batch.drain(..) {
-                self.dispatch(session, &peer, &active, shutdown);
+                self.dispatch(session, &peer, &active);
             }
         }
     }
 
-    /// Answer a stream on the short path, or start the task that serves it.
-    fn dispatch(
-        self: &Arc<Self>,
-        mut session: HttpSession,
-        peer: &Peer,
-        active: &Arc<Active>,
-        shutdown: &ShutdownWatch,
-    ) {
+    /// Answer a stream at once, or start the task that serves it.
+    fn dispatch(self: &Arc<Self>, mut session: HttpSession, peer: &Peer, active: &Arc<Active>) {
         match self.short_h2(&mut session, peer) {
             Next::Done => threads::share_the_cpu(),
-            Next::Pingora => {
-                let (front, busy) = (self.clone(), active.busy());
-                let shutdown = shutdown.clone();
-                pingora_runtime::current_handle().spawn(async move {
-                    let _busy = busy;
-                    let session = ServerSession::new_http2(session);
-                    front.pingora.process_new_http(session, &shutdown).await;
-                });
-            }
             Next::Serve(plan, record) => {
                 let (front, busy) = (self.clone(), active.busy());
                 pingora_runtime::current_handle().spawn(async move {
@@ -229,29 +210,22 @@ impl Front {
         }
     }
 
-    /// The short path of one stream: checked, decided as far as it can be at once, and a
+    /// One stream's first look: checked, decided as far as it can be at once, and a
     /// whole dist file or its 304 answered right here; or what is left to do.
     fn short_h2(&self, session: &mut HttpSession, peer: &Peer) -> Next {
         let site = &self.site;
-        let req = session.req_header();
         let no_body = session.is_body_empty();
-        // Bodies of unknown length stream to the backend chunked: Pingora's path does that.
-        let body_known = no_body || req.headers.contains_key(http::header::CONTENT_LENGTH);
-        if req.method == http::Method::CONNECT || !body_known {
-            return Next::Pingora;
-        }
         // The record logs the target as it came; the check may rewrite it.
-        let target = req.uri.path_and_query().cloned();
-        // A refusal is written by Pingora's path, which checks the stream again (the request is
-        // unchanged when refused): the same answer as ever, from one writer of it.
-        if crate::request::h2::check(session.req_header_mut(), site.max_body_bytes).is_err() {
-            return Next::Pingora;
-        }
         let req = session.req_header();
-        let target = target.as_ref().map_or("/", |t| t.as_str());
+        let target = req.uri.path_and_query().map_or("/", |t| t.as_str());
         let mut record = site.h2_record(req, target, &peer.addr, peer.https);
+        if let Err(refusal) =
+            crate::request::h2::check(session.req_header_mut(), site.max_body_bytes)
+        {
+            return Next::Serve(Some(Plan::Refuse(refusal)), record);
+        }
         let plan = {
-            let incoming = self.incoming(req, &record, !no_body);
+            let incoming = self.incoming(session.req_header(), &record, !no_body);
             site.decide_at_once(&incoming)
         };
         let answer = match plan {
@@ -320,7 +294,7 @@ impl Front {
         self.reply_h2(session, record, reply).await;
     }
 
-    /// An API call on the per-thread keep-alive pool, as HTTP/1's short path makes it (the
+    /// An API call on the per-thread keep-alive pool, as HTTP/1 makes it (the
     /// same upstream request builder, the body read whole first, within `max_body_bytes`).
     async fn call_h2(
         &self,
@@ -345,7 +319,7 @@ impl Front {
         let method = req.method.as_str();
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
         // HTTP/1 backends get `Host` from `:authority` where the client sent one, in place of
-        // (or after) its `Host` lines, as Pingora's path sends it.
+        // (or after) its `Host` lines.
         let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
         let host = authority.filter(|_| !req.headers.contains_key(http::header::HOST));
         let client: Vec<(&str, &[u8])> = req
@@ -367,7 +341,6 @@ impl Front {
                 identity: &identity,
                 request_id: &record.request_id,
                 body_len: upstream::declared_length(method, body.len()),
-                streamed_body: false,
                 upgrade: false,
             },
         );
@@ -377,6 +350,8 @@ impl Front {
             head_request: req.method == http::Method::HEAD,
             request_id: &record.request_id,
             close_client: false,
+            http10: false,
+            upgrade: false,
             send_timeout: site.limits.send_timeout,
             hsts,
         };
@@ -482,7 +457,7 @@ impl Front {
     }
 
     /// The response head of a quick static answer: the prebuilt headers, the request id and
-    /// HSTS (Pingora's h2 writer adds `date`), as Pingora's path writes them.
+    /// HSTS (Pingora's h2 writer adds `date`).
     fn h2_head(&self, answer: &Quick<'_>, request_id: &str, https: bool) -> Box<ResponseHeader> {
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);

@@ -8,17 +8,13 @@
 //! - replies: a whole dist file or its 304 from header lines serialized at start-up (large
 //!   bodies by `sendfile(2)`), any other reply (login pages, redirects, ranges, errors) with its
 //!   fields and body;
-//! - `Forward`: an API call over a per-thread keep-alive pool (`proxy::forward`), the request
-//!   built by the one upstream builder;
-//! - and what it hands to Pingora's path (`edge.rs`) with the plan: upgrades, HTTP/1.0 API calls,
-//!   and everything when `ops.short_path` is off. The request goes over already validated,
-//!   rewritten with the normalised target and a `Content-Length` body, and Pingora cannot read
-//!   past it (`handover`), so pipelined requests stay here.
+//! - `Forward` and `Tunnel`: the request sent by `proxy::forward` (the one upstream builder,
+//!   backend choice, retries and per-thread keep-alive pool), its answer relayed in the
+//!   client's framing, or, after an upgrade's `101`, the two connections joined.
 //!
 //! HTTP/2 connections (ALPN `h2`) are served by the same decision per stream (`h2`).
 
 mod h2;
-mod handover;
 mod proxy_protocol;
 mod read;
 mod socket;
@@ -30,12 +26,10 @@ use std::io::IoSlice;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::ops::metrics::METRICS;
@@ -43,13 +37,12 @@ use crate::ops::record::{LogFields, RequestRecord};
 use crate::ops::{lifecycle, request_id, RouteClass};
 use crate::proxy::forward::{self, Outgoing, COALESCE_MAX};
 use crate::proxy::upstream::{self, Outbound};
-use crate::request::body::{Body, Spooled, TempBody};
+use crate::request::body::{Body, Spooled};
 use crate::request::client::ClientAddr;
 use crate::request::{self, Framing, Request, MAX_HEADERS};
 use crate::throttle::ClientConnection;
-use handover::HandedOver;
 
-use crate::pipeline::{self, Handed, Plan};
+use crate::pipeline::Plan;
 use crate::proxy::upstream::ForwardedIdentity;
 use crate::reply::{Reply, ReplyBody};
 use crate::request::Refusal;
@@ -58,7 +51,6 @@ use crate::static_files::Quick;
 
 pub struct Front {
     site: Site,
-    pingora: Arc<HttpProxy<Site>>,
     /// Per-thread runtimes (`work_stealing: false`) get their connections evened out.
     balance_threads: Option<usize>,
 }
@@ -71,16 +63,8 @@ const MAX_HOPS: u8 = 3;
 
 impl Front {
     pub fn new(site: Site, conf: &Arc<pingora::server::configuration::ServerConf>) -> Front {
-        let mut pingora = pingora_proxy::http_proxy(conf, site.clone());
-        // An idle HTTP/2 connection closes after the keep-alive timeout, as HTTP/1 ones do
-        // (nginx: keepalive_timeout); Pingora keeps them forever by default.
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2_idle_timeout = Some(site.limits.keepalive);
-        pingora.server_options = Some(options);
-        let pingora = Arc::new(pingora);
         Front {
             site,
-            pingora,
             balance_threads: (!conf.work_stealing && conf.threads > 1).then_some(conf.threads),
         }
     }
@@ -128,17 +112,15 @@ enum Turn {
     /// Refused: close, but read what the client is still sending for a moment first, so the
     /// refusal reaches it instead of a reset (nginx's `lingering_close`).
     Refused,
-    /// Pingora's path answers it (boxed: a turn is mostly `Next`).
-    HandOff(Box<HandOff>),
 }
 
-/// A request for Pingora's path: its rewritten bytes, its record and its plan.
-struct HandOff {
-    /// The head and the body's start; the rest of the body in its temporary file.
-    request: BytesMut,
-    body_rest: Option<TempBody>,
-    handed: Handed,
-    upgrade: bool,
+/// What the backend is asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// A request and its answer.
+    Forward,
+    /// An upgrade: after a `101`, the connection is a tunnel to the backend.
+    Tunnel,
 }
 
 #[async_trait]
@@ -153,10 +135,6 @@ impl ServerApp for Front {
         let slot = crate::ops::limits::ConnectionSlot::take()?;
         self.place(stream, shutdown, 0, slot);
         None
-    }
-
-    async fn cleanup(&self) {
-        self.pingora.http_cleanup().await;
     }
 }
 
@@ -192,7 +170,7 @@ impl Front {
             return;
         };
         loop {
-            let quiet_for = match Box::pin(self.serve_busy(stream, &mut conn, shutdown)).await {
+            let quiet_for = match Box::pin(self.serve_busy(stream, &mut conn)).await {
                 Some((back, quiet_for)) => {
                     stream = back;
                     quiet_for
@@ -216,8 +194,7 @@ impl Front {
     }
 
     /// Who is at the other end and how it came in: the PROXY header, the TLS handshake; an
-    /// HTTP/2 connection is served to its end here (`None`): by `h2`, or by Pingora's HTTP/2
-    /// server when `ops.short_path` is off.
+    /// HTTP/2 connection is served to its end here (`None`), by `h2`.
     async fn open(
         self: &Arc<Self>,
         stream: Stream,
@@ -268,14 +245,8 @@ impl Front {
             stream = tls::accept(https, stream, &mut conn.buf, &self.site.limits).await?;
             if stream.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2) {
                 // The h2 crate reads the streams; each is checked with the same rules and
-                // answered on the short path (`h2`) or by Pingora's path, as HTTP/1 requests.
-                if self.site.short_path {
-                    self.serve_h2(stream, conn.peer, conn.https, shutdown).await;
-                } else {
-                    let _place = conn._per_client.take(); // held while Pingora serves it
-                    drop(conn);
-                    ServerApp::process_new(&self.pingora, stream, shutdown).await;
-                }
+                // decided by the same function as HTTP/1 requests.
+                self.serve_h2(stream, conn.peer, conn.https, shutdown).await;
                 return None;
             }
         }
@@ -289,7 +260,6 @@ impl Front {
         &self,
         mut stream: Stream,
         conn: &mut Conn,
-        shutdown: &ShutdownWatch,
     ) -> Option<(Stream, std::time::Duration)> {
         loop {
             if conn.buf.is_empty() {
@@ -323,12 +293,6 @@ impl Front {
                     linger(stream).await;
                     return None;
                 }
-                // Boxed: Pingora's request future is large, and only connections being
-                // handed over should carry its space.
-                Turn::HandOff(h) => match Box::pin(self.hand_off(stream, *h, shutdown)).await {
-                    Some(back) => stream = back,
-                    None => return None,
-                },
             }
         }
     }
@@ -346,33 +310,8 @@ impl Front {
         let deadline = tokio::time::Instant::now() + self.site.limits.header_timeout;
         if let Some(source) = proxy_protocol::read_header(stream, &mut conn.buf, deadline).await? {
             conn.peer = self.site.real_ip.hop(source.ip());
-            // Pingora's HTTP/2 server takes the client from the socket digest: make it this one.
-            socket::set_peer(stream, source);
         }
         Ok(())
-    }
-
-    /// Pingora's path answers one request, then gives the connection back (or closes it).
-    async fn hand_off(
-        &self,
-        stream: Stream,
-        h: HandOff,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let mut session =
-            ServerSession::new_http1(Box::new(HandedOver::new(stream, h.body_rest, h.upgrade)));
-        let keepalive = (!*shutdown.borrow() && !lifecycle::draining() && !h.upgrade)
-            .then(|| self.site.limits.keepalive.as_secs());
-        session.set_keepalive(keepalive);
-        session.set_write_timeout(Some(self.site.limits.send_timeout));
-        // The front door answered any `Expect` itself; a backend's interim answers are not
-        // the client's to see (the short path drops them too).
-        session.set_ignore_info_resp(true);
-        session.set_pipelined_prefix(h.request);
-        let served =
-            pipeline::hand_over(h.handed, self.pingora.process_new_http(session, shutdown));
-        let reused = served.await?;
-        HandedOver::take_back(reused.consume().0)
     }
 
     /// Read, check and answer the request that starts in `conn.buf`.
@@ -498,37 +437,38 @@ impl Front {
             false => Turn::Close,
         };
         match plan {
-            Plan::Static(quick) if self.site.short_path => {
+            Plan::Static(quick) => {
                 let sent = self
                     .quick_static(stream, conn, &quick, &mut record, connection)
                     .await;
                 turn(sent)
             }
-            Plan::Reply(reply) if self.site.short_path => {
+            Plan::Reply(reply) => {
                 let sent = self
                     .write_reply(stream, conn, &mut record, reply, connection, req.is_head())
                     .await;
                 turn(sent)
             }
-            // HTTP/1.0 clients cannot take a backend's chunked answer: Pingora's path
-            // rewrites the framing for them.
-            Plan::Forward(identity) if self.site.short_path && req.minor_version == 1 => {
-                self.call(stream, conn, req, &body, identity, &mut record, keep_alive)
+            Plan::Forward(identity) => {
+                let call = Call::Forward;
+                self.call(
+                    stream,
+                    conn,
+                    req,
+                    &body,
+                    identity,
+                    &mut record,
+                    keep_alive,
+                    call,
+                )
+                .await
+            }
+            Plan::Tunnel(identity) => {
+                let call = Call::Tunnel;
+                self.call(stream, conn, req, &body, identity, &mut record, false, call)
                     .await
             }
-            plan => {
-                let upgrade = matches!(plan, Plan::Tunnel(_));
-                let (request, body_rest) = rewritten(req, body, upgrade);
-                Turn::HandOff(Box::new(HandOff {
-                    request,
-                    body_rest,
-                    handed: Handed {
-                        record,
-                        plan: Some(plan.detach()),
-                    },
-                    upgrade,
-                }))
-            }
+            Plan::Refuse(refusal) => self.refuse(stream, conn, &mut record, refusal, req).await,
         }
     }
 
@@ -637,7 +577,8 @@ impl Front {
         ok
     }
 
-    /// Forward an API call and relay the answer.
+    /// Send a request to the backend and relay the answer (or join the two connections after
+    /// an upgrade).
     #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
@@ -648,8 +589,10 @@ impl Front {
         identity: ForwardedIdentity,
         record: &mut RequestRecord,
         keep_alive: bool,
+        call: Call,
     ) -> Turn {
         let site = &self.site;
+        let upgrade = call == Call::Tunnel;
         let target = req.normalised_target();
         let mut head = Vec::with_capacity(512);
         upstream::write_head(
@@ -662,8 +605,7 @@ impl Front {
                 identity: &identity,
                 request_id: &record.request_id,
                 body_len: upstream::declared_length(req.method, body.len()),
-                streamed_body: false,
-                upgrade: false,
+                upgrade,
             },
         );
         let outgoing = Outgoing {
@@ -672,10 +614,20 @@ impl Front {
             head_request: req.is_head(),
             request_id: &record.request_id,
             close_client: !keep_alive,
+            http10: req.minor_version == 0,
+            upgrade,
             send_timeout: site.limits.send_timeout,
             hsts: self.hsts(conn.https),
         };
-        let result = forward::forward(&site.upstreams, &outgoing, stream, &mut conn.out).await;
+        let (ups, out) = (&site.upstreams, &mut conn.out);
+        let result = match call {
+            Call::Forward => forward::forward(ups, &outgoing, stream, out).await,
+            Call::Tunnel => {
+                // What the client sent after its request is the new protocol's.
+                let early = conn.buf.split();
+                forward::tunnel(ups, &outgoing, stream, &early, out).await
+            }
+        };
         match result {
             Ok(r) => {
                 record.upstream = Some(site.upstreams.authority(r.backend));
@@ -694,7 +646,7 @@ impl Front {
             Err(forward::Error::Before(f)) => {
                 record.upstream = f.backend.map(|i| site.upstreams.authority(i));
                 let reply = f.answer();
-                let connection = write::connection_field(keep_alive, 1);
+                let connection = write::connection_field(keep_alive, req.minor_version);
                 let sent = self
                     .write_reply(stream, conn, record, reply, connection, req.is_head())
                     .await;
@@ -792,60 +744,6 @@ async fn linger(mut stream: Stream) {
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
-/// The request as Pingora's path gets it: the normalised target, the client's header lines,
-/// the decoded body as a `Content-Length` body (its start here, the rest, if any, still in
-/// its temporary file), and one `Connection` line that says what the
-/// front door decided. The client's framing, `Expect` and `Connection` lines are not copied
-/// (the front door has dealt with them: Pingora must not decide them again, differently),
-/// nor those the client's `Connection` names, nor `Upgrade` unless it is a real one.
-fn rewritten(req: &Request<'_, '_>, body: Spooled, upgrade: bool) -> (BytesMut, Option<TempBody>) {
-    let body_len = body.len();
-    let (memory, rest) = body.into_parts();
-    let mut out = BytesMut::with_capacity(512 + memory.len());
-    out.put_slice(req.method.as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(req.normalised_target().as_bytes());
-    out.put_slice(if req.minor_version == 0 {
-        b" HTTP/1.0\r\n"
-    } else {
-        b" HTTP/1.1\r\n"
-    });
-    let connection_values = || {
-        req.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .map(|h| h.value)
-    };
-    for h in req.headers {
-        let n = h.name;
-        let upgrade_line = n.eq_ignore_ascii_case("upgrade");
-        if (upgrade_line && !upgrade)
-            || (!upgrade_line && crate::proxy::headers::named_in_connection(n, connection_values()))
-            || n.eq_ignore_ascii_case("content-length")
-            || n.eq_ignore_ascii_case("transfer-encoding")
-            || n.eq_ignore_ascii_case("expect")
-            || n.eq_ignore_ascii_case("connection")
-        {
-            continue;
-        }
-        out.put_slice(n.as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(h.value);
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(match (upgrade, req.keep_alive) {
-        (true, _) => b"connection: upgrade\r\n",
-        (false, true) => b"connection: keep-alive\r\n",
-        (false, false) => b"connection: close\r\n",
-    });
-    if let Some(len) = crate::proxy::upstream::declared_length(req.method, body_len) {
-        out.put_slice(format!("content-length: {len}\r\n").as_bytes());
-    }
-    out.put_slice(b"\r\n");
-    out.put_slice(&memory);
-    (out, rest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,21 +758,5 @@ mod tests {
         assert!(arrived_on(&l, "127.0.0.2:81".parse().unwrap()));
         assert!(!arrived_on(&l, "127.0.0.1:81".parse().unwrap()));
         assert!(!arrived_on(&l, "10.1.1.1:80".parse().unwrap()));
-    }
-
-    #[test]
-    fn pingoras_path_gets_one_framing() {
-        let raw = b"POST /api/x/../y?q=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\
-Expect: 100-continue\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n";
-        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (req, _) = request::parse(raw, &mut hs, 4096).unwrap().unwrap();
-        let mut body = Spooled::default();
-        body.push(b"hello", &Default::default()).unwrap();
-        let (out, rest) = rewritten(&req, body, false);
-        assert!(rest.is_none());
-        assert_eq!(
-            &out[..],
-            &b"POST /api/y?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nconnection: keep-alive\r\ncontent-length: 5\r\n\r\nhello"[..]
-        );
     }
 }

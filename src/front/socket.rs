@@ -2,8 +2,8 @@
 //!
 //! Pingora's own stream type keeps timing, tracing and replay state and a shared socket digest
 //! beside the socket, held for as long as a keep-alive connection lives: ~0.8 KiB per idle
-//! connection (`bench/idle.py`: 2.6 → 1.8 KiB each). The front door needs none of it to serve requests; the digest
-//! Pingora reads when a request is handed over is made when it asks.
+//! connection (`bench/idle.py`: 2.6 → 1.8 KiB each). The front door needs none of it to serve
+//! requests; a socket digest is made when one is asked for.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -66,23 +66,6 @@ pub fn into_pingora_tcp(stream: Stream) -> Option<PingoraTcp> {
         Ok(socket) => Some(socket.into_pingora()),
         Err(any) => any.downcast::<PingoraTcp>().ok().map(|s| *s),
     }
-}
-
-/// Make `source` the connection's peer, where Pingora's path (and anything else reading the
-/// socket digest) takes the client from: a PROXY header's client.
-pub fn set_peer(stream: &mut Stream, source: SocketAddr) {
-    let Some(fd) = tcp_fd(stream) else {
-        return;
-    };
-    let local = stream
-        .get_socket_digest()
-        .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()));
-    let digest = SocketDigest::from_raw_fd(fd);
-    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(source)));
-    if let Some(local) = local {
-        let _ = digest.local_addr.set(Some(PingoraAddr::Inet(local)));
-    }
-    stream.set_socket_digest(digest);
 }
 
 impl AsyncRead for Socket {
@@ -153,7 +136,7 @@ impl GetProxyDigest for Socket {
 }
 
 impl GetSocketDigest for Socket {
-    /// Made when asked (once per request handed to Pingora), not kept.
+    /// Made when asked (at a connection's start), not kept.
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         Some(Arc::new(digest(self.io.as_raw_fd(), self.peer, self.local)))
     }
@@ -189,11 +172,8 @@ mod tests {
         let (_client, server) = pair().await;
         let peer: SocketAddr = "203.0.113.7:4000".parse().unwrap();
         let local = server.local_addr().unwrap();
-        let mut stream: Stream =
-            Box::new(Socket::new(server, "127.0.0.1:1".parse().unwrap(), local));
+        let stream: Stream = Box::new(Socket::new(server, peer, local));
         assert!(tcp_fd(&stream).is_some());
-        // A PROXY header's client replaces the socket's peer.
-        set_peer(&mut stream, peer);
         let d = stream.get_socket_digest().unwrap();
         assert_eq!(d.peer_addr().and_then(|a| a.as_inet().copied()), Some(peer));
         assert_eq!(

@@ -1,4 +1,4 @@
-//! Writing answers on the short path: the common headers, large bodies with `sendfile(2)`.
+//! Writing HTTP/1 answers: the common headers, large bodies with `sendfile(2)`.
 
 use std::io::IoSlice;
 

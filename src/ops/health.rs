@@ -16,10 +16,13 @@ pub fn live() -> Reply {
     )
 }
 
-/// Readiness: 200 when ready, 503 with what it waits for otherwise.
+/// Readiness: 200 when ready, 503 with what it waits for otherwise. With active checks on,
+/// their verdict is the answer (a probe here would overrule their thresholds, and cost a
+/// connection per backend per probe of an orchestrator); without them, passive health only
+/// learns from traffic, so a backend marked down is asked again here.
 pub async fn ready(site: &SiteState) -> Reply {
     let ups = &site.upstreams;
-    if !ups.is_empty() && ups.healthy_count() < ups.len() {
+    if !ups.is_empty() && !ups.actively_checked() && ups.healthy_count() < ups.len() {
         probe_backends(site).await;
     }
     let (ready, body) = readiness(site);

@@ -1,8 +1,11 @@
-//! The short path to the backend for plain requests (no upgrade, no chunked or large request
-//! body): one write of the request, the response relayed as it arrives, and the backend
-//! connection kept in a per-thread pool, like nginx's `keepalive` per worker. Every decision
-//! about which backend, and what a request looks like upstream, is the same as Pingora's path:
-//! `Upstreams` and `headers` decide for both.
+//! Every request the edge sends to a backend goes through here, whatever the client's
+//! transport: one write of the request (its head from the one builder, `upstream`; its whole
+//! body after it), the response relayed as it arrives, the backend connection kept in a
+//! per-thread pool (nginx's `keepalive` per worker), the retries on refused or stale
+//! connections, and the response's hop-by-hop rules (`for_client`). HTTP/1.1 clients get the
+//! backend's framing as it is, HTTP/1.0 clients a chunked answer decoded and ended by closing,
+//! HTTP/2 clients the body unframed on their stream; a real upgrade (WebSocket) becomes a
+//! tunnel after the backend's `101` (`tunnel`).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, STRICT_TRANSPORT_SECURITY};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::HttpSession;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::Chunked;
@@ -95,10 +98,14 @@ pub struct Outgoing<'a> {
     pub request_id: &'a str,
     /// The client's connection ends after this response (it asked, or the edge is draining).
     pub close_client: bool,
+    /// The client speaks HTTP/1.0: a chunked answer reaches it decoded, ended by closing.
+    pub http10: bool,
+    /// A real upgrade (`tunnel`): the backend may answer `101 Switching Protocols`.
+    pub upgrade: bool,
     /// Longest wait for the client to take a part of the answer.
     pub send_timeout: Duration,
     /// The edge's `Strict-Transport-Security` (over TLS with HSTS on): it replaces the
-    /// backend's, as on Pingora's path.
+    /// backend's.
     pub hsts: Option<&'a [u8]>,
 }
 
@@ -112,7 +119,7 @@ pub struct Relayed {
     pub client_reusable: bool,
 }
 
-/// Nothing reached the client: it gets this error answer (the same ones Pingora's path gives).
+/// Nothing reached the client: it gets this error answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
     pub status: u16,
@@ -144,7 +151,7 @@ pub enum Error {
     Midway(Broken),
 }
 
-/// The answers for a backend that failed, the same on Pingora's path (`edge::fail_to_proxy`).
+/// The answers for a backend that failed (nginx's: refused is a 502, no answer in time a 504).
 pub const BAD_GATEWAY: Failure = Failure {
     status: 502,
     kind: "bad_gateway",
@@ -203,7 +210,6 @@ async fn exchange(ups: &Upstreams, req: &Outgoing<'_>) -> Result<(Answered, usiz
                         }
                         failed => {
                             ups.mark_down(idx);
-                            // As on Pingora's path: refused is a 502, no answer in time a 504.
                             let (why, failure) = match failed {
                                 Ok(Err(e)) => (e.to_string(), BAD_GATEWAY),
                                 _ => ("connect timed out".to_string(), GATEWAY_TIMEOUT),
@@ -279,7 +285,7 @@ async fn send_and_read_head(
                         _ => return Err((BAD_GATEWAY, false)),
                     }
                 }
-                Some(101) => return Err((BAD_GATEWAY, false)),
+                Some(101) if !req.upgrade => return Err((BAD_GATEWAY, false)),
                 // Anything else, well-formed or not, is `response_head`'s to judge.
                 _ => return Ok((stream, buf, len)),
             }
@@ -437,7 +443,7 @@ fn framing_of(
     if bad_length && framing.is_none() {
         return None;
     }
-    let framing = if req.head_request || status == 204 || status == 304 {
+    let framing = if req.head_request || status == 204 || status == 304 || status == 101 {
         Framing::Empty
     } else {
         framing.unwrap_or(match length {
@@ -448,8 +454,12 @@ fn framing_of(
     Some(ResponseHead {
         status,
         framing,
-        upstream_keeps,
-        close_client: req.close_client || framing == Framing::UntilClose,
+        // After a 101 the connection is the tunnel's, never pooled.
+        upstream_keeps: upstream_keeps && status != 101,
+        close_client: req.close_client
+            || status == 101
+            || framing == Framing::UntilClose
+            || (req.http10 && framing == Framing::Chunked),
     })
 }
 
@@ -486,22 +496,38 @@ fn for_client<'h>(
 }
 
 /// Read the backend's response head and write the client's version of it into `out`:
-/// [`for_client`]'s lines, the edge's request id and `connection: close` when the client's
-/// connection ends. `None`: a head that cannot be framed one way, a 502.
+/// [`for_client`]'s lines, the edge's request id, and what the client's connection does next
+/// (`close`; `keep-alive` for an HTTP/1.0 client that keeps it; `upgrade` with the backend's
+/// `Upgrade` after a 101). `None`: a head that cannot be framed one way, a 502.
 fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<ResponseHead> {
     with_response(buf, |status, version, reason, hs| {
         let head = framing_of(status, version, hs, req)?;
         out.clear();
         headers::push_status_line(out, status, reason);
-        for_client(hs, head.framing, req, true, |name, value| {
+        for_client(hs, head.framing, req, !req.http10, |name, value| {
             push_header(out, name.as_bytes(), &[value])
         });
         push_header(out, b"x-request-id", &[req.request_id.as_bytes()]);
         if let Some(hsts) = req.hsts {
             push_header(out, b"strict-transport-security", &[hsts]);
         }
-        if head.close_client {
+        if status == 101 {
+            // Only WebSocket is asked for (`Request::upgrade`): a switch to anything else, or
+            // to nothing named, is a 502.
+            let protocol = hs.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade"))?;
+            if !protocol
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"websocket")
+            {
+                return None;
+            }
+            push_header(out, b"upgrade", &[protocol.value]);
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        } else if head.close_client {
             out.extend_from_slice(b"connection: close\r\n");
+        } else if req.http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
         Some(head)
@@ -516,19 +542,148 @@ pub async fn forward<W: AsyncWrite + Unpin>(
     client: &mut W,
     scratch: &mut Vec<u8>,
 ) -> Result<Relayed, Error> {
+    let (mut up, mut head) = exchange_http1(ups, req, scratch).await?;
+    let sent = relay_body(ups, &mut up, &mut head, req, client, scratch).await?;
+    if client.flush().await.is_err() {
+        return Err(broken(&head, &up, sent));
+    }
+    Ok(relayed(up, &head, sent, !head.close_client))
+}
+
+/// [`exchange`], and the client's HTTP/1 version of the response head in `scratch`.
+async fn exchange_http1(
+    ups: &Upstreams,
+    req: &Outgoing<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<(Answered, ResponseHead), Error> {
     let (mut up, head_len) = exchange(ups, req).await.map_err(Error::Before)?;
-    let Some(mut head) = response_head(&up.buf[..head_len], req, scratch) else {
+    let Some(head) = response_head(&up.buf[..head_len], req, scratch) else {
         return Err(Error::Before(Failure {
             backend: Some(up.backend),
             ..BAD_GATEWAY
         }));
     };
     up.buf.advance(head_len);
-    let sent = relay_body(ups, &mut up, &mut head, req, client, scratch).await?;
-    if client.flush().await.is_err() {
-        return Err(broken(&head, &up, sent));
+    Ok((up, head))
+}
+
+/// Room for one read in each direction of a tunnel.
+const TUNNEL_BUFFER: usize = 8 * 1024;
+
+/// Forward an upgrade request (WebSocket). After the backend's `101 Switching Protocols` the
+/// two connections are joined: bytes go both ways as they come (`early`, what the client sent
+/// after its request, first), each write within the send timeout, until both sides have
+/// closed, either fails, or nothing moves for the backend's read timeout (nginx's
+/// `proxy_read_timeout` on upgraded connections). Any other answer is relayed as usual and the
+/// client's connection then closes. `body_bytes`: what the client got after the head.
+pub async fn tunnel<C: AsyncRead + AsyncWrite + Unpin + Send>(
+    ups: &Upstreams,
+    req: &Outgoing<'_>,
+    client: &mut C,
+    early: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<Relayed, Error> {
+    let (mut up, mut head) = exchange_http1(ups, req, scratch).await?;
+    if head.status != 101 {
+        let sent = relay_body(ups, &mut up, &mut head, req, client, scratch).await?;
+        let _ = client.flush().await;
+        return Ok(relayed(up, &head, sent, false));
     }
-    Ok(relayed(up, &head, sent, !head.close_client))
+    // The head, and whatever the backend already said in the new protocol.
+    let said = up.buf.split();
+    scratch.extend_from_slice(&said);
+    if write_client(req.send_timeout, client, scratch)
+        .await
+        .is_err()
+    {
+        return Err(broken(&head, &up, 0));
+    }
+    let timeouts = (ups.read_timeout, req.send_timeout);
+    let to_client = join(client, &mut up.stream, early, timeouts).await + said.len() as u64;
+    Ok(Relayed {
+        status: 101,
+        body_bytes: to_client,
+        backend: up.backend,
+        client_reusable: false,
+    })
+}
+
+/// Carry bytes both ways between an upgraded client and its backend (see [`tunnel`]); how
+/// many reached the client.
+async fn join<C: AsyncRead + AsyncWrite + Unpin + Send>(
+    client: &mut C,
+    backend: &mut TcpStream,
+    early: &[u8],
+    (idle, send_timeout): (Duration, Duration),
+) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let start = tokio::time::Instant::now();
+    // Milliseconds from `start` to the last byte that moved, either way.
+    let moved = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut backend_rx, mut backend_tx) = backend.split();
+    if !early.is_empty()
+        && within_send_timeout(send_timeout, backend_tx.write_all(early))
+            .await
+            .is_err()
+    {
+        return 0;
+    }
+    let mark = |n: usize| {
+        moved.store(start.elapsed().as_millis() as u64, Relaxed);
+        n
+    };
+    let up = pass(&mut client_rx, &mut backend_tx, send_timeout, |n| {
+        mark(n);
+    });
+    let down = pass(&mut backend_rx, &mut client_tx, send_timeout, |n| {
+        to_client.fetch_add(mark(n) as u64, Relaxed);
+    });
+    let quiet = async {
+        loop {
+            let last = start + Duration::from_millis(moved.load(Relaxed));
+            if last.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::try_join!(up, down) } => {}
+        _ = quiet => {}
+    }
+    to_client.load(Relaxed)
+}
+
+/// One direction of a tunnel: read, write on, until `from` ends (then `to` is shut down for
+/// writing, a half-close) or either fails (`Err`). `passed` hears of every part sent.
+async fn pass<R, W>(
+    from: &mut R,
+    to: &mut W,
+    send_timeout: Duration,
+    mut passed: impl FnMut(usize),
+) -> Result<(), ()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; TUNNEL_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await.map_err(|_| ())?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        let write = async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        };
+        within_send_timeout(send_timeout, write)
+            .await
+            .map_err(|_| ())?;
+        passed(n);
+    }
 }
 
 fn broken(head: &ResponseHead, up: &Answered, body_bytes: u64) -> Error {
@@ -537,6 +692,68 @@ fn broken(head: &ResponseHead, up: &Answered, body_bytes: u64) -> Error {
         body_bytes,
         backend: up.backend,
     })
+}
+
+/// Where a response body ends in what the backend sends, and what of it the client gets: the
+/// bytes as they came, or (`decode`) a chunked body's data only.
+struct BodyEnd {
+    framing: Framing,
+    /// What a length-framed body still lacks.
+    left: u64,
+    chunks: Chunked,
+    decode: bool,
+    decoded: Vec<u8>,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing, decode: bool) -> BodyEnd {
+        BodyEnd {
+            framing,
+            left: match framing {
+                Framing::Length(l) => l,
+                _ => 0,
+            },
+            chunks: Chunked::default(),
+            decode: decode && framing == Framing::Chunked,
+            decoded: Vec::new(),
+        }
+    }
+
+    /// There is no body at all.
+    fn is_empty(&self) -> bool {
+        matches!(self.framing, Framing::Empty | Framing::Length(0))
+    }
+
+    /// How much of `data` is body, and whether the body ends there. Decoded data is appended
+    /// to `self.decoded`.
+    fn feed(&mut self, data: &[u8]) -> Result<(usize, bool), super::chunked::Malformed> {
+        Ok(match self.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let take = data.len().min(self.left as usize);
+                self.left -= take as u64;
+                (take, self.left == 0)
+            }
+            Framing::Chunked => {
+                let out = self.decode.then_some(&mut self.decoded);
+                match self.chunks.feed(data, out)? {
+                    Some(end) => (end, true),
+                    None => (data.len(), false),
+                }
+            }
+            Framing::UntilClose => (data.len(), false),
+        })
+    }
+}
+
+/// The backend's next bytes (empty: it closed), within its read timeout.
+async fn read_more(ups: &Upstreams, up: &mut Answered) -> std::io::Result<BytesMut> {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut buf)).await {
+        Ok(Ok(_)) => Ok(buf),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Relay the body as it arrives, the head (in `scratch`) going out with its first bytes;
@@ -549,89 +766,61 @@ async fn relay_body<W: AsyncWrite + Unpin>(
     client: &mut W,
     scratch: &mut Vec<u8>,
 ) -> Result<u64, Error> {
-    let framing = head.framing;
     let mut sent: u64 = 0;
-    let mut chunks = Chunked::default();
-    // Body bytes already read with the head go out in the same write as the head.
-    let mut left = match framing {
-        Framing::Length(l) => l,
-        _ => u64::MAX,
-    };
-    let mut done = framing == Framing::Empty || left == 0;
+    // An HTTP/1.0 client gets a chunked answer's data only (its connection ends it).
+    let mut body = BodyEnd::new(head.framing, req.http10);
+    let mut done = body.is_empty();
     let mut first = true;
     loop {
-        let available = if first {
-            std::mem::take(&mut up.buf)
-        } else if done {
-            BytesMut::new()
-        } else {
-            let mut buf = BytesMut::with_capacity(16 * 1024);
-            let n = match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return Err(broken(head, up, sent)),
-            };
-            if n == 0 {
-                if framing != Framing::UntilClose {
-                    return Err(broken(head, up, sent));
-                }
-                done = true;
-                head.upstream_keeps = false;
-            }
-            buf
+        // Body bytes already read with the head go out in the same write as the head.
+        let available = match first {
+            true => std::mem::take(&mut up.buf),
+            false => read_more(ups, up)
+                .await
+                .map_err(|_| broken(head, up, sent))?,
         };
-        let mut take = available.len();
-        if !done {
-            match framing {
-                Framing::Length(_) => {
-                    take = take.min(left as usize);
-                    left -= take as u64;
-                    done = left == 0;
-                }
-                Framing::Chunked => match chunks.feed(&available, None) {
-                    Ok(Some(end)) => {
-                        take = end;
-                        done = true;
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        // Garbage from the backend: pass on the head, then cut.
-                        if first {
-                            let _ = write_client(req.send_timeout, client, scratch).await;
-                        }
-                        return Err(broken(head, up, sent));
-                    }
-                },
-                Framing::UntilClose | Framing::Empty => {}
-            }
-        } else if framing == Framing::Empty || framing == Framing::Length(0) {
-            take = 0;
+        let eof = !first && available.is_empty();
+        if eof && head.framing != Framing::UntilClose {
+            return Err(broken(head, up, sent));
         }
-        if take < available.len() {
-            // The backend sent more than the response: do not trust the connection again.
+        let (take, ends) = match (done || eof, body.feed(&available)) {
+            (true, _) => (0, true),
+            (false, Ok(fed)) => fed,
+            (false, Err(_)) => {
+                // Garbage from the backend: pass on the head, then cut.
+                if first {
+                    let _ = write_client(req.send_timeout, client, scratch).await;
+                }
+                return Err(broken(head, up, sent));
+            }
+        };
+        done = ends;
+        if eof || take < available.len() {
+            // Closed, or sent more than the response: do not use the connection again.
             head.upstream_keeps = false;
         }
-        let body = &available[..take];
-        let io = if first {
-            first = false;
-            if body.len() <= COALESCE_MAX {
-                scratch.extend_from_slice(body);
+        let part = match body.decode {
+            true => &body.decoded[..],
+            false => &available[..take],
+        };
+        let io = match (first, part.len() <= COALESCE_MAX) {
+            (true, true) => {
+                scratch.extend_from_slice(part);
                 write_client(req.send_timeout, client, scratch).await
-            } else {
-                match write_client(req.send_timeout, client, scratch).await {
-                    Ok(()) => write_client(req.send_timeout, client, body).await,
-                    e => e,
-                }
             }
-        } else if body.is_empty() {
-            Ok(())
-        } else {
-            write_client(req.send_timeout, client, body).await
+            (true, false) => match write_client(req.send_timeout, client, scratch).await {
+                Ok(()) => write_client(req.send_timeout, client, part).await,
+                e => e,
+            },
+            (false, _) if part.is_empty() => Ok(()),
+            (false, _) => write_client(req.send_timeout, client, part).await,
         };
         if io.is_err() {
             return Err(broken(head, up, sent));
         }
-        sent += body.len() as u64;
+        first = false;
+        sent += part.len() as u64;
+        body.decoded.clear();
         if done {
             return Ok(sent);
         }
@@ -726,42 +915,23 @@ async fn relay_body_h2(
     head: &mut ResponseHead,
     client: &mut HttpSession,
 ) -> Result<u64, Error> {
-    let framing = head.framing;
     let mut sent: u64 = 0;
-    let mut chunks = Chunked::default();
-    let mut left = match framing {
-        Framing::Length(l) => l,
-        _ => u64::MAX,
-    };
+    // HTTP/2 frames the body itself: a chunked one goes on decoded.
+    let mut body = BodyEnd::new(head.framing, true);
     let mut available = std::mem::take(&mut up.buf);
     let mut eof = false;
     loop {
-        let mut done = eof;
-        let data = match framing {
-            Framing::Length(_) => {
-                let take = available.len().min(left as usize);
-                left -= take as u64;
-                done = left == 0;
-                if take < available.len() {
-                    head.upstream_keeps = false;
-                }
-                available.split_to(take).freeze()
-            }
-            Framing::Chunked => {
-                let mut decoded = Vec::with_capacity(available.len());
-                match chunks.feed(&available, Some(&mut decoded)) {
-                    Ok(Some(end)) => {
-                        done = true;
-                        if end < available.len() {
-                            head.upstream_keeps = false;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => return Err(broken(head, up, sent)),
-                }
-                Bytes::from(decoded)
-            }
-            Framing::UntilClose | Framing::Empty => available.split().freeze(),
+        let (take, done) = match eof {
+            true => (0, true),
+            false => body.feed(&available).map_err(|_| broken(head, up, sent))?,
+        };
+        if take < available.len() {
+            // The backend sent more than the response: do not trust the connection again.
+            head.upstream_keeps = false;
+        }
+        let data = match body.decode {
+            true => Bytes::from(std::mem::take(&mut body.decoded)),
+            false => available.split_to(take).freeze(),
         };
         if !data.is_empty() || done {
             let len = data.len() as u64;
@@ -773,14 +943,15 @@ async fn relay_body_h2(
         if done {
             return Ok(sent);
         }
-        available = BytesMut::with_capacity(16 * 1024);
-        match tokio::time::timeout(ups.read_timeout, up.stream.read_buf(&mut available)).await {
-            Ok(Ok(0)) if framing == Framing::UntilClose => {
-                eof = true;
-                head.upstream_keeps = false;
+        available = read_more(ups, up)
+            .await
+            .map_err(|_| broken(head, up, sent))?;
+        if available.is_empty() {
+            if head.framing != Framing::UntilClose {
+                return Err(broken(head, up, sent));
             }
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(broken(head, up, sent)),
+            eof = true;
+            head.upstream_keeps = false;
         }
     }
 }

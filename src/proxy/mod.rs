@@ -1,8 +1,7 @@
 //! Proxying to the existing backend: which backend (round-robin, active and passive health) and
 //! what the request looks like upstream (`upstream`: one builder, forwarding headers, no
-//! spoofable identity). Two senders, one policy: `forward` (the front door's short path,
-//! with its own per-thread keep-alive pool) and Pingora's proxy (upgrades, and every request
-//! when `ops.short_path` is off).
+//! spoofable identity). One sender, `forward`, for every transport (with its per-thread
+//! keep-alive pool and the tunnels of upgrades).
 
 pub mod chunked;
 pub mod forward;
@@ -22,7 +21,6 @@ use pingora::lb::selection::{BackendIter, BackendSelection, RoundRobin};
 use pingora::lb::{discovery, Backends, Extensions, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::services::background::GenBackgroundService;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
 use crate::config::{BackendAddr, HealthCheckSettings, ProxySettings};
@@ -240,6 +238,11 @@ impl Upstreams {
         self.pool.healthy(idx, now_ms())
     }
 
+    /// The active checks decide who is in the rotation (else passive health alone does).
+    pub fn actively_checked(&self) -> bool {
+        self.active
+    }
+
     /// Healthy backends now (for readiness).
     pub fn healthy_count(&self) -> usize {
         let now = now_ms();
@@ -283,18 +286,6 @@ impl Upstreams {
         self.active.then(|| {
             GenBackgroundService::new("backend health checks".into(), self.pool.balancer.clone())
         })
-    }
-
-    pub fn peer(&self, idx: usize) -> HttpPeer {
-        let b = &self.pool.state.backends[idx];
-        let mut peer = HttpPeer::new(b.addr.addr, false, String::new());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(self.connect_timeout);
-        o.total_connection_timeout = Some(self.connect_timeout);
-        o.read_timeout = Some(self.read_timeout);
-        o.write_timeout = Some(self.write_timeout);
-        o.idle_timeout = Some(self.idle_timeout);
-        peer
     }
 }
 

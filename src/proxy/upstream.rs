@@ -1,5 +1,5 @@
-//! The one builder of the request head the backend receives, whichever code sends it (the
-//! front door's short path serializes it, Pingora's path sets it on its upstream request).
+//! The one builder of the request head the backend receives, whichever transport the client
+//! used (`forward` sends it).
 //!
 //! From the client's header lines it keeps the end-to-end ones only: no hop-by-hop header
 //! (nor any the client's `Connection` names), no framing (`Content-Length`,
@@ -8,7 +8,6 @@
 //! `X-Request-ID` or forwarding header the edge sets itself, and the session cookie removed.
 
 use http::{HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
 
 use super::headers::{self, Forwarding};
 
@@ -30,9 +29,6 @@ pub struct Outbound<'a> {
     /// `Content-Length` of the whole (decoded) request body, when one is sent
     /// ([`declared_length`]).
     pub body_len: Option<u64>,
-    /// A body of unknown length follows (an HTTP/2 request without `Content-Length`): sent
-    /// chunked. Never together with `body_len`.
-    pub streamed_body: bool,
     /// A real upgrade (see [`crate::request::Request::upgrade`]): `Connection: upgrade` and
     /// the client's `Upgrade` go on.
     pub upgrade: bool,
@@ -122,14 +118,12 @@ where
         emit("connection", &[b"upgrade"]);
         emit("upgrade", &[protocol]);
     }
-    match (out.body_len, out.streamed_body) {
-        (Some(len), _) => emit("content-length", &[len.to_string().as_bytes()]),
-        (None, true) => emit("transfer-encoding", &[b"chunked"]),
-        (None, false) => {}
+    if let Some(len) = out.body_len {
+        emit("content-length", &[len.to_string().as_bytes()]);
     }
 }
 
-/// The whole upstream request head, serialized (the short path).
+/// The whole upstream request head, serialized.
 pub fn write_head<'c, I>(buf: &mut Vec<u8>, method: &str, target: &str, client: I, out: &Outbound)
 where
     I: Iterator<Item = (&'c str, &'c [u8])> + Clone,
@@ -147,35 +141,6 @@ where
         buf.extend_from_slice(b"\r\n");
     });
     buf.extend_from_slice(b"\r\n");
-}
-
-/// Replace Pingora's upstream request headers with the built ones (Pingora's path).
-pub fn apply(req: &mut RequestHeader, out: &Outbound) -> pingora::Result<()> {
-    let client: Vec<(String, Vec<u8>)> = req
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect();
-    let mut built: Vec<(String, Vec<u8>)> = Vec::with_capacity(client.len() + 8);
-    headers(
-        client.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-        out,
-        |name, parts| built.push((name.to_string(), parts.concat())),
-    );
-    let names: Vec<String> = req.headers.keys().map(|k| k.to_string()).collect();
-    for name in names {
-        req.remove_header(&name);
-    }
-    for (name, value) in built {
-        let value = HeaderValue::from_bytes(&value).map_err(|_| {
-            pingora::Error::explain(
-                pingora::ErrorType::InvalidHTTPHeader,
-                "upstream header value",
-            )
-        })?;
-        req.append_header(name, value)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -230,7 +195,6 @@ mod tests {
             identity,
             request_id: "rid",
             body_len: declared_length("POST", body_len).filter(|&n| n > 0),
-            streamed_body: false,
             upgrade,
         };
         let client = sample_client();
@@ -316,33 +280,6 @@ mod tests {
     }
 
     #[test]
-    fn pingoras_request_gets_the_same_headers() {
-        let mut req = RequestHeader::build("POST", b"/api/x?y=1", None).unwrap();
-        for (k, v) in sample_client() {
-            req.append_header(k.to_string(), v).unwrap();
-        }
-        let (lb, protected) = (trusted_lb(), vec![headers::canonical("X-WX-OpenID")]);
-        let f = forwarding(&lb, &protected);
-        let identity = ForwardedIdentity::default();
-        let out = Outbound {
-            forwarding: &f,
-            identity: &identity,
-            request_id: "rid",
-            streamed_body: false,
-            body_len: Some(5),
-            upgrade: false,
-        };
-        apply(&mut req, &out).unwrap();
-        let h = &req.headers;
-        assert!(h.get("x-wx-openid").is_none() && h.get("x_wx_openid").is_none());
-        assert!(h.get("transfer-encoding").is_none() && h.get("expect").is_none());
-        assert!(h.get("x-secret-hop").is_none() && h.get("connection").is_none());
-        assert_eq!(h.get("content-length").unwrap(), "5");
-        assert_eq!(h.get("x-request-id").unwrap(), "rid");
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
-    }
-
-    #[test]
     fn split_cookie_fields_go_upstream_as_one_line() {
         let (lb, protected) = (trusted_lb(), vec![]);
         let f = forwarding(&lb, &protected);
@@ -352,7 +289,6 @@ mod tests {
             identity: &identity,
             request_id: "rid",
             body_len: None,
-            streamed_body: false,
             upgrade: false,
         };
         let client: Vec<(&str, &[u8])> = vec![

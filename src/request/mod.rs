@@ -4,8 +4,7 @@
 //! before anything looks at what it asks for. It is at least as strict as nginx ≥ 1.21 and
 //! RFC 9112: a request that could be framed or routed two ways is refused, never guessed.
 //! Nothing after this module reads the client's framing lines again: the body is decoded here
-//! (`body`), and whatever goes on (to the backend, or to Pingora's answer path) is written
-//! from [`Framing`].
+//! (`body`), and whatever goes on to the backend is written from [`Framing`].
 
 pub mod body;
 pub mod client;
@@ -205,7 +204,13 @@ fn validate<'b, 'h>(
     }
     r.framing = framing(&seen, minor_version)?;
     r.expects_continue &= minor_version == 1;
-    r.upgrade = seen.upgrade_header && seen.upgrade_token && minor_version == 1 && method == "GET";
+    // WebSocket only: a tunnel to another protocol the backend speaks (h2c above all) would
+    // carry requests the edge never sees, with whatever identity headers the client writes.
+    r.upgrade = seen.upgrade_lines == 1
+        && seen.websocket
+        && seen.upgrade_token
+        && minor_version == 1
+        && method == "GET";
     r.keep_alive = !seen.close && (minor_version == 1 || seen.keep_alive_token);
     Ok(r)
 }
@@ -249,7 +254,9 @@ struct Seen {
     close: bool,
     keep_alive_token: bool,
     upgrade_token: bool,
-    upgrade_header: bool,
+    upgrade_lines: u8,
+    /// The (last) `Upgrade` line names WebSocket alone.
+    websocket: bool,
 }
 
 /// One header field: into the request (first copy of a field that is not a list) or `seen`.
@@ -281,7 +288,10 @@ fn read_field<'b>(
         7 if n.eq_ignore_ascii_case("referer") => {
             r.referer.get_or_insert(v);
         }
-        7 if n.eq_ignore_ascii_case("upgrade") => seen.upgrade_header = true,
+        7 if n.eq_ignore_ascii_case("upgrade") => {
+            seen.upgrade_lines += 1;
+            seen.websocket = v.trim_ascii().eq_ignore_ascii_case(b"websocket");
+        }
         8 if n.eq_ignore_ascii_case("if-match") => first!(c.if_match),
         8 if n.eq_ignore_ascii_case("if-range") => first!(c.if_range),
         10 if n.eq_ignore_ascii_case("user-agent") => {
@@ -533,6 +543,17 @@ Content-Length: 007\r\n\r\nbody...";
         let raw =
             b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
         assert!(parse(raw, &mut hs, 4096).unwrap().unwrap().0.upgrade);
+        for other in [
+            "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+            "Upgrade: websocket, h2c\r\n",
+            "Upgrade: websocket\r\nUpgrade: h2c\r\n",
+            "Upgrade: TLS/1.2\r\n",
+        ] {
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let raw = format!("GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n{other}\r\n");
+            let (r, _) = parse(raw.as_bytes(), &mut hs, 4096).unwrap().unwrap();
+            assert!(!r.upgrade, "only WebSocket is tunnelled: {other}");
+        }
         let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let raw = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         assert!(parse(raw, &mut hs, 4096).unwrap().unwrap().0.keep_alive);

@@ -195,7 +195,6 @@ pub fn command(env: &[(&str, &str)], args: &[&str]) -> (Command, PathBuf) {
         .env("WXEDGE_PID_FILE", dir.join("wxedge.pid"))
         .env("WXEDGE_UPGRADE_SOCK", dir.join("upgrade.sock"))
         .env("WXEDGE_DIST", fixture_dist())
-        .env("WXEDGE_SHORT_PATH", short_path_setting())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -203,13 +202,6 @@ pub fn command(env: &[(&str, &str)], args: &[&str]) -> (Command, PathBuf) {
         cmd.env(k, v);
     }
     (cmd, dir)
-}
-
-/// Which answer path the suites run against: `scripts/test.sh` runs the integration suites a
-/// second time with `WXEDGE_TEST_SHORT_PATH=false`, which sends every request through
-/// Pingora's path, so every assertion covers both paths.
-pub fn short_path_setting() -> String {
-    std::env::var("WXEDGE_TEST_SHORT_PATH").unwrap_or_else(|_| "true".into())
 }
 
 /// Start the edge with these variables on a fresh port and wait until it answers.
