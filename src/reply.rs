@@ -1,7 +1,8 @@
 //! Replies as values: what the edge answers by itself (a dist file, a health answer, a login
 //! page or redirect, a JSON error), built by whoever decides and written by whichever transport
-//! the request came on. A reply carries its own fields only; the writer's finish adds what
-//! every answer carries (`x-request-id`, `date`, HSTS, the connection's own fields).
+//! the request came on. A reply carries its own fields only; [`Finish`] adds what every answer
+//! carries (`x-request-id`, `date`, HSTS, the connection's own fields), the same for replies,
+//! prebuilt dist answers and relayed backend answers, on HTTP/1 and HTTP/2.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -13,6 +14,65 @@ use crate::static_files::Piece;
 pub const JSON: &str = "application/json; charset=utf-8";
 pub const TEXT: &str = "text/plain; charset=utf-8";
 pub const HTML: &str = "text/html; charset=utf-8";
+
+/// The fields every answer to one request carries beside its own, whoever wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish<'a> {
+    /// The edge's request id (the client's or its load balancer's when sane, else made).
+    pub request_id: &'a str,
+    /// `Strict-Transport-Security`, over TLS with HSTS on (it replaces a backend's).
+    pub hsts: Option<&'a HeaderValue>,
+    /// HTTP/1: what the connection does after this answer (`close`, HTTP/1.0's `keep-alive`,
+    /// `upgrade`), or nothing (HTTP/1.1's default keep-alive); see [`Finish::connection`].
+    pub connection: Option<&'static str>,
+}
+
+impl Finish<'_> {
+    /// The `connection` field an answer needs: `close` when the connection ends after it,
+    /// `keep-alive` for an HTTP/1.0 client that asked to keep it (RFC 9112 §9.3), none otherwise.
+    pub fn connection(keep_alive: bool, minor_version: u8) -> Option<&'static str> {
+        match (keep_alive, minor_version) {
+            (false, _) => Some("close"),
+            (true, 0) => Some("keep-alive"),
+            (true, _) => None,
+        }
+    }
+
+    /// The end of an HTTP/1 head: these fields, `date` (the coarse clock's, formatted once a
+    /// second), then the blank line.
+    pub fn http1(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
+        if let Some(v) = self.hsts {
+            out.extend_from_slice(b"\r\nstrict-transport-security: ");
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(b"\r\ndate: ");
+        crate::ops::clock::with_http_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+        if let Some(c) = self.connection {
+            out.extend_from_slice(b"connection: ");
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The same fields on an HTTP/2 answer (no connection fields in HTTP/2; Pingora's writer
+    /// sets `date`).
+    pub fn h2(&self, h: &mut http::HeaderMap) {
+        if let Ok(mut v) = HeaderValue::from_str(self.request_id) {
+            // Never indexed: a value used once would evict the HPACK table's useful entries.
+            v.set_sensitive(true);
+            h.insert(X_REQUEST_ID, v);
+        }
+        if let Some(hsts) = self.hsts {
+            h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A complete answer.
 #[derive(Debug)]

@@ -215,7 +215,7 @@ fn every_backend_framing_is_relayed_whole_on_a_kept_alive_connection() {
             "/api/empty" => b"HTTP/1.1 204 No Content\r\nX-From: backend\r\n\r\n",
             "/api/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
             "/api/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
-            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Request-ID: backend-made\r\nConnection: keep-alive, X-Hop\r\nX-Hop: backend\r\nKeep-Alive: timeout=5\r\n\r\n0123456789",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Request-ID: backend-made\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\nConnection: keep-alive, X-Hop\r\nX-Hop: backend\r\nKeep-Alive: timeout=5\r\n\r\n0123456789",
         };
         (answer.to_vec(), target == "/api/close")
     }));
@@ -248,13 +248,17 @@ fn every_backend_framing_is_relayed_whole_on_a_kept_alive_connection() {
         Some("backend-made"),
         "the edge's request id replaces the backend's"
     );
-    assert_eq!(
+    let count = |name: &str| {
         r.headers
             .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
-            .count(),
-        1
-    );
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count()
+    };
+    assert_eq!(count("x-request-id"), 1);
+    // One `Date`, the edge's (nginx's rule: a backend's clock is not the client's business).
+    assert_eq!(count("date"), 1);
+    let date = httpdate::parse_http_date(r.header("date").unwrap()).unwrap();
+    assert!(date > std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     // Hop-by-hop headers are the edge's own (none: keep-alive is HTTP/1.1's default); none
     // of the backend's is relayed.
     assert!(r.header("connection").is_none(), "{:?}", r.headers);

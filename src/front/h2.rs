@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, STRICT_TRANSPORT_SECURITY};
+use http::header::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::{self, H2Accept, HttpSession};
 use pingora::protocols::{Digest, Stream};
@@ -49,8 +49,6 @@ const MAX_MALFORMED_STREAMS: usize = 32;
 /// allows; the bytes are shared, not copied). Larger ones are written by a task of their own,
 /// within the send timeout, which keeps the connection from counting as idle meanwhile.
 const INLINE_BODY_MAX: usize = 64 * 1024;
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the connection knows of its client, for every stream.
 struct Peer {
@@ -233,7 +231,7 @@ impl Front {
             Some(plan) => return Next::Serve(Some(plan.detach()), record),
             None => return Next::Serve(None, record),
         };
-        let head = self.h2_head(&answer, &record.request_id, peer.https);
+        let head = self.h2_head(&answer, &record);
         let body = answer.body;
         if body.is_empty() {
             let sent = session.write_response_header(head, true).is_ok();
@@ -314,7 +312,6 @@ impl Front {
         };
         let req = session.req_header();
         let https = record.https;
-        let hsts = self.hsts(https);
         let mut head = Vec::with_capacity(512);
         let method = req.method.as_str();
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -348,12 +345,11 @@ impl Front {
             head: &head,
             body: &body,
             head_request: req.method == http::Method::HEAD,
-            request_id: &record.request_id,
+            finish: self.finish(&record, None),
             close_client: false,
             http10: false,
             upgrade: false,
             send_timeout: site.limits.send_timeout,
-            hsts,
         };
         match forward::forward_h2(&site.upstreams, &outgoing, &mut session).await {
             Ok(r) => {
@@ -419,7 +415,7 @@ impl Front {
         for (name, value) in reply.headers {
             h.append(name, value);
         }
-        self.add_common(h, &record.request_id, record.https);
+        self.finish(&record, None).h2(h);
         let head_request = session.req_header().method == http::Method::HEAD;
         session.set_write_timeout(Some(self.site.limits.send_timeout));
         let head = Box::new(ResponseHeader::from(parts));
@@ -444,26 +440,14 @@ impl Front {
         }
     }
 
-    /// `x-request-id`, and HSTS over TLS when it is on.
-    fn add_common(&self, h: &mut http::HeaderMap, request_id: &str, https: bool) {
-        if let Ok(mut v) = HeaderValue::from_str(request_id) {
-            // Never indexed: a value used once would evict the HPACK table's useful entries.
-            v.set_sensitive(true);
-            h.insert(X_REQUEST_ID.clone(), v);
-        }
-        if let Some(hsts) = self.site.hsts(https) {
-            h.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
-        }
-    }
-
     /// The response head of a quick static answer: the prebuilt headers, the request id and
     /// HSTS (Pingora's h2 writer adds `date`).
-    fn h2_head(&self, answer: &Quick<'_>, request_id: &str, https: bool) -> Box<ResponseHeader> {
+    fn h2_head(&self, answer: &Quick<'_>, record: &RequestRecord) -> Box<ResponseHeader> {
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);
         parts.version = http::Version::HTTP_2;
         parts.headers = answer.headers.clone();
-        self.add_common(&mut parts.headers, request_id, https);
+        self.finish(record, None).h2(&mut parts.headers);
         Box::new(ResponseHeader::from(parts))
     }
 }

@@ -44,7 +44,7 @@ use crate::throttle::ClientConnection;
 
 use crate::pipeline::Plan;
 use crate::proxy::upstream::ForwardedIdentity;
-use crate::reply::{Reply, ReplyBody};
+use crate::reply::{Finish, Reply, ReplyBody};
 use crate::request::Refusal;
 use crate::site::Site;
 use crate::static_files::Quick;
@@ -431,7 +431,7 @@ impl Front {
             }
             Err(None) => return Turn::Close, // The client went away mid-body.
         };
-        let connection = write::connection_field(keep_alive, req.minor_version);
+        let connection = Finish::connection(keep_alive, req.minor_version);
         let turn = |sent: bool| match sent && keep_alive {
             true => Turn::Next,
             false => Turn::Close,
@@ -540,8 +540,9 @@ impl Front {
         conn: &mut Conn,
         answer: &Quick<'_>,
         record: &mut RequestRecord,
-        connection: Option<&str>,
+        connection: Option<&'static str>,
     ) -> bool {
+        let finish = self.finish(record, connection);
         let out = &mut conn.out;
         out.clear();
         out.extend_from_slice(if answer.status == 304 {
@@ -550,7 +551,7 @@ impl Front {
             b"HTTP/1.1 200 OK\r\n"
         });
         out.extend_from_slice(answer.head);
-        write::push_common_headers(out, &record.request_id, self.hsts(conn.https), connection);
+        finish.http1(out);
         let write = async {
             if let Some(file) = answer.body_file {
                 write::send_file(stream, out, answer.body, file).await?;
@@ -612,12 +613,11 @@ impl Front {
             head: &head,
             body,
             head_request: req.is_head(),
-            request_id: &record.request_id,
+            finish: self.finish(record, None),
             close_client: !keep_alive,
             http10: req.minor_version == 0,
             upgrade,
             send_timeout: site.limits.send_timeout,
-            hsts: self.hsts(conn.https),
         };
         let (ups, out) = (&site.upstreams, &mut conn.out);
         let result = match call {
@@ -646,7 +646,7 @@ impl Front {
             Err(forward::Error::Before(f)) => {
                 record.upstream = f.backend.map(|i| site.upstreams.authority(i));
                 let reply = f.answer();
-                let connection = write::connection_field(keep_alive, req.minor_version);
+                let connection = Finish::connection(keep_alive, req.minor_version);
                 let sent = self
                     .write_reply(stream, conn, record, reply, connection, req.is_head())
                     .await;
@@ -659,9 +659,17 @@ impl Front {
         }
     }
 
-    /// The `Strict-Transport-Security` value for answers on `conn`.
-    fn hsts(&self, https: bool) -> Option<&[u8]> {
-        self.site.hsts(https).map(|v| v.as_bytes())
+    /// What every answer to the request carries (see [`Finish`]), on HTTP/1 and HTTP/2.
+    fn finish<'r>(
+        &'r self,
+        record: &'r RequestRecord,
+        connection: Option<&'static str>,
+    ) -> Finish<'r> {
+        Finish {
+            request_id: &record.request_id,
+            hsts: self.site.hsts(record.https),
+            connection,
+        }
     }
 
     /// Write a reply: the status line, its own fields and length, the common fields, then its
@@ -673,9 +681,10 @@ impl Front {
         conn: &mut Conn,
         record: &mut RequestRecord,
         reply: Reply,
-        connection: Option<&str>,
+        connection: Option<&'static str>,
         head: bool,
     ) -> bool {
+        let finish = self.finish(record, connection);
         let out = &mut conn.out;
         out.clear();
         crate::proxy::headers::push_status_line(out, reply.status, None);
@@ -690,8 +699,7 @@ impl Front {
             out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        let hsts = self.hsts(conn.https);
-        write::push_common_headers(out, &record.request_id, hsts, connection);
+        finish.http1(out);
         let limit = self.site.limits.send_timeout;
         let length = reply.content_length().unwrap_or(0);
         let sent = match reply.body {

@@ -1,47 +1,9 @@
-//! Writing HTTP/1 answers: the common headers, large bodies with `sendfile(2)`.
+//! Writing HTTP/1 answers: large bodies with `sendfile(2)`, file pieces.
 
 use std::io::IoSlice;
 
 use pingora::protocols::Stream;
 use tokio::io::AsyncWriteExt;
-
-use super::read;
-
-/// `x-request-id`, `date`, HSTS over TLS, and the `connection` field when the answer needs one
-/// (`close`, or HTTP/1.0's `keep-alive`), then the blank line: what every HTTP/1 answer ends its
-/// head with.
-pub fn push_common_headers(
-    out: &mut Vec<u8>,
-    request_id: &str,
-    hsts: Option<&[u8]>,
-    connection: Option<&str>,
-) {
-    out.extend_from_slice(b"x-request-id: ");
-    out.extend_from_slice(request_id.as_bytes());
-    if let Some(v) = hsts {
-        out.extend_from_slice(b"\r\nstrict-transport-security: ");
-        out.extend_from_slice(v);
-    }
-    out.extend_from_slice(b"\r\ndate: ");
-    read::with_http_date(|d| out.extend_from_slice(d));
-    out.extend_from_slice(b"\r\n");
-    if let Some(c) = connection {
-        out.extend_from_slice(b"connection: ");
-        out.extend_from_slice(c.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The `connection` field an answer needs: `close` when the connection ends after it,
-/// `keep-alive` for an HTTP/1.0 client that asked to keep it (RFC 9112 §9.3), none otherwise.
-pub fn connection_field(keep_alive: bool, minor_version: u8) -> Option<&'static str> {
-    match (keep_alive, minor_version) {
-        (false, _) => Some("close"),
-        (true, 0) => Some("keep-alive"),
-        (true, _) => None,
-    }
-}
 
 /// The head, then the body by `sendfile(2)` from its memory file, as nginx does: the kernel
 /// takes the pages instead of a copy of the bytes. What the socket cannot take at once (and any

@@ -3,7 +3,8 @@
 //! and the vDSO hands out without reading the TSC (nginx caches its time the same way, once
 //! per event-loop turn). Durations keep using `Instant`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, from the coarse clock (at most a tick behind).
 pub fn unix_secs() -> u64 {
@@ -20,9 +21,38 @@ pub fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+thread_local! {
+    /// The `Date` value, formatted once per second per thread.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// Call `f` with the current HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn with_http_date(f: impl FnOnce(&[u8])) {
+    let secs = unix_secs();
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+                d.0 = secs;
+            }
+        }
+        f(&d.1)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_is_an_http_date() {
+        let mut got = Vec::new();
+        with_http_date(|d| got.extend_from_slice(d));
+        let s = String::from_utf8(got).unwrap();
+        assert!(httpdate::parse_http_date(&s).is_ok(), "{s}");
+    }
 
     #[test]
     fn the_coarse_clock_is_the_wall_clock() {

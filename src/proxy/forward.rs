@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, STRICT_TRANSPORT_SECURITY};
+use http::header::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::HttpSession;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -22,6 +22,7 @@ use super::chunked::Chunked;
 use super::headers;
 use super::Upstreams;
 use crate::ops::metrics::METRICS;
+use crate::reply::Finish;
 use crate::request::body::Spooled;
 use crate::request::has_token;
 
@@ -95,7 +96,9 @@ pub struct Outgoing<'a> {
     pub body: &'a Spooled,
     /// A HEAD request: the answer has no body whatever its headers say.
     pub head_request: bool,
-    pub request_id: &'a str,
+    /// What every answer to the request carries (the edge's request id, HSTS: it replaces
+    /// the backend's); the connection field is decided here, per answer.
+    pub finish: Finish<'a>,
     /// The client's connection ends after this response (it asked, or the edge is draining).
     pub close_client: bool,
     /// The client speaks HTTP/1.0: a chunked answer reaches it decoded, ended by closing.
@@ -104,9 +107,6 @@ pub struct Outgoing<'a> {
     pub upgrade: bool,
     /// Longest wait for the client to take a part of the answer.
     pub send_timeout: Duration,
-    /// The edge's `Strict-Transport-Security` (over TLS with HSTS on): it replaces the
-    /// backend's.
-    pub hsts: Option<&'a [u8]>,
 }
 
 /// How the relay went.
@@ -464,8 +464,9 @@ fn framing_of(
 }
 
 /// The backend's header lines the client gets, in order: no hop-by-hop header (nor those the
-/// backend's `Connection` names), no `X-Request-ID` (the edge's goes instead), no length
-/// beside chunked framing, no `Strict-Transport-Security` when the edge sends its own.
+/// backend's `Connection` names), no `X-Request-ID` or `Date` (the edge's go instead, as
+/// nginx's `Date` does), no length beside chunked framing, no `Strict-Transport-Security` when
+/// the edge sends its own.
 /// `chunked_te`: the client gets the chunked body as it is (HTTP/1), with its
 /// `Transfer-Encoding`.
 fn for_client<'h>(
@@ -486,8 +487,10 @@ fn for_client<'h>(
         if (headers::is_hop_by_hop(h.name) && !keep_te)
             || headers::named_in_connection(h.name, connection_values())
             || h.name.eq_ignore_ascii_case("x-request-id")
+            || h.name.eq_ignore_ascii_case("date")
             || (chunked && h.name.eq_ignore_ascii_case("content-length"))
-            || (req.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
+            || (req.finish.hsts.is_some()
+                && h.name.eq_ignore_ascii_case("strict-transport-security"))
         {
             continue;
         }
@@ -496,7 +499,7 @@ fn for_client<'h>(
 }
 
 /// Read the backend's response head and write the client's version of it into `out`:
-/// [`for_client`]'s lines, the edge's request id, and what the client's connection does next
+/// [`for_client`]'s lines, then the [`Finish`] with what the client's connection does next
 /// (`close`; `keep-alive` for an HTTP/1.0 client that keeps it; `upgrade` with the backend's
 /// `Upgrade` after a 101). `None`: a head that cannot be framed one way, a 502.
 fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<ResponseHead> {
@@ -507,11 +510,7 @@ fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<Re
         for_client(hs, head.framing, req, !req.http10, |name, value| {
             push_header(out, name.as_bytes(), &[value])
         });
-        push_header(out, b"x-request-id", &[req.request_id.as_bytes()]);
-        if let Some(hsts) = req.hsts {
-            push_header(out, b"strict-transport-security", &[hsts]);
-        }
-        if status == 101 {
+        let connection = if status == 101 {
             // Only WebSocket is asked for (`Request::upgrade`): a switch to anything else, or
             // to nothing named, is a 502.
             let protocol = hs.iter().find(|h| h.name.eq_ignore_ascii_case("upgrade"))?;
@@ -523,13 +522,15 @@ fn response_head(buf: &[u8], req: &Outgoing<'_>, out: &mut Vec<u8>) -> Option<Re
                 return None;
             }
             push_header(out, b"upgrade", &[protocol.value]);
-            out.extend_from_slice(b"connection: upgrade\r\n");
-        } else if head.close_client {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if req.http10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
+            Some("upgrade")
+        } else {
+            Finish::connection(!head.close_client, if req.http10 { 0 } else { 1 })
+        };
+        Finish {
+            connection,
+            ..req.finish
         }
-        out.extend_from_slice(b"\r\n");
+        .http1(out);
         Some(head)
     })
 }
@@ -854,18 +855,7 @@ pub async fn forward_h2(
                 _ => valid = false,
             }
         });
-        let mut id = HeaderValue::from_str(req.request_id).ok()?;
-        // Never indexed: a value used once would evict the HPACK table's useful entries.
-        id.set_sensitive(true);
-        parts
-            .headers
-            .insert(HeaderName::from_static("x-request-id"), id);
-        if let Some(hsts) = req.hsts {
-            parts.headers.insert(
-                STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_bytes(hsts).ok()?,
-            );
-        }
+        req.finish.h2(&mut parts.headers);
         valid.then(|| (head, ResponseHeader::from(parts)))
     });
     let Some((mut head, resp)) = parsed else {
