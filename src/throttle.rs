@@ -141,11 +141,15 @@ impl RateLimits {
 }
 
 /// The login's requests: the edge's own endpoints (each may call WeChat, set cookies or ask
-/// Redis) but health and the sandbox (which stands in for WeChat itself), and page loads
-/// carrying a `code` to redeem.
+/// Redis) but health, the sandbox (which stands in for WeChat itself) and the JS-SDK signature
+/// (local work: its credentials are fetched once for everyone, whatever the requests), and
+/// page loads carrying a `code` to redeem.
 fn costs_wechat_or_state(route: Route, path: &str, query: Option<&str>) -> bool {
     match route {
-        Route::Edge => !path[crate::route::EDGE_PREFIX.len()..].starts_with("sandbox"),
+        Route::Edge => {
+            let rest = &path[crate::route::EDGE_PREFIX.len()..];
+            !rest.starts_with("sandbox") && !rest.starts_with("jssdk/")
+        }
         Route::Static => query.is_some_and(|q| q.contains("code=")),
         _ => false,
     }
@@ -330,6 +334,8 @@ mod tests {
                 None
             );
             assert_eq!(l.check(Route::Health, "/_wxedge/healthz", None, c), None);
+            let sign = Some("url=https%3A%2F%2Fh5.example.com%2F");
+            assert_eq!(l.check(Route::Edge, "/_wxedge/jssdk/config", sign, c), None);
         }
         // A prefix of the site's own.
         let d = "8.8.8.8";

@@ -282,6 +282,17 @@ fn sample_site_logs_in_through_the_sandbox_on_embedded_defaults() {
         "{v}"
     );
     assert_eq!(v["afterLogout"], "Not logged in.");
+    // The sample JS-SDK page: wx.ready for its own URL (query kept, `#` cut), the stand-in's
+    // `config:invalid signature` for a signature of another URL.
+    let signed = v["jssdk"].as_str().unwrap();
+    assert!(
+        signed.starts_with("wx.ready: signed for ") && signed.ends_with("/jssdk.html?from=share"),
+        "{v}"
+    );
+    assert_eq!(
+        v["jssdkWrongUrl"], "wx.error: config:invalid signature",
+        "{v}"
+    );
     assert!(
         edge.stderr()
             .contains("sandbox WeChat at /_wxedge/sandbox/"),

@@ -4,6 +4,7 @@
 //! The building blocks live in `session` (cookies) and `wechat` (the provider).
 
 pub mod compat;
+pub mod jssdk;
 pub mod pages;
 mod relay;
 
@@ -135,6 +136,8 @@ struct Login {
     public_url: String,
     secure: bool,
     relay: relay::Relay,
+    /// `wx.config` signatures (`wechat.jssdk`).
+    jssdk: Option<jssdk::JsSdkEndpoint>,
 }
 
 /// What each identity header carries, in the order of `IdentityHeaderNames::all`.
@@ -249,12 +252,13 @@ fn session_codec(config: &Config) -> Result<SessionCodec, String> {
     ))
 }
 
-/// The WeChat API client and the code exchange over it, with this replica's code cache.
-fn code_exchanger(
+/// The WeChat API client (the code exchange and the JS-SDK's credentials share its bound on
+/// calls in flight).
+fn wechat_client(
     w: &WechatSettings,
     limits: &crate::config::LimitSettings,
     provider: &Provider,
-) -> Result<CodeExchanger, String> {
+) -> Result<Arc<WechatClient>, String> {
     let client = WechatClient::new(WechatClientConfig {
         api_base: provider.api_base.clone(),
         appid: provider.appid.clone(),
@@ -266,11 +270,7 @@ fn code_exchanger(
         queue_wait: Duration::from_millis(limits.wechat_queue_ms),
     })
     .map_err(|e| format!("wechat: {e}"))?;
-    Ok(CodeExchanger::new(
-        Arc::new(client),
-        Arc::new(MemoryCodeCache::default()),
-        ExchangerConfig::default(),
-    ))
+    Ok(Arc::new(client))
 }
 
 /// What the replicas share through Redis (`redis_url`); without it, this replica's own.
@@ -338,7 +338,18 @@ impl Login {
         let s = &config.settings.session;
         let (provider, sandbox_on) = Provider::from_config(config)?;
         let codec = session_codec(config)?;
-        let exchanger = code_exchanger(w, &config.settings.limits, &provider)?;
+        let client = wechat_client(w, &config.settings.limits, &provider)?;
+        let exchanger = CodeExchanger::new(
+            client.clone(),
+            Arc::new(MemoryCodeCache::default()),
+            ExchangerConfig::default(),
+        );
+        let jssdk = w.jssdk.then(|| {
+            let public = jssdk::origin_host(&w.public_url);
+            let origins = w.jssdk_origins.iter().filter_map(|o| jssdk::origin_host(o));
+            let credentials = crate::wechat::jssdk::Credentials::new(client.clone());
+            jssdk::JsSdkEndpoint::new(credentials, public.into_iter().chain(origins).collect())
+        });
         let (exchanger, shared) = SharedState::from_config(config, &codec, exchanger)?;
         let sandbox = sandbox_on.then(|| {
             Sandbox::new(SandboxConfig {
@@ -364,6 +375,7 @@ impl Login {
             public_url: w.public_url.clone(),
             secure: s.cookie_secure,
             relay: relay::Relay::from_config(w, &s.keys, shared.spent_tickets)?,
+            jssdk,
         })
     }
 
@@ -715,6 +727,9 @@ impl Login {
         if let Some(name) = rest.strip_prefix("relay/") {
             return self.relay_endpoint(req, name, now, out).await;
         }
+        if rest == "jssdk/config" {
+            return Some(self.jssdk.as_ref()?.config(req).await);
+        }
         Some(match rest {
             "session" => {
                 let s = self.open_session(&req.cookies, now).await;
@@ -868,6 +883,12 @@ impl Auth {
             let (appid, secret) = l.credentials();
             (l.exchanger(), appid.to_string(), secret.to_string())
         })
+    }
+
+    /// The JS-SDK credentials' state for readiness (`None`: the endpoint is off).
+    pub fn jssdk_report(&self) -> Option<serde_json::Value> {
+        let jssdk = self.login.as_ref()?.jssdk.as_ref()?;
+        Some(jssdk.credentials().report())
     }
 
     /// Every name a client must never be able to send upstream, in canonical spelling.

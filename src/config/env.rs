@@ -273,6 +273,13 @@ pub const VARIABLES: &[(&str, Setter)] = &[
     ("WXEDGE_PUBLIC_URL", |s, _, v| {
         Ok(s.wechat.public_url = v.trim().trim_end_matches('/').into())
     }),
+    (
+        "WXEDGE_JSSDK",
+        |s, n, v| Ok(s.wechat.jssdk = boolean(n, v)?),
+    ),
+    ("WXEDGE_JSSDK_ORIGINS", |s, _, v| {
+        Ok(s.wechat.jssdk_origins = list(v))
+    }),
     ("WXEDGE_WECHAT_COMPAT_LISTEN", |s, _, v| {
         Ok(s.wechat.compat_listen = v.trim().into())
     }),

@@ -494,6 +494,13 @@ fn validate_wechat(wechat: &WechatSettings) -> Result<(), ConfigError> {
             ));
         }
     }
+    for origin in &wechat.jssdk_origins {
+        if crate::auth::jssdk::origin_host(origin).is_none() {
+            return err(format!(
+                "wechat.jssdk_origins: `{origin}` must be an origin such as https://h5.example.com"
+            ));
+        }
+    }
     Ok(())
 }
 

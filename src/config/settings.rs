@@ -288,6 +288,12 @@ pub struct WechatSettings {
     pub public_url: String,
     /// Listener for the WeChat-compatible `GET /sns/oauth2/access_token` (unchanged backends); empty = off.
     pub compat_listen: String,
+    /// `GET /_wxedge/jssdk/config`: `wx.config` signatures, over the account's access_token and
+    /// jsapi_ticket, which this edge then fetches and keeps fresh.
+    pub jssdk: bool,
+    /// Origins (`https://h5.example.com`) whose pages are signed besides the request's own
+    /// `Host` and `public_url`'s.
+    pub jssdk_origins: Vec<String>,
     /// The sandbox's 网页授权域名: hosts (`host` or `host:port`) its authorize page accepts in
     /// `redirect_uri` (10003 otherwise, as WeChat); empty = any.
     pub sandbox_authorized_domains: Vec<String>,
@@ -423,6 +429,8 @@ impl Default for WechatSettings {
             frontend_states: vec![],
             public_url: String::new(),
             compat_listen: String::new(),
+            jssdk: true,
+            jssdk_origins: vec![],
             sandbox_authorized_domains: vec![],
             relay_targets: vec![],
             relay_key: vec![],

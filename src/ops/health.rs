@@ -66,6 +66,8 @@ fn readiness(site: &SiteState) -> (bool, serde_json::Value) {
         "backends_total": site.upstreams.len(),
         "backends_healthy": site.upstreams.healthy_count(),
         "backends": site.upstreams.report(),
+        // Not waited for: pages work without it; a configuration error shows here.
+        "jssdk": site.auth.jssdk_report(),
     });
     (dist && backends, body)
 }

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub limited: IntCounterVec,
     /// Bytes of request bodies waiting in temporary files now; set when scraped.
     pub body_temp_bytes: IntGauge,
+    /// Fetches of the account's access_token and jsapi_ticket, by result.
+    pub wechat_credential_fetches: IntCounterVec,
+    /// How old the held access_token and jsapi_ticket are; set when scraped.
+    pub wechat_credential_age: IntGaugeVec,
+    /// `wx.config` signatures asked for, by result.
+    pub jssdk_signatures: IntCounterVec,
 }
 
 /// A metric family as registered: name, help, label names.
@@ -194,6 +200,22 @@ const BACKEND_HEALTH_CHECKS: Family = (
     &["backend", "result"],
 );
 
+const WECHAT_CREDENTIAL_FETCHES: Family = (
+    "wxedge_wechat_credential_fetches_total",
+    "Fetches of the account's access_token and jsapi_ticket by result (ok, or the errcode)",
+    &["credential", "result"],
+);
+const WECHAT_CREDENTIAL_AGE: Family = (
+    "wxedge_wechat_credential_age_seconds",
+    "Seconds since the held access_token or jsapi_ticket was fetched (-1: none held)",
+    &["credential"],
+);
+const JSSDK_SIGNATURES: Family = (
+    "wxedge_jssdk_signatures_total",
+    "wx.config signatures asked for, by result (signed, bad_url, unavailable, refused)",
+    &["result"],
+);
+
 /// Registers `metric` in `r` and returns it (names are static: only a repeated one fails).
 fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: M) -> M {
     r.register(Box::new(metric.clone()))
@@ -259,6 +281,9 @@ impl Metrics {
             backend_healthy,
             body_temp_bytes: gauge(&r, BODY_TEMP_BYTES),
             limited: counter_vec(&r, LIMITED),
+            wechat_credential_fetches: counter_vec(&r, WECHAT_CREDENTIAL_FETCHES),
+            wechat_credential_age: gauge_vec(&r, WECHAT_CREDENTIAL_AGE),
+            jssdk_signatures: counter_vec(&r, JSSDK_SIGNATURES),
             in_flight,
             connections,
             registry: r,

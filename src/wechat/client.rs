@@ -364,7 +364,7 @@ impl WechatClient {
             enc(&self.cfg.secret),
             enc(code)
         );
-        let v = self.call(&url, &[&self.cfg.secret, code]).await?;
+        let v = self.call(&url, None, &[&self.cfg.secret, code]).await?;
         parse_token(&v)
     }
 
@@ -380,7 +380,9 @@ impl WechatClient {
             enc(access_token),
             enc(openid)
         );
-        let v = self.call(&url, &[&self.cfg.secret, access_token]).await?;
+        let v = self
+            .call(&url, None, &[&self.cfg.secret, access_token])
+            .await?;
         Ok(UserInfo {
             nickname: clean(str_field(&v, "nickname").unwrap_or(""), 256),
             headimgurl: clean(str_field(&v, "headimgurl").unwrap_or(""), 1024),
@@ -390,9 +392,46 @@ impl WechatClient {
         })
     }
 
-    /// One GET with the `-1` retry, bounded by the total timeout. Returns the JSON object of a
-    /// successful answer (`errcode` absent or 0).
-    async fn call(&self, url: &str, scrub: &[&str]) -> Result<Value, ExchangeError> {
+    /// `POST {api_base}/cgi-bin/stable_token` in normal mode (never `force_refresh`, which
+    /// would kill every other holder's token): the account's global access_token, the same one
+    /// while it is valid, with its time left as `expires_in`.
+    pub async fn stable_token(&self) -> Result<Credential, ExchangeError> {
+        let url = format!("{}/cgi-bin/stable_token", self.api_base);
+        let body = serde_json::json!({
+            "grant_type": "client_credential",
+            "appid": self.cfg.appid,
+            "secret": self.cfg.secret,
+        });
+        let v = self.call(&url, Some(&body), &[&self.cfg.secret]).await?;
+        parse_credential(&v, "access_token")
+    }
+
+    /// `GET {api_base}/cgi-bin/ticket/getticket?access_token=..&type=jsapi`: the JS-SDK ticket.
+    pub async fn jsapi_ticket(&self, access_token: &str) -> Result<Credential, ExchangeError> {
+        let url = format!(
+            "{}/cgi-bin/ticket/getticket?access_token={}&type=jsapi",
+            self.api_base,
+            enc(access_token)
+        );
+        let v = self
+            .call(&url, None, &[&self.cfg.secret, access_token])
+            .await?;
+        parse_credential(&v, "ticket")
+    }
+
+    /// The app's id, as pages need it for `wx.config`.
+    pub fn appid(&self) -> &str {
+        &self.cfg.appid
+    }
+
+    /// One GET (or, with `body`, a POST of that JSON) with the `-1` retry, bounded by the
+    /// total timeout. Returns the JSON object of a successful answer (`errcode` absent or 0).
+    async fn call(
+        &self,
+        url: &str,
+        body: Option<&Value>,
+        scrub: &[&str],
+    ) -> Result<Value, ExchangeError> {
         let Ok(_place) = self.gate.enter().await else {
             METRICS
                 .limited
@@ -402,13 +441,13 @@ impl WechatClient {
         };
         let deadline = Instant::now() + self.cfg.total_timeout;
         let work = async {
-            match self.attempt(url, scrub).await {
+            match self.attempt(url, body, scrub).await {
                 Err(ExchangeError::WeChat { errcode: -1, .. })
                     if Instant::now() + self.retry_backoff + MIN_RETRY_BUDGET < deadline =>
                 {
                     log::debug!("WeChat busy (-1), retrying once");
                     tokio::time::sleep(self.retry_backoff).await;
-                    self.attempt(url, scrub).await
+                    self.attempt(url, body, scrub).await
                 }
                 other => other,
             }
@@ -418,13 +457,21 @@ impl WechatClient {
             .unwrap_or(Err(ExchangeError::Timeout))
     }
 
-    async fn attempt(&self, url: &str, scrub: &[&str]) -> Result<Value, ExchangeError> {
-        let mut resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| map_reqwest(e, scrub))?;
+    async fn attempt(
+        &self,
+        url: &str,
+        body: Option<&Value>,
+        scrub: &[&str],
+    ) -> Result<Value, ExchangeError> {
+        let request = match body {
+            Some(json) => self
+                .http
+                .post(url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(json.to_string()),
+            None => self.http.get(url),
+        };
+        let mut resp = request.send().await.map_err(|e| map_reqwest(e, scrub))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(ExchangeError::HttpStatus(status.as_u16()));
@@ -472,6 +519,44 @@ impl WechatClient {
         }
         Ok(v)
     }
+}
+
+/// An account credential (the global access_token, a JS-SDK ticket) and its lifetime.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub value: String,
+    /// Seconds it stays valid from now, as WeChat said.
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for Credential {
+    /// Never the value: tokens and tickets stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credential({} chars, {} s)",
+            self.value.len(),
+            self.expires_in
+        )
+    }
+}
+
+/// `{"<field>": "...", "expires_in": N}`; WeChat reserves 512 characters for tokens.
+fn parse_credential(v: &Value, field: &str) -> Result<Credential, ExchangeError> {
+    let value = str_field(v, field)
+        .filter(|s| !s.is_empty() && s.len() <= 1024 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ExchangeError::Garbage(format!("answer has no valid {field}")))?;
+    let expires_in = match v.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|&s| s > 0)
+    .ok_or_else(|| ExchangeError::Garbage("answer has no expires_in".into()))?;
+    Ok(Credential {
+        value: value.to_string(),
+        expires_in,
+    })
 }
 
 fn parse_token(v: &Value) -> Result<TokenAnswer, ExchangeError> {

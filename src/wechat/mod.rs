@@ -5,7 +5,9 @@
 
 pub mod client;
 pub mod code_cache;
+pub mod jssdk;
 pub mod sandbox;
+mod sandbox_jssdk;
 
 #[cfg(test)]
 pub(crate) mod testserver;

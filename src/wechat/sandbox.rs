@@ -198,6 +198,8 @@ pub struct Sandbox {
     seq: AtomicU64,
     state: Mutex<State>,
     access_token_calls: AtomicU64,
+    /// The account credentials and the JS-SDK stand-in.
+    jssdk: super::sandbox_jssdk::SandboxJsSdk,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -222,6 +224,7 @@ impl Sandbox {
                 .unwrap_or(0),
         );
         Sandbox {
+            jssdk: super::sandbox_jssdk::SandboxJsSdk::new(&cfg.appid),
             cfg,
             seed: h.finish(),
             seq: AtomicU64::new(0),
@@ -327,6 +330,12 @@ impl Sandbox {
         let q = parse_query(query);
         let is_get = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
         let is_api_method = is_get || method.eq_ignore_ascii_case("POST");
+        let mint = || self.random_token();
+        let error = |code, msg: &str| self.api_error_body(code, msg);
+        let upper = method.to_ascii_uppercase();
+        if let Some(a) = self.jssdk.handle(&upper, path, &q, now, mint, error) {
+            return SandboxResponse::new(a.status, a.content_type, a.body);
+        }
         match path {
             "/connect/oauth2/authorize" if is_get => self.authorize(&q, query, now),
             "/sns/oauth2/access_token" if is_api_method => self.access_token(&q, now),
@@ -360,11 +369,15 @@ impl Sandbox {
     }
 
     fn api_error(&self, errcode: i64, msg: &str) -> SandboxResponse {
+        SandboxResponse::new(200, API_CT, self.api_error_body(errcode, msg))
+    }
+
+    fn api_error_body(&self, errcode: i64, msg: &str) -> String {
         let body = json!({
             "errcode": errcode,
             "errmsg": format!("{msg}, hints: [ req_id: {} ]", self.req_id()),
         });
-        SandboxResponse::new(200, API_CT, body.to_string())
+        body.to_string()
     }
 
     fn api_ok(&self, v: serde_json::Value) -> SandboxResponse {
@@ -691,7 +704,9 @@ impl Sandbox {
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>wxedge sandbox</title></head><body>\
              <h1>wxedge sandbox</h1><p>A WeChat stand-in. appid <code>{}</code>.</p>\
              <p>Endpoints: <code>connect/oauth2/authorize</code>, <code>sns/oauth2/access_token</code>, \
-             <code>sns/userinfo</code>, <code>sns/auth</code>.</p><ul>{users}</ul></body></html>",
+             <code>sns/userinfo</code>, <code>sns/auth</code>, <code>cgi-bin/stable_token</code>, \
+             <code>cgi-bin/ticket/getticket</code>; the JS-SDK stand-in at <code>jweixin.js</code>.</p>\
+             <ul>{users}</ul></body></html>",
             esc(&self.cfg.appid)
         );
         SandboxResponse::new(200, HTML_CT, body)

@@ -44,6 +44,30 @@ struct State {
     scripts: HashMap<String, Vec<Reply>>,
     calls: HashMap<String, usize>,
     userinfo_calls: usize,
+    account: Account,
+}
+
+/// The account credentials (`cgi-bin/stable_token`, `cgi-bin/ticket/getticket`), as WeChat hands
+/// them out: the same token and ticket while valid; what a test scripts instead.
+#[derive(Default)]
+struct Account {
+    token_calls: usize,
+    ticket_calls: usize,
+    /// `force_refresh: true` seen (the edge must never send it).
+    forced: usize,
+    /// Bodies of `stable_token` requests that were not WeChat's shape.
+    bad_bodies: usize,
+    /// Serial of the current token (`ACCOUNT-TOKEN-<n>`) and ticket (`JSAPI-TICKET-<n>`).
+    token_serial: usize,
+    ticket_serial: usize,
+    /// The token the ticket endpoint takes: older ones are 40001 "not latest".
+    live_token: Option<String>,
+    token_expires_in: u64,
+    /// Next answers of each endpoint instead of the usual one, in order.
+    token_script: Vec<Reply>,
+    ticket_script: Vec<Reply>,
+    /// Answer every call with HTTP 502 (WeChat down).
+    down: bool,
 }
 
 pub struct FakeWechat {
@@ -101,6 +125,59 @@ impl FakeWechat {
     pub fn userinfo_calls(&self) -> usize {
         self.state.lock().unwrap().userinfo_calls
     }
+
+    /// Calls to `stable_token` and `getticket` so far.
+    pub fn account_calls(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.account.token_calls, st.account.ticket_calls)
+    }
+
+    /// `stable_token` calls with `force_refresh: true`, and ones not shaped as WeChat wants.
+    pub fn bad_token_calls(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.account.forced, st.account.bad_bodies)
+    }
+
+    /// The token the ticket endpoint takes from now on is a new one: the held one is "not
+    /// latest" (what another party calling `cgi-bin/token` does to it).
+    pub fn overwrite_token(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.account.token_serial += 1;
+        st.account.live_token = Some(format!("ACCOUNT-TOKEN-{}", st.account.token_serial));
+    }
+
+    /// A new ticket from the next `getticket` on (the old one ended).
+    pub fn rotate_ticket(&self) {
+        self.state.lock().unwrap().account.ticket_serial += 1;
+    }
+
+    /// The current ticket, as a test's own signer would use it.
+    pub fn ticket(&self) -> String {
+        format!(
+            "JSAPI-TICKET-{}",
+            self.state.lock().unwrap().account.ticket_serial
+        )
+    }
+
+    /// `expires_in` of tokens handed out from now on (default 7200).
+    pub fn token_lifetime(&self, secs: u64) {
+        self.state.lock().unwrap().account.token_expires_in = secs;
+    }
+
+    /// The next `stable_token` answers, before the usual ones.
+    pub fn script_token(&self, replies: Vec<Reply>) {
+        self.state.lock().unwrap().account.token_script = replies;
+    }
+
+    /// The next `getticket` answers, before the usual ones.
+    pub fn script_ticket(&self, replies: Vec<Reply>) {
+        self.state.lock().unwrap().account.ticket_script = replies;
+    }
+
+    /// Every account call answers HTTP 502 (`true`) or works again.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().account.down = down;
+    }
 }
 
 fn query_map(q: &str) -> HashMap<String, String> {
@@ -133,7 +210,25 @@ async fn serve(mut sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
             break;
         }
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let request_body = buf[head_end..].to_vec();
     let target = head.split(' ').nth(1).unwrap_or("/").to_string();
     let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
     let q = query_map(query);
@@ -197,6 +292,23 @@ async fn serve(mut sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                 }
             }
         }
+        "/cgi-bin/stable_token" | "/cgi-bin/ticket/getticket" => {
+            let reply = account_reply(&state, path, &q, &request_body);
+            let mut reply = reply;
+            loop {
+                match reply {
+                    AccountReply::Delay(ms, inner) => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        reply = *inner;
+                    }
+                    AccountReply::Answer(s, b) => {
+                        status = s;
+                        body = b;
+                        break;
+                    }
+                }
+            }
+        }
         "/sns/userinfo" => {
             state.lock().unwrap().userinfo_calls += 1;
             let token = q.get("access_token").cloned().unwrap_or_default();
@@ -221,4 +333,86 @@ async fn serve(mut sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
         body.len()
     );
     let _ = sock.write_all(resp.as_bytes()).await;
+}
+
+enum AccountReply {
+    Answer(u16, String),
+    Delay(u64, Box<AccountReply>),
+}
+
+fn scripted(r: Reply) -> Option<AccountReply> {
+    Some(match r {
+        Reply::Err(c, m) => AccountReply::Answer(200, err_json(c, m)),
+        Reply::Raw(s, b) => AccountReply::Answer(s, b.to_string()),
+        Reply::Delay(ms, inner) => AccountReply::Delay(ms, Box::new(scripted(*inner)?)),
+        Reply::Token { .. } => return None,
+    })
+}
+
+/// `stable_token` (POST JSON, normal mode) and `getticket`, as WeChat answers them.
+fn account_reply(
+    state: &Arc<Mutex<State>>,
+    path: &str,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> AccountReply {
+    let mut st = state.lock().unwrap();
+    let a = &mut st.account;
+    let is_token = path == "/cgi-bin/stable_token";
+    if is_token {
+        a.token_calls += 1;
+    } else {
+        a.ticket_calls += 1;
+    }
+    if a.down {
+        return AccountReply::Answer(502, "<html>bad gateway</html>".into());
+    }
+    let script = if is_token {
+        &mut a.token_script
+    } else {
+        &mut a.ticket_script
+    };
+    if !script.is_empty() {
+        if let Some(r) = scripted(script.remove(0)) {
+            return r;
+        }
+    }
+    if is_token {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if v.get("force_refresh").and_then(|f| f.as_bool()) == Some(true) {
+            a.forced += 1;
+        }
+        if v["grant_type"] != "client_credential" || v["appid"] != APPID || v["secret"] != SECRET {
+            a.bad_bodies += 1;
+            return AccountReply::Answer(200, err_json(40013, "invalid appid or secret"));
+        }
+        let token = a
+            .live_token
+            .get_or_insert_with(|| format!("ACCOUNT-TOKEN-{}", a.token_serial))
+            .clone();
+        let expires_in = if a.token_expires_in == 0 {
+            7200
+        } else {
+            a.token_expires_in
+        };
+        let v = serde_json::json!({ "access_token": token, "expires_in": expires_in });
+        return AccountReply::Answer(200, v.to_string());
+    }
+    if q.get("type").map(String::as_str) != Some("jsapi") {
+        return AccountReply::Answer(200, err_json(40097, "invalid args"));
+    }
+    if q.get("access_token") != a.live_token.as_ref() {
+        return AccountReply::Answer(
+            200,
+            err_json(
+                40001,
+                "invalid credential, access_token is invalid or not latest",
+            ),
+        );
+    }
+    let v = serde_json::json!({
+        "errcode": 0, "errmsg": "ok",
+        "ticket": format!("JSAPI-TICKET-{}", a.ticket_serial), "expires_in": 7200,
+    });
+    AccountReply::Answer(200, v.to_string())
 }

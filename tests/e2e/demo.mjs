@@ -25,4 +25,13 @@ await run(async (browser, result) => {
   await page.locator('#logout').click();
   await page.waitForFunction(() => document.querySelector('#who').textContent.includes('Not logged in'));
   result.afterLogout = await page.locator('#who').innerText();
+  // The JS-SDK page: signed by the edge, checked by the sandbox's stand-in for WeChat's script.
+  const settled = () => document.querySelector('#status').dataset.state !== 'signing';
+  await page.goto(`${EDGE}/jssdk.html?from=share#/deep/route`);
+  await page.waitForFunction(settled);
+  result.jssdk = await page.locator('#status').innerText();
+  // A signature for another URL than the page's: WeChat's answer is config:invalid signature.
+  await page.goto(`${EDGE}/jssdk.html?sign=${encodeURIComponent(`${EDGE}/other.html`)}`);
+  await page.waitForFunction(settled);
+  result.jssdkWrongUrl = await page.locator('#status').innerText();
 }, result);
