@@ -443,11 +443,8 @@ fn run_command(command: Option<&Command>, opt: &Opt, config: &Config) -> Option<
     }
 }
 
-/// The compat endpoint's address, and the exchanger and credentials it answers with.
-type CompatParts = (
-    std::net::SocketAddr,
-    (std::sync::Arc<crate::wechat::CodeExchanger>, String, String),
-);
+/// The compat endpoint's address, and the endpoint.
+type CompatParts = (std::net::SocketAddr, crate::auth::compat::CompatEndpoint);
 
 /// What serving needs beyond the configuration: the dist, the login, the compat endpoint's
 /// parts, and the access log opened; or the exit code after saying what failed.
@@ -471,7 +468,7 @@ fn load_parts(config: &Config) -> Result<(StaticSite, Auth, Option<CompatParts>)
         }
     };
     let compat = match config.compat_listen {
-        Some(addr) => match auth.compat_parts() {
+        Some(addr) => match auth.compat_endpoint() {
             Some(parts) => Some((addr, parts)),
             None => {
                 eprintln!("wxedge: configuration error: wechat.compat_listen needs the login at the edge (WXEDGE_WECHAT_LOGIN)");
@@ -499,12 +496,7 @@ fn add_private_listeners(
     compat: Option<CompatParts>,
     auth: &Auth,
 ) {
-    if let Some((addr, (exchanger, appid, secret))) = compat {
-        let compat = crate::auth::compat::CompatEndpoint {
-            exchanger,
-            appid,
-            secret,
-        };
+    if let Some((addr, compat)) = compat {
         let mut svc = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             compat,

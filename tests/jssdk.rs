@@ -310,3 +310,73 @@ async fn the_sandbox_issues_credentials_and_verifies_signatures_like_wechat() {
         r.text()
     );
 }
+
+/// A request to the compat listener; the answer's JSON.
+fn compat_call(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: compat\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw(addr, req.as_bytes()).unwrap();
+    (r.status, json(&r))
+}
+
+/// The backend's 中控: an unchanged backend pointed at the compat listener gets the edge's
+/// token and ticket through WeChat's own endpoints (credentials checked like WeChat), never makes
+/// WeChat mint another, and after a 40001 tells the edge, which refetches once (a second backend
+/// reporting the same old token a moment later does not cause another fetch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unchanged_backend_takes_the_edges_token_and_ticket_from_the_compat_listener() {
+    use common::wechat::{APPID, SECRET};
+    let wx = FakeWechat::start().await;
+    let compat = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = compat.to_string();
+    let _s = site(&wx, &[("WXEDGE_WECHAT_COMPAT_LISTEN", &listen)]).await;
+    let wx = std::sync::Arc::new(wx);
+    let w = wx.clone();
+    blocking(move || {
+        let token_url = format!("/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret={SECRET}");
+        let (status, v) = compat_call(compat, "GET", &token_url, "");
+        assert_eq!(status, 200);
+        let token = v["access_token"].as_str().unwrap().to_string();
+        assert_eq!(token, "ACCOUNT-TOKEN-0");
+        assert!(v["expires_in"].as_u64().unwrap() > 7000, "{v}");
+        // WeChat's checks, WeChat's answers.
+        let wrong = format!("/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret=nope");
+        assert_eq!(compat_call(compat, "GET", &wrong, "").1["errcode"], 40125);
+        let grant = format!("/cgi-bin/token?grant_type=password&appid={APPID}&secret={SECRET}");
+        assert_eq!(compat_call(compat, "GET", &grant, "").1["errcode"], 40002);
+        // stable_token, even asking to force a refresh: the same token, nothing forced.
+        let body = format!(r#"{{"grant_type":"client_credential","appid":"{APPID}","secret":"{SECRET}","force_refresh":true}}"#);
+        let (_, v) = compat_call(compat, "POST", "/cgi-bin/stable_token", &body);
+        assert_eq!(v["access_token"], token.as_str());
+        // The ticket, for the token the edge handed out only.
+        let ticket_url = format!("/cgi-bin/ticket/getticket?access_token={token}&type=jsapi");
+        let (_, v) = compat_call(compat, "GET", &ticket_url, "");
+        assert_eq!((v["errcode"].as_i64(), v["ticket"].as_str()), (Some(0), Some("JSAPI-TICKET-0")));
+        let forged = "/cgi-bin/ticket/getticket?access_token=guess&type=jsapi";
+        assert_eq!(compat_call(compat, "GET", forged, "").1["errcode"], 40001);
+        assert_eq!(w.account_calls(), (1, 1));
+        assert_eq!(w.bad_token_calls(), (0, 0));
+        // Nothing else of WeChat's API is proxied.
+        let (status, v) = compat_call(compat, "POST", "/cgi-bin/menu/create?access_token=x", "{}");
+        assert_eq!((status, v["errcode"].as_i64()), (404, Some(40066)));
+
+        // Someone overwrote the token at WeChat; the backend got 40001 and says so.
+        w.overwrite_token();
+        let failed = format!("/cgi-bin/wxedge/token_failed?access_token={token}");
+        let (_, v) = compat_call(compat, "POST", &failed, "");
+        assert_eq!(v["access_token"], "ACCOUNT-TOKEN-1", "{v}");
+        // Another backend process reports the same old token: already replaced, no new fetch.
+        let (_, v) = compat_call(compat, "POST", &failed, "");
+        assert_eq!(v["access_token"], "ACCOUNT-TOKEN-1", "{v}");
+        assert_eq!(w.account_calls().0, 2);
+    })
+    .await
+    .unwrap();
+}

@@ -877,11 +877,17 @@ impl Auth {
         }
     }
 
-    /// The code exchanger and the credentials the compat endpoint checks, when the login is on.
-    pub fn compat_parts(&self) -> Option<(Arc<CodeExchanger>, String, String)> {
+    /// The WeChat-compatible endpoint (code exchange, and the backend's 中控 with the JS-SDK
+    /// on), when the login is on.
+    pub fn compat_endpoint(&self) -> Option<compat::CompatEndpoint> {
         self.login.as_ref().map(|l| {
             let (appid, secret) = l.credentials();
-            (l.exchanger(), appid.to_string(), secret.to_string())
+            compat::CompatEndpoint {
+                exchanger: l.exchanger(),
+                appid: appid.to_string(),
+                secret: secret.to_string(),
+                credentials: l.jssdk.as_ref().map(|j| j.credentials().clone()),
+            }
         })
     }
 

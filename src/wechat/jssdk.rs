@@ -248,31 +248,73 @@ impl Credentials {
     /// The ticket to sign with: the held one, or (the first time, or after it ran out) a
     /// fresh one, fetched once however many ask at the same time.
     pub async fn ticket(self: &Arc<Self>) -> Result<Arc<str>, Unavailable> {
-        if let Some(t) = self.usable_ticket(Instant::now()) {
+        self.held(Kind::Ticket).await.map(|(t, _)| t)
+    }
+
+    /// The access_token and its seconds left, for the backend's 中控 (the compat listener).
+    pub async fn access_token(self: &Arc<Self>) -> Result<(Arc<str>, u64), Unavailable> {
+        self.held(Kind::Token).await
+    }
+
+    /// The ticket and its seconds left, for the backend's 中控.
+    pub async fn ticket_left(self: &Arc<Self>) -> Result<(Arc<str>, u64), Unavailable> {
+        self.held(Kind::Ticket).await
+    }
+
+    /// Whether `token` is one this edge handed out and still holds.
+    pub fn holds_token(&self, token: &str) -> bool {
+        let st = self.state();
+        st.token
+            .as_ref()
+            .is_some_and(|t| crate::session::ct_eq(t.value.as_bytes(), token.as_bytes()))
+    }
+
+    /// A caller got 40001/42001 with `failed`: drop it if it is still the held token
+    /// (compare-and-swap: a token fetched meanwhile stays) and hand out the current one.
+    pub async fn token_failed(
+        self: &Arc<Self>,
+        failed: &str,
+    ) -> Result<(Arc<str>, u64), Unavailable> {
+        {
+            let _one = self.fetching.lock().await;
+            self.drop_token_if(failed);
+        }
+        self.held(Kind::Token).await
+    }
+
+    /// The held `kind` with its seconds left, fetched (once, whoever else asks) when it is not.
+    async fn held(self: &Arc<Self>, kind: Kind) -> Result<(Arc<str>, u64), Unavailable> {
+        if let Some(t) = self.usable(kind, Instant::now()) {
             return Ok(t);
         }
         let _one = self.fetching.lock().await;
         // Whoever held the lock before may have fetched it.
-        if let Some(t) = self.usable_ticket(Instant::now()) {
+        if let Some(t) = self.usable(kind, Instant::now()) {
             return Ok(t);
         }
-        self.fetch(false).await?;
+        self.fetch(false, kind == Kind::Ticket).await?;
         self.start_refresher();
-        self.usable_ticket(Instant::now())
-            .ok_or_else(|| Unavailable::Transient("the ticket ended as it came".into()))
+        self.usable(kind, Instant::now())
+            .ok_or_else(|| Unavailable::Transient(format!("the {} ended as it came", kind.label())))
     }
 
-    fn usable_ticket(&self, now: Instant) -> Option<Arc<str>> {
+    fn usable(&self, kind: Kind, now: Instant) -> Option<(Arc<str>, u64)> {
         let st = self.state();
-        st.ticket
-            .as_ref()
-            .filter(|t| t.usable(now))
-            .map(|t| t.value.clone())
+        let held = match kind {
+            Kind::Token => &st.token,
+            Kind::Ticket => &st.ticket,
+        };
+        held.as_ref().filter(|t| t.usable(now)).map(|t| {
+            (
+                t.value.clone(),
+                t.ends.saturating_duration_since(now).as_secs(),
+            )
+        })
     }
 
-    /// Fetch what is missing or (`ahead`) due: the token first, then the ticket with it. The
-    /// caller holds `fetching`.
-    async fn fetch(&self, ahead: bool) -> Result<(), Unavailable> {
+    /// Fetch what is missing or (`ahead`) due: the token first, then (when `ticket_too` or
+    /// `ahead`) the ticket with it. The caller holds `fetching`.
+    async fn fetch(&self, ahead: bool, ticket_too: bool) -> Result<(), Unavailable> {
         let now = Instant::now();
         if let Some((until, why)) = self.state().held_off.clone() {
             if now < until {
@@ -288,9 +330,11 @@ impl Credentials {
                 Some(h) => !h.usable(now),
                 None => true,
             };
+            // The refresher keeps the ticket only once one was asked for.
+            let ticket_wanted = ticket_too || (ahead && st.ticket.is_some());
             (
                 due(&st.token, TOKEN_AHEAD, None),
-                due(&st.ticket, TICKET_AHEAD, Some(TICKET_RECHECK)),
+                ticket_wanted && due(&st.ticket, TICKET_AHEAD, Some(TICKET_RECHECK)),
             )
         };
         if token_due || (ticket_due && !self.token_usable(now)) {
@@ -425,7 +469,7 @@ impl Credentials {
                 let Some(c) = me.upgrade() else { return };
                 let _one = c.fetching.lock().await;
                 // Failures are counted, logged and held off inside; the held ones keep serving.
-                let _ = c.fetch(true).await;
+                let _ = c.fetch(true, false).await;
             }
         });
     }
