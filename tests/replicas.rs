@@ -2,7 +2,8 @@
 //! port): three wxedge processes, the WeChat stand-in that counts its calls, a real backend.
 //! One code reaches WeChat once whichever replicas its loads land on; a logout or an admin
 //! revocation is refused on every replica within a second; killing Redis under a login load
-//! breaks no login, and the replicas use it again once it is back.
+//! breaks no login, and the replicas use it again once it is back; the JS-SDK's access_token and
+//! jsapi_ticket are fetched once for the fleet.
 
 mod common;
 
@@ -506,4 +507,108 @@ fn redis_settings_are_checked_at_start() {
         assert!(err.contains(needle), "{env:?}: {err}");
         assert!(!err.contains("hunter2pass"), "{err}");
     }
+}
+
+/// The JS-SDK over three replicas: 60 signatures spread over them while WeChat is slow = one
+/// token fetch and one ticket fetch for the whole fleet, every signature with that ticket; what
+/// Redis holds is sealed (no token or ticket in clear). A token another party overwrote is
+/// dropped from Redis by the replica that meets the 40001, refetched once, and the other
+/// replicas take the new one from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jssdk_credentials_are_fetched_once_for_the_fleet() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let wx = FakeWechat::start().await;
+    let backend = Backend::start("b").await;
+    let rs = replicas(
+        3,
+        &redis.url(),
+        &wx,
+        &backend,
+        &[("WXEDGE_REDIS_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    // WeChat takes 300 ms per call: signatures reach every replica meanwhile.
+    wx.account_latency(300);
+    let sign = |addr: SocketAddr| {
+        let url = "http%3A%2F%2Fh5.test%2Fpages%2Fa%3Fx%3D1";
+        let req = format!(
+            "GET /_wxedge/jssdk/config?url={url} HTTP/1.1\r\nHost: h5.test\r\nConnection: close\r\n\r\n"
+        );
+        tokio::task::spawn_blocking(move || raw(addr, req.as_bytes()).unwrap())
+    };
+    let loads: Vec<_> = (0..60).map(|i| sign(rs[i % 3].edge.addr())).collect();
+    for load in loads {
+        let r = load.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        wx.account_calls(),
+        (1, 1),
+        "one fetch of each for three replicas"
+    );
+    wx.account_latency(0);
+    // Sealed in Redis: neither value in clear.
+    let keys = redis.keys("wxedge:wx:*");
+    assert!(
+        keys.contains(&format!("wxedge:wx:{APPID}:token")),
+        "{keys:?}"
+    );
+    for key in ["token", "ticket"] {
+        let v = redis
+            .cmd(&["GET", &format!("wxedge:wx:{APPID}:{key}")])
+            .unwrap();
+        assert!(
+            !v.contains("ACCOUNT-TOKEN") && !v.contains("JSAPI-TICKET"),
+            "{key}: {v}"
+        );
+        assert!(v.len() > 40, "{key}: {v}");
+    }
+
+    // Another party overwrote the token, and the ticket ended: a replica that holds nothing
+    // yet (just started) finds the stored token, meets 40001 with it, drops it from Redis
+    // (it is still the stored one), fetches one token and the ticket.
+    wx.overwrite_token();
+    wx.rotate_ticket();
+    let _ = redis
+        .cmd(&["DEL", &format!("wxedge:wx:{APPID}:ticket")])
+        .unwrap();
+    let before = wx.account_calls();
+    let fresh = replicas(
+        1,
+        &redis.url(),
+        &wx,
+        &backend,
+        &[("WXEDGE_REDIS_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    let r = sign(fresh[0].edge.addr()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = wx.account_calls();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 2),
+        "the ticket with the stored (overwritten) token: 40001; the token dropped from Redis and \
+         fetched once; the ticket again"
+    );
+    // A second new replica finds both in Redis: no WeChat call.
+    let more = replicas(
+        1,
+        &redis.url(),
+        &wx,
+        &backend,
+        &[("WXEDGE_REDIS_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    let r = sign(more[0].edge.addr()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(wx.account_calls(), after);
+
+    // Redis gone: a replica holding nothing fetches on its own, and its pages are signed.
+    redis.kill();
+    let alone = replicas(1, &redis.url(), &wx, &backend, &[]).await;
+    let r = sign(alone[0].edge.addr()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(wx.account_calls(), (after.0 + 1, after.1 + 1));
 }

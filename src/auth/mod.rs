@@ -275,6 +275,8 @@ fn wechat_client(
 
 /// What the replicas share through Redis (`redis_url`); without it, this replica's own.
 struct SharedState {
+    /// The shared Redis (`redis_url`).
+    redis: Option<Arc<Redis>>,
     revocations: Option<Arc<Revocations>>,
     /// `host:port` of the shared Redis, for the start-up log.
     redis_addr: Option<String>,
@@ -292,6 +294,7 @@ impl SharedState {
         let w = &config.settings.wechat;
         let s = &config.settings.session;
         let mut shared = SharedState {
+            redis: None,
             revocations: None,
             redis_addr: None,
             spent_tickets: Arc::new(crate::session::MemorySpentTickets::default()),
@@ -310,9 +313,10 @@ impl SharedState {
             shared.redis_addr = Some(redis.addr().to_string());
             shared.spent_tickets = Arc::new(crate::shared::RedisSpentTickets::new(redis.clone()));
             shared.revocations = Some(Arc::new(Revocations::new(
-                redis,
+                redis.clone(),
                 Duration::from_secs(s.lifetime_seconds),
             )));
+            shared.redis = Some(redis);
         }
         Ok((exchanger, shared))
     }
@@ -344,13 +348,21 @@ impl Login {
             Arc::new(MemoryCodeCache::default()),
             ExchangerConfig::default(),
         );
+        let (exchanger, shared) = SharedState::from_config(config, &codec, exchanger)?;
         let jssdk = w.jssdk.then(|| {
             let public = jssdk::origin_host(&w.public_url);
             let origins = w.jssdk_origins.iter().filter_map(|o| jssdk::origin_host(o));
-            let credentials = crate::wechat::jssdk::Credentials::new(client.clone());
+            // Both credentials fetched by one replica for the fleet, with `redis_url`.
+            let store = shared.redis.clone().map(|redis| {
+                let lock_ttl = Duration::from_millis(2 * w.timeout_ms + 1000);
+                let keys = codec.keys().clone();
+                let store =
+                    crate::shared::RedisCredentials::new(redis, keys, &provider.appid, lock_ttl);
+                Arc::new(store) as Arc<dyn crate::wechat::jssdk::CredentialStore>
+            });
+            let credentials = crate::wechat::jssdk::Credentials::new(client.clone(), store);
             jssdk::JsSdkEndpoint::new(credentials, public.into_iter().chain(origins).collect())
         });
-        let (exchanger, shared) = SharedState::from_config(config, &codec, exchanger)?;
         let sandbox = sandbox_on.then(|| {
             Sandbox::new(SandboxConfig {
                 appid: provider.appid.clone(),

@@ -166,6 +166,37 @@ const TICKET_RECHECK: Duration = Duration::from_secs(900);
 const SAME_TICKET_GRACE: Duration = Duration::from_secs(90);
 /// The refresher never loops faster than this.
 const MIN_SLEEP: Duration = Duration::from_secs(5);
+/// How often a replica looks for what the replica holding the store's lock fetched.
+const SHARED_POLL: Duration = Duration::from_millis(25);
+
+/// What the replicas share, with each credential's time left (`shared::RedisCredentials`).
+pub struct Stored {
+    pub token: Option<(String, Duration)>,
+    pub ticket: Option<(String, Duration)>,
+    /// Until the fleet asks WeChat for the ticket again.
+    pub ticket_checked_left: Option<Duration>,
+}
+
+/// The replicas' common store of the credentials; `Err`: Redis trouble (the caller fetches in
+/// this process).
+#[async_trait::async_trait]
+pub trait CredentialStore: Send + Sync {
+    async fn load(&self) -> Result<Stored, ()>;
+    /// Become the replica that fetches now (a lock that ends by itself).
+    async fn claim(&self) -> Result<bool, ()>;
+    /// How long to wait for another replica's fetch.
+    fn wait_bound(&self) -> Duration;
+    /// Store what this replica fetched (`None`: unchanged), and release the claim.
+    async fn publish(
+        &self,
+        token: Option<(&str, Duration)>,
+        ticket: Option<(&str, Duration)>,
+        ticket_recheck: Duration,
+    );
+    async fn release(&self);
+    /// Forget the token if it is still `failed` (compare-and-swap).
+    async fn drop_token_if(&self, failed: &str);
+}
 
 /// How long to stop calling WeChat after a failure.
 fn hold_off(e: &ExchangeError) -> Duration {
@@ -208,15 +239,21 @@ struct State {
 /// The account's access_token and jsapi_ticket, fetched by this edge only.
 pub struct Credentials {
     client: Arc<WechatClient>,
+    /// The replicas' store (`redis_url`); without it, this replica's own.
+    store: Option<Arc<dyn CredentialStore>>,
     state: Mutex<State>,
     /// One fetch at a time: concurrent signatures wait for it instead of calling WeChat too.
     fetching: tokio::sync::Mutex<()>,
 }
 
 impl Credentials {
-    pub fn new(client: Arc<WechatClient>) -> Arc<Credentials> {
+    pub fn new(
+        client: Arc<WechatClient>,
+        store: Option<Arc<dyn CredentialStore>>,
+    ) -> Arc<Credentials> {
         let c = Arc::new(Credentials {
             client,
+            store,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
         });
@@ -278,6 +315,9 @@ impl Credentials {
         {
             let _one = self.fetching.lock().await;
             self.drop_token_if(failed);
+            if let Some(store) = &self.store {
+                store.drop_token_if(failed).await;
+            }
         }
         self.held(Kind::Token).await
     }
@@ -313,37 +353,140 @@ impl Credentials {
     }
 
     /// Fetch what is missing or (`ahead`) due: the token first, then (when `ticket_too` or
-    /// `ahead`) the ticket with it. The caller holds `fetching`.
+    /// `ahead`) the ticket with it; with the replicas' store, what another replica fetched is
+    /// taken instead, and only the replica holding the store's lock calls WeChat. The caller
+    /// holds `fetching`.
     async fn fetch(&self, ahead: bool, ticket_too: bool) -> Result<(), Unavailable> {
-        let now = Instant::now();
         if let Some((until, why)) = self.state().held_off.clone() {
-            if now < until {
+            if Instant::now() < until {
                 return Err(why);
             }
         }
-        let (token_due, ticket_due) = {
-            let st = self.state();
-            let due = |h: &Option<Held>, ahead_by: Duration, recheck: Option<Duration>| match h {
-                Some(h) if ahead => {
-                    now + ahead_by >= h.ends || recheck.is_some_and(|r| now >= h.checked + r)
-                }
-                Some(h) => !h.usable(now),
-                None => true,
-            };
-            // The refresher keeps the ticket only once one was asked for.
-            let ticket_wanted = ticket_too || (ahead && st.ticket.is_some());
-            (
-                due(&st.token, TOKEN_AHEAD, None),
-                ticket_wanted && due(&st.ticket, TICKET_AHEAD, Some(TICKET_RECHECK)),
-            )
+        if let Some(store) = self.store.clone() {
+            if let Some(done) = self.fetch_shared(&*store, ahead, ticket_too).await {
+                return done;
+            }
+            // Redis trouble: this replica fetches on its own, as a single replica would.
+        }
+        let (token_due, ticket_due) = self.due(Instant::now(), ahead, ticket_too);
+        self.fetch_here(token_due, ticket_due).await
+    }
+
+    /// What is due now: missing or not usable, or (`ahead`) within its refresh window.
+    fn due(&self, now: Instant, ahead: bool, ticket_too: bool) -> (bool, bool) {
+        let st = self.state();
+        let token_due = match &st.token {
+            Some(t) if ahead => now + TOKEN_AHEAD >= t.ends,
+            Some(t) => !t.usable(now),
+            None => true,
         };
-        if token_due || (ticket_due && !self.token_usable(now)) {
+        let ticket_due = match &st.ticket {
+            // In its last minutes WeChat may keep handing out the same one: asked again every
+            // minute then, and every 15 minutes before (by whichever replica).
+            Some(t) if ahead => {
+                (now + TICKET_AHEAD >= t.ends && now >= t.checked + RETRY_SAME_TICKET)
+                    || now >= t.checked + TICKET_RECHECK
+            }
+            Some(t) => !t.usable(now),
+            None => true,
+        };
+        // The refresher keeps the ticket only once one was asked for.
+        let ticket_wanted = ticket_too || (ahead && st.ticket.is_some());
+        (token_due, ticket_wanted && ticket_due)
+    }
+
+    async fn fetch_here(&self, token_due: bool, ticket_due: bool) -> Result<(), Unavailable> {
+        if token_due || (ticket_due && !self.token_usable(Instant::now())) {
             self.fetch_token().await?;
         }
         if ticket_due {
             self.fetch_ticket().await?;
         }
         Ok(())
+    }
+
+    /// [`Self::fetch`] through the replicas' store; `None` on Redis trouble.
+    async fn fetch_shared(
+        &self,
+        store: &dyn CredentialStore,
+        ahead: bool,
+        ticket_too: bool,
+    ) -> Option<Result<(), Unavailable>> {
+        let started = Instant::now();
+        loop {
+            let stored = store.load().await.ok()?;
+            let (stored_token, stored_ticket) = (
+                stored.token.as_ref().map(|(v, _)| v.clone()),
+                stored.ticket.as_ref().map(|(v, _)| v.clone()),
+            );
+            self.adopt(stored, Instant::now());
+            let (token_due, ticket_due) = self.due(Instant::now(), ahead, ticket_too);
+            if !token_due && !ticket_due {
+                return Some(Ok(()));
+            }
+            if !store.claim().await.ok()? {
+                // Another replica is refreshing: this one takes the result at its next turn.
+                if ahead {
+                    return Some(Ok(()));
+                }
+                // Another replica is fetching what this one lacks: wait for what it stores.
+                if started.elapsed() >= store.wait_bound() {
+                    return None;
+                }
+                tokio::time::sleep(SHARED_POLL).await;
+                continue;
+            }
+            let done = self.fetch_here(token_due, ticket_due).await;
+            let now = Instant::now();
+            let (token, ticket) = {
+                let st = self.state();
+                (st.token.clone(), st.ticket.clone())
+            };
+            // What is new goes to the store; a ticket handed out again keeps its stored life.
+            let new = |h: &Option<Held>, was: &Option<String>| {
+                h.clone()
+                    .filter(|h| was.as_deref() != Some(&*h.value))
+                    .map(|h| (h.value.clone(), h.ends.saturating_duration_since(now)))
+            };
+            let token = new(&token, &stored_token);
+            let ticket = new(&ticket, &stored_ticket);
+            if done.is_ok() || token.is_some() {
+                store
+                    .publish(borrowed(&token), borrowed(&ticket), TICKET_RECHECK)
+                    .await;
+            } else {
+                store.release().await;
+            }
+            return Some(done);
+        }
+    }
+
+    /// Take what the store holds where it is newer than what this replica holds.
+    fn adopt(&self, stored: Stored, now: Instant) {
+        let mut st = self.state();
+        let take = |held: &mut Option<Held>, from: Option<(String, Duration)>| {
+            let Some((value, left)) = from else { return };
+            let ends = now + left;
+            match held {
+                Some(h) if *h.value == *value => h.ends = h.ends.max(ends),
+                Some(h) if h.ends >= ends => {}
+                _ => {
+                    *held = Some(Held {
+                        value: value.into(),
+                        fetched: now,
+                        ends,
+                        checked: now,
+                    })
+                }
+            }
+        };
+        take(&mut st.token, stored.token);
+        take(&mut st.ticket, stored.ticket);
+        // The fleet asked WeChat for the ticket this long ago.
+        if let (Some(t), Some(left)) = (st.ticket.as_mut(), stored.ticket_checked_left) {
+            let checked = (now + left).checked_sub(TICKET_RECHECK).unwrap_or(now);
+            t.checked = t.checked.max(checked);
+        }
     }
 
     fn token_usable(&self, now: Instant) -> bool {
@@ -371,6 +514,9 @@ impl Credentials {
                 if is_stale_token(e) && !retried {
                     count(Kind::Ticket, &e.errcode_label());
                     self.drop_token_if(&token);
+                    if let Some(store) = &self.store {
+                        store.drop_token_if(&token).await;
+                    }
                     self.fetch_token().await?;
                     retried = true;
                     continue;
@@ -532,6 +678,10 @@ impl Credentials {
     }
 }
 
+fn borrowed(x: &Option<(Arc<str>, Duration)>) -> Option<(&str, Duration)> {
+    x.as_ref().map(|(v, d)| (&**v, *d))
+}
+
 fn count(kind: Kind, result: &str) {
     METRICS
         .wechat_credential_fetches
@@ -668,7 +818,7 @@ mod tests {
                 queue_wait: Duration::from_millis(10),
             })
             .unwrap();
-            let c = Credentials::new(Arc::new(client));
+            let c = Credentials::new(Arc::new(client), None);
             let now = Instant::now();
             // Nothing held: soon, but not at once.
             assert_eq!(c.next_refresh(now), now + MIN_SLEEP);

@@ -68,6 +68,8 @@ struct Account {
     ticket_script: Vec<Reply>,
     /// Answer every call with HTTP 502 (WeChat down).
     down: bool,
+    /// Wait this long before each answer.
+    latency_ms: u64,
 }
 
 pub struct FakeWechat {
@@ -172,6 +174,11 @@ impl FakeWechat {
     /// The next `getticket` answers, before the usual ones.
     pub fn script_ticket(&self, replies: Vec<Reply>) {
         self.state.lock().unwrap().account.ticket_script = replies;
+    }
+
+    /// Every account call waits `ms` before its answer.
+    pub fn account_latency(&self, ms: u64) {
+        self.state.lock().unwrap().account.latency_ms = ms;
     }
 
     /// Every account call answers HTTP 502 (`true`) or works again.
@@ -294,7 +301,11 @@ async fn serve(mut sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
         }
         "/cgi-bin/stable_token" | "/cgi-bin/ticket/getticket" => {
             let reply = account_reply(&state, path, &q, &request_body);
-            let mut reply = reply;
+            let latency = state.lock().unwrap().account.latency_ms;
+            let mut reply = match latency {
+                0 => reply,
+                ms => AccountReply::Delay(ms, Box::new(reply)),
+            };
             loop {
                 match reply {
                     AccountReply::Delay(ms, inner) => {
