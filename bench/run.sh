@@ -130,7 +130,7 @@ if [ ! -f "$T/dist-wxedge$ASSET" ]; then
   log "default asset missing; using the largest JS file: $ASSET"
 fi
 
-read -r BACKEND_PORT NGINX_PORT WXEDGE_PORT OAUTH_PORT OAUTH_METRICS_PORT < <(free_ports 5)
+read -r BACKEND_PORT NGINX_PORT WXEDGE_PORT OAUTH_PORT OAUTH_METRICS_PORT WXEDGE_METRICS_PORT < <(free_ports 6)
 
 # The access logs: off on both (the benchmark profile), or on as ops run them (production).
 if [ "$PROFILE" = production ]; then
@@ -158,7 +158,7 @@ wait_http "http://127.0.0.1:$BACKEND_PORT/api/ping" "$BACKEND_PID" "backend ngin
 NGINX_PID=$!; STARTED_PIDS+=("$NGINX_PID")
 wait_http "http://127.0.0.1:$NGINX_PORT/index.html" "$NGINX_PID" "nginx" "$T/nginx-site.error.log"
 
-start_wxedge wxedge "$WXEDGE_PORT" WX_MP_VERIFY="$MP_TOKEN"
+start_wxedge wxedge "$WXEDGE_PORT" WX_MP_VERIFY="$MP_TOKEN" WXEDGE_METRICS_LISTEN="127.0.0.1:$WXEDGE_METRICS_PORT"
 WXEDGE_PID="$STARTED_PID"
 
 NGINX_PIDS="$NGINX_PID $(children_of "$NGINX_PID" | tr '\n' ' ')"
@@ -477,6 +477,39 @@ for r in $(seq 1 "$ROUNDS"); do
     for s in "${order[@]}"; do run_wrk "$r" "$i" "$s" "$DURATION"; done
   done
 done
+
+# The JS-SDK signature (wxedge only; issue 24): local work once the access_token and jsapi_ticket
+# are held (from the sandbox WeChat here), so it must serve at least the proxy case's rate, and
+# WeChat must not be called in steady state: each round counts the edge's credential fetches.
+JSSDK_PATH="/_wxedge/jssdk/config?url=http%3A%2F%2F127.0.0.1%3A$WXEDGE_PORT%2Fpages%2Findex%2Findex%3Ffrom%3Dshare"
+credential_fetches() {
+  curl -fsS "http://127.0.0.1:$WXEDGE_METRICS_PORT/metrics" \
+    | awk '/^wxedge_wechat_credential_fetches_total/ {s += $NF} END {print s + 0}'
+}
+printf 'round\trps\tcpu_us_per_req\tproxy_rps\twechat_fetches\n' > "$T/jssdk.tsv"
+case_jssdk() {
+  curl -fsS -o /dev/null "http://127.0.0.1:$WXEDGE_PORT$JSSDK_PATH" || die "the JS-SDK endpoint does not sign"
+  local r raw f0 f1 u0 s0 u1 s1 rps p50 p99 reqs non2 serr cpu proxy
+  for r in $(seq 1 "$ROUNDS"); do
+    raw="$T/raw/jssdk-$r.txt"
+    f0="$(credential_fetches)"
+    # shellcheck disable=SC2086
+    read -r u0 s0 < <(cpu_split $WXEDGE_PIDS)
+    wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$WXEDGE_PORT$JSSDK_PATH" \
+      > "$raw" 2>&1 || { cat "$raw" >&2; die "wrk failed (JS-SDK signature)"; }
+    # shellcheck disable=SC2086
+    read -r u1 s1 < <(cpu_split $WXEDGE_PIDS)
+    f1="$(credential_fetches)"
+    read -r rps p50 p99 reqs non2 serr < <(wrk_stats "$raw")
+    cpu="$(per_req $((u1 + s1 - u0 - s0)) "$reqs")"
+    proxy="$(awk -F'\t' -v r="$r" '$1 == r && $2 == "proxy /api/ping" && $3 == "wxedge" {print $4}' "$T/runs.tsv")"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$rps" "$cpu" "$proxy" "$((f1 - f0))" >> "$T/jssdk.tsv"
+    log "round $r/$ROUNDS  JS-SDK signature  wxedge $rps req/s  CPU $cpu us/req  (proxy /api/ping: $proxy req/s)  WeChat calls: $((f1 - f0))"
+    [ "$non2" = 0 ] || die "JS-SDK signature: $non2 non-2xx answers under load"
+    [ "$((f1 - f0))" = 0 ] || die "JS-SDK signature: $((f1 - f0)) WeChat calls under load (steady state must make none)"
+  done
+}
+case_jssdk
 ELAPSED=$(( $(date +%s) - START_TS ))
 
 # Whole-run memory: per-process peaks (VmHWM), current RSS, and PSS (shared pages counted once).
@@ -546,6 +579,19 @@ BENCH_ASSET_PATH="$ASSET" BENCH_MP_TOKEN="$MP_TOKEN" \
 BENCH_OAUTH_LATENCY_MS="$OAUTH_LATENCY_MS" BENCH_OAUTH_LOADS="$OAUTH_LOADS" \
   python3 "$BENCH_DIR/report.py" "$T/runs.tsv" "$T/responses.tsv" "$T/memory.tsv" "$T/oauth.tsv" > "$T/report.md" \
   || die "report failed"
+# The JS-SDK rows (wxedge only), after the report's tables.
+median_of() {  # median_of COLUMN: the median of a column of jssdk.tsv
+  awk -F'\t' -v c="$1" 'NR > 1 {print $c}' "$T/jssdk.tsv" | sort -g \
+    | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print 0}'
+}
+if [ "$(wc -l < "$T/jssdk.tsv")" -gt 1 ]; then
+  {
+    printf '\n### JS-SDK signature (wxedge only)\n\n'
+    awk -v n="$(($(wc -l < "$T/jssdk.tsv") - 1))" -v rps="$(median_of 2)" -v cpu="$(median_of 3)" \
+      -v px="$(median_of 4)" -v calls="$(awk -F'\t' 'NR > 1 {s += $5} END {print s + 0}' "$T/jssdk.tsv")" \
+      'BEGIN { printf "`GET /_wxedge/jssdk/config?url=…` under the same load as the other cases (median of %d round(s)): %.0f req/s, %.1f µs of CPU per request; the proxy case in the same run: %.0f req/s (**%.2f×**). WeChat calls during the measurement: %d (the credentials are held, and refreshed in the background).\n", n, rps, cpu, px, (px > 0 ? rps / px : 0), calls }'
+  } >> "$T/report.md"
+fi
 cat "$T/report.md"
 [ -n "$OUT_FILE" ] && cp "$T/report.md" "$OUT_FILE" && log "report written to $OUT_FILE"
 

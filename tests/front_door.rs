@@ -785,7 +785,7 @@ Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\
 fn upgrade_request(path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-WX-OpenID: evil\r\n\r\n"
     )
     .into_bytes()
 }
@@ -843,6 +843,10 @@ fn upgrades_become_tunnels_both_ways_until_both_sides_are_done() {
     assert!(head.contains("upgrade: websocket\r\n"), "{head}");
     assert!(head.contains("connection: upgrade\r\n"), "{head}");
     assert!(head.contains("sec-websocket-key: "), "{head}");
+    assert!(
+        !head.contains("evil"),
+        "a forged identity went through the upgrade: {head}"
+    );
 
     // Declined: relayed, then the connection closes.
     let r = raw(edge.addr(), &upgrade_request("/api/ws/declined")).unwrap();

@@ -111,16 +111,26 @@ fn raw_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// 16 random letters and digits (what WeChat's SDKs send as `nonceStr`).
+/// 16 letters and digits, never the same twice in a process (what WeChat's SDKs send as
+/// `nonceStr`). It is public (it goes back to the page) and needs to be unique, not secret: a
+/// hash of a counter under a per-process random seed, so no system call per signature.
 fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let bytes = crate::session::random_hex(16);
-    bytes
-        .as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let b = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("00"), 16).unwrap_or(0);
-            ALPHABET[b as usize % ALPHABET.len()] as char
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let hex = crate::session::random_hex(8);
+        u64::from_str_radix(&hex, 16).unwrap_or(0)
+    });
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let mut h = xxhash_rust::xxh3::xxh3_128_with_seed(&n.to_le_bytes(), seed);
+    (0..16)
+        .map(|_| {
+            let c = ALPHABET[(h % ALPHABET.len() as u128) as usize] as char;
+            h /= ALPHABET.len() as u128;
+            c
         })
         .collect()
 }

@@ -586,6 +586,8 @@ pub async fn tunnel<C: AsyncRead + AsyncWrite + Unpin + Send>(
 ) -> Result<Relayed, Error> {
     let (mut up, mut head) = exchange_http1(ups, req, scratch).await?;
     if head.status != 101 {
+        // A connection asked to switch protocols is not offered to the next request.
+        head.upstream_keeps = false;
         let sent = relay_body(ups, &mut up, &mut head, req, client, scratch).await?;
         let _ = client.flush().await;
         return Ok(relayed(up, &head, sent, false));

@@ -35,7 +35,13 @@ pub fn sign(ticket: &str, noncestr: &str, timestamp: u64, url: &str) -> String {
     h.update(timestamp.to_string().as_bytes());
     h.update(b"&url=");
     h.update(url.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(40);
+    for b in h.finalize() {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// Why a page's URL is not signed.
