@@ -142,13 +142,20 @@ fn describe_https(config: &Config, lines: &mut Vec<String>) {
                 format!(", HSTS `{}`", config.settings.tls.hsts)
             }
         ));
+        let now = crate::ops::clock::unix_secs() as i64;
         for (i, c) in h.tls.certificates.iter().enumerate() {
+            let days = c.days_left(now);
             lines.push(format!(
-                "certificate: {} for {}{} (expires {})",
+                "certificate: {} for {}{} (expires {}, {})",
                 c.files.cert,
                 c.names.join(", "),
                 if i == 0 { ", and any other name" } else { "" },
-                c.not_after
+                c.not_after,
+                match days {
+                    d if d < 0 => "EXPIRED".to_string(),
+                    1 => "1 day left".to_string(),
+                    d => format!("{d} days left"),
+                }
             ));
         }
     }

@@ -72,6 +72,8 @@ pub struct HttpsSite {
     pub hsts: Option<HeaderValue>,
     /// The port redirects send clients to (none in the URL when 443).
     pub port: u16,
+    /// The certificates served, for their expiry (readiness, metrics, warnings).
+    pub certificates: Vec<crate::tls::LoadedCertificate>,
 }
 
 /// What a client connection may take, like nginx's `client_*` and `send_timeout` settings.
@@ -106,6 +108,7 @@ impl Site {
                 .collect(),
             https: config.https.as_ref().map(|h| HttpsSite {
                 acceptor: h.tls.acceptor.clone(),
+                certificates: h.tls.certificates.clone(),
                 listeners: h
                     .listen
                     .iter()

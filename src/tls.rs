@@ -33,6 +33,90 @@ pub struct LoadedCertificate {
     /// DNS names from its subjectAltName (or its CN when it has none); `*.` for wildcards.
     pub names: Vec<String>,
     pub not_after: String,
+    /// `not_after` in Unix seconds.
+    pub expires: i64,
+}
+
+impl LoadedCertificate {
+    /// The name it is known by in metrics and logs: its first DNS name.
+    pub fn name(&self) -> &str {
+        self.names
+            .first()
+            .map_or(self.files.cert.as_str(), String::as_str)
+    }
+
+    /// Whole days until it expires (negative once it has).
+    pub fn days_left(&self, now: i64) -> i64 {
+        (self.expires - now).div_euclid(86_400)
+    }
+}
+
+/// Days before expiry at which the log warns (once each), as ops calendars do.
+const WARN_AT_DAYS: [i64; 3] = [30, 14, 7];
+/// Under this many days left, readiness names the certificate.
+pub const READY_DETAIL_DAYS: i64 = 14;
+
+/// Watch the certificates' expiry in the serving process: the gauge
+/// `wxedge_tls_certificate_expiry_seconds{name}` set on every scrape, and a warning in the log
+/// when one comes within 30, 14 and 7 days of its end (checked hourly; an expired one is an
+/// error line every day). Started once, with the first connection (after any daemonizing fork).
+pub fn watch_expiry(certificates: &[LoadedCertificate]) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let certs: Vec<LoadedCertificate> = certificates.to_vec();
+    ONCE.call_once(move || {
+        let for_metrics = certs.clone();
+        crate::ops::metrics::refresh_on_scrape(move || {
+            let now = crate::ops::clock::unix_secs() as i64;
+            for c in &for_metrics {
+                crate::ops::metrics::METRICS
+                    .tls_certificate_expiry
+                    .with_label_values(&[c.name()])
+                    .set(c.expires - now);
+            }
+            true
+        });
+        let _ = std::thread::Builder::new()
+            .name("wxedge-cert-expiry".into())
+            .spawn(move || {
+                let mut warned: Vec<Option<i64>> = vec![None; certs.len()];
+                loop {
+                    let now = crate::ops::clock::unix_secs() as i64;
+                    for (c, last) in certs.iter().zip(warned.iter_mut()) {
+                        if let Some(line) = expiry_warning(c, now, last) {
+                            log::warn!("{line}");
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            });
+    });
+}
+
+/// The warning due for `c` now, if any; `last` remembers the threshold last warned for.
+fn expiry_warning(c: &LoadedCertificate, now: i64, last: &mut Option<i64>) -> Option<String> {
+    let days = c.days_left(now);
+    let what = format!("tls: certificate {} ({})", c.files.cert, c.names.join(", "));
+    if days < 0 {
+        // Every day, not every check.
+        let day = now.div_euclid(86_400);
+        if *last == Some(-day) {
+            return None;
+        }
+        *last = Some(-day);
+        return Some(format!(
+            "{what} EXPIRED on {}: browsers refuse this site; replace it and run wxedge reload",
+            c.not_after
+        ));
+    }
+    let threshold = WARN_AT_DAYS.iter().copied().filter(|&t| days < t).min()?;
+    if last.is_some_and(|l| l <= threshold) {
+        return None;
+    }
+    *last = Some(threshold);
+    Some(format!(
+        "{what} expires in {days} days ({}): renew it and run wxedge reload",
+        c.not_after
+    ))
 }
 
 /// The certificates by the names clients ask for (SNI); the first one for clients that name
@@ -148,7 +232,8 @@ fn load_pair(
     }
     let key =
         PrivateKeyDer::from_pem_file(&f.key).map_err(|e| format!("tls: key {}: {e}", f.key))?;
-    let (names, not_after) = names_of(&chain[0]).map_err(|e| format!("tls: {}: {e}", f.cert))?;
+    let (names, not_after, expires) =
+        names_of(&chain[0]).map_err(|e| format!("tls: {}: {e}", f.cert))?;
     let certified = CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| format!("tls: {} with {}: {e}", f.cert, f.key))?;
     Ok((
@@ -157,12 +242,14 @@ fn load_pair(
             files: f.clone(),
             names,
             not_after,
+            expires,
         },
     ))
 }
 
-/// The DNS names a certificate is valid for, lower case, and its expiry.
-fn names_of(cert: &CertificateDer<'_>) -> Result<(Vec<String>, String), String> {
+/// The DNS names a certificate is valid for, lower case, and its expiry (as text, and in Unix
+/// seconds).
+fn names_of(cert: &CertificateDer<'_>) -> Result<(Vec<String>, String, i64), String> {
     use x509_parser::prelude::*;
     let (_, x509) =
         X509Certificate::from_der(cert).map_err(|e| format!("not an X.509 certificate: {e}"))?;
@@ -191,7 +278,7 @@ fn names_of(cert: &CertificateDer<'_>) -> Result<(Vec<String>, String), String> 
         .not_after
         .to_rfc2822()
         .unwrap_or_else(|_| x509.validity().not_after.to_string());
-    Ok((names, not_after))
+    Ok((names, not_after, x509.validity().not_after.timestamp()))
 }
 
 #[cfg(test)]
@@ -217,6 +304,47 @@ mod tests {
         let d = std::env::temp_dir().join(format!("wxedge-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn expiry_warns_once_per_threshold_then_daily_once_expired() {
+        let day = 86_400;
+        let now = 1_800_000_000;
+        let cert = |days: i64| LoadedCertificate {
+            files: CertificateFiles {
+                cert: "/etc/wxedge/fullchain.pem".into(),
+                key: "k".into(),
+            },
+            names: vec!["h5.example.com".into()],
+            not_after: "later".into(),
+            expires: now + days * day + 3600,
+        };
+        let mut last = None;
+        assert_eq!(expiry_warning(&cert(45), now, &mut last), None);
+        let w = expiry_warning(&cert(29), now, &mut last).unwrap();
+        assert!(
+            w.contains("expires in 29 days") && w.contains("h5.example.com"),
+            "{w}"
+        );
+        // Not again for the same threshold, whatever the hour.
+        assert_eq!(expiry_warning(&cert(20), now, &mut last), None);
+        assert!(expiry_warning(&cert(13), now, &mut last).is_some());
+        assert!(expiry_warning(&cert(6), now, &mut last).is_some());
+        assert_eq!(expiry_warning(&cert(1), now, &mut last), None);
+        // A start-up inside the window warns at once (the lowest threshold crossed).
+        let mut fresh = None;
+        assert!(expiry_warning(&cert(10), now, &mut fresh)
+            .unwrap()
+            .contains("10 days"));
+        assert_eq!(fresh, Some(14));
+        // Expired: an error line once a day.
+        let mut gone = None;
+        let w = expiry_warning(&cert(-2), now, &mut gone).unwrap();
+        assert!(w.contains("EXPIRED"), "{w}");
+        assert_eq!(expiry_warning(&cert(-2), now + 60, &mut gone), None);
+        assert!(expiry_warning(&cert(-2), now + day, &mut gone).is_some());
+        assert_eq!(cert(10).days_left(now), 10);
+        assert_eq!(cert(-2).days_left(now), -2);
     }
 
     #[test]

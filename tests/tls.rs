@@ -35,6 +35,11 @@ fn make_pki(dir: &Path) -> Pki {
         let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
         p.distinguished_name.push(DnType::CommonName, names[0]);
+        if file == "b" {
+            // b.test ends in 10 days (and some hours): inside the 14-day warning window.
+            let (y, m, d) = civil_date_in_days(11);
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
         std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
         std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
@@ -42,6 +47,24 @@ fn make_pki(dir: &Path) -> Pki {
     Pki {
         ca: dir.join("ca.pem"),
     }
+}
+
+/// The UTC calendar date `days` from today (Howard Hinnant's civil-from-days).
+fn civil_date_in_days(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let z = now.div_euclid(86_400) + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m as u8, d as u8)
 }
 
 struct Site {
@@ -1218,4 +1241,55 @@ async fn malformed_http2_fields_are_refused_before_the_backend() {
     send.send_data(bytes::Bytes::new(), true).unwrap();
     assert_eq!(resp.await.unwrap().status(), 200);
     assert_eq!(s.backend.seen().len(), 1);
+}
+
+/// Certificate expiry, visible before it bites: the start-up summary (the same lines `wxedge -t`
+/// prints) gives each certificate's days left, `wxedge_tls_certificate_expiry_seconds{name}` the
+/// seconds, readiness names the one within 14 days (still ready), and the log warns once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_shows_in_the_summary_metrics_readiness_and_log() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let s = site(&[("WXEDGE_METRICS_LISTEN", &metrics.to_string())]).await;
+    let r = s.curl("a.test", "/_wxedge/readyz", &[]);
+    assert!(
+        r.info.ends_with(" 200"),
+        "still ready: {} {}",
+        r.info,
+        r.body
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let expiring = v["certificates_expiring"].as_array().unwrap();
+    assert_eq!(expiring.len(), 1, "{v}");
+    assert_eq!(expiring[0]["name"], "b.test");
+    assert_eq!(expiring[0]["days_left"], 10);
+    let text = tokio::task::spawn_blocking(move || metrics_text(metrics))
+        .await
+        .unwrap();
+    let seconds = |name: &str| -> f64 {
+        let prefix = format!("wxedge_tls_certificate_expiry_seconds{{name=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no expiry for {name}:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let b = seconds("b.test") / 86_400.0;
+    assert!((10.0..11.0).contains(&b), "b.test: {b} days");
+    assert!(seconds("a.test") / 86_400.0 > 30.0);
+    let start = std::time::Instant::now();
+    let log = loop {
+        let log = format!("{}{}", s.edge.stdout(), s.edge.stderr());
+        if log.contains("expires in 10 days") || start.elapsed().as_secs() > 5 {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(log.contains("10 days left"), "summary:\n{log}");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("expires in")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("b.test") && warnings[0].contains("10 days"),
+        "{}",
+        warnings[0]
+    );
 }

@@ -131,6 +131,9 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         crate::ops::memory::start_trimmer();
+        if let Some(https) = &self.site.https {
+            crate::tls::watch_expiry(&https.certificates);
+        }
         // Past `max_connections`, close at once (nginx: "worker_connections are not enough").
         let slot = crate::ops::limits::ConnectionSlot::take()?;
         self.place(stream, shutdown, 0, slot);

@@ -68,8 +68,27 @@ fn readiness(site: &SiteState) -> (bool, serde_json::Value) {
         "backends": site.upstreams.report(),
         // Not waited for: pages work without it; a configuration error shows here.
         "jssdk": site.auth.jssdk_report(),
+        // Not waited for either: certificates within 14 days of their end, named here.
+        "certificates_expiring": certificates_expiring(site),
     });
     (dist && backends, body)
+}
+
+/// Certificates within [`crate::tls::READY_DETAIL_DAYS`] of their end (or past it).
+fn certificates_expiring(site: &SiteState) -> serde_json::Value {
+    let now = crate::ops::clock::unix_secs() as i64;
+    let certs = site.https.iter().flat_map(|h| &h.certificates);
+    certs
+        .filter(|c| c.days_left(now) < crate::tls::READY_DETAIL_DAYS)
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name(),
+                "file": c.files.cert,
+                "expires": c.not_after,
+                "days_left": c.days_left(now),
+            })
+        })
+        .collect()
 }
 
 /// Passive health only learns from traffic; readiness asks once so an idle edge still knows.

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub wechat_credential_age: IntGaugeVec,
     /// `wx.config` signatures asked for, by result.
     pub jssdk_signatures: IntCounterVec,
+    /// Seconds until each certificate expires; set when scraped.
+    pub tls_certificate_expiry: IntGaugeVec,
 }
 
 /// A metric family as registered: name, help, label names.
@@ -210,6 +212,11 @@ const WECHAT_CREDENTIAL_AGE: Family = (
     "Seconds since the held access_token or jsapi_ticket was fetched (-1: none held)",
     &["credential"],
 );
+const TLS_CERTIFICATE_EXPIRY: Family = (
+    "wxedge_tls_certificate_expiry_seconds",
+    "Seconds until the certificate expires (negative once it has), by its first name",
+    &["name"],
+);
 const JSSDK_SIGNATURES: Family = (
     "wxedge_jssdk_signatures_total",
     "wx.config signatures asked for, by result (signed, bad_url, unavailable, refused)",
@@ -284,6 +291,7 @@ impl Metrics {
             wechat_credential_fetches: counter_vec(&r, WECHAT_CREDENTIAL_FETCHES),
             wechat_credential_age: gauge_vec(&r, WECHAT_CREDENTIAL_AGE),
             jssdk_signatures: counter_vec(&r, JSSDK_SIGNATURES),
+            tls_certificate_expiry: gauge_vec(&r, TLS_CERTIFICATE_EXPIRY),
             in_flight,
             connections,
             registry: r,
