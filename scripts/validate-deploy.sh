@@ -49,4 +49,13 @@ done
 refused "replicas: three" kv "$tmp/replicas.yaml"
 refused "a misspelled Deployment field" kv "$tmp/field.yaml"
 refused "a misspelled Compose service key" compose "$tmp/compose.yaml"
-echo "deploy: ${#manifests[@]} Kubernetes manifests and compose.yaml valid; 3 broken copies refused"
+# The alert rules with Prometheus's own checker (Debian's prometheus package); a broken copy must
+# be refused too. (tests/observability.rs runs them, and the dashboard's queries, against an edge.)
+rules() { promtool check rules "$@"; }
+rules deploy/prometheus/wxedge-alerts.yml >/dev/null
+sed 's/ > 0.05$/ >/' deploy/prometheus/wxedge-alerts.yml >"$tmp/alerts.yml"
+cmp -s "$tmp/alerts.yml" deploy/prometheus/wxedge-alerts.yml && { echo "broken copy alerts is unchanged"; exit 1; }
+refused "an alert expression cut short" rules "$tmp/alerts.yml"
+python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["panels"] and all(t["expr"] for p in d["panels"] for t in p["targets"])' \
+  deploy/grafana/wxedge-dashboard.json
+echo "deploy: ${#manifests[@]} Kubernetes manifests and compose.yaml valid; alert rules and dashboard valid; 4 broken copies refused"

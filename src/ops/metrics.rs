@@ -296,6 +296,25 @@ impl Metrics {
             connections,
             registry: r,
         }
+        .with_known_labels()
+    }
+
+    /// Label sets that are known in advance start at 0, so alerts and dashboards see the
+    /// series before the first event (Prometheus's advice against missing metrics).
+    fn with_known_labels(self) -> Metrics {
+        for limit in ["login", "connections", "wechat_in_flight"] {
+            self.limited.with_label_values(&[limit]);
+        }
+        for what in ["code_cache", "revocation", "ticket", "credentials"] {
+            self.shared_fallbacks.with_label_values(&[what]);
+        }
+        for kind in ["connect", "bad_gateway", "gateway_timeout", "no_backend"] {
+            self.backend_errors.with_label_values(&[kind]);
+        }
+        for result in ["signed", "bad_url", "unavailable", "refused"] {
+            self.jssdk_signatures.with_label_values(&[result]);
+        }
+        self
     }
 
     pub fn render(&self) -> Vec<u8> {
