@@ -541,6 +541,9 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// The longest `expires_in` taken for an account credential (WeChat's: 7200 s).
+const MAX_CREDENTIAL_LIFETIME: u64 = 7 * 86_400;
+
 /// `{"<field>": "...", "expires_in": N}`; WeChat reserves 512 characters for tokens.
 fn parse_credential(v: &Value, field: &str) -> Result<Credential, ExchangeError> {
     let value = str_field(v, field)
@@ -551,8 +554,9 @@ fn parse_credential(v: &Value, field: &str) -> Result<Credential, ExchangeError>
         Some(Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     }
-    .filter(|&s| s > 0)
-    .ok_or_else(|| ExchangeError::Garbage("answer has no expires_in".into()))?;
+    // WeChat's are 7200 s at most; a garbage one must not reach the edge's clock arithmetic.
+    .filter(|&s| s > 0 && s <= MAX_CREDENTIAL_LIFETIME)
+    .ok_or_else(|| ExchangeError::Garbage("answer has no valid expires_in".into()))?;
     Ok(Credential {
         value: value.to_string(),
         expires_in,
@@ -667,6 +671,25 @@ mod tests {
     use std::sync::Arc;
 
     const SECRET: &str = "s3cr3t-app-secret-value";
+
+    #[test]
+    fn account_credentials_need_a_value_and_a_sane_lifetime() {
+        let ok = serde_json::json!({"access_token": "T", "expires_in": 7200});
+        assert_eq!(
+            parse_credential(&ok, "access_token").unwrap().expires_in,
+            7200
+        );
+        for bad in [
+            serde_json::json!({"access_token": "T"}),
+            serde_json::json!({"access_token": "T", "expires_in": 0}),
+            serde_json::json!({"access_token": "T", "expires_in": u64::MAX}),
+            serde_json::json!({"access_token": "", "expires_in": 7200}),
+            serde_json::json!({"access_token": "a b", "expires_in": 7200}),
+            serde_json::json!({"ticket": "T", "expires_in": 7200}),
+        ] {
+            assert!(parse_credential(&bad, "access_token").is_err(), "{bad}");
+        }
+    }
 
     fn client_for(base: &str, total_ms: u64) -> WechatClient {
         let mut cfg = WechatClientConfig::new(base, "wxAPPID", SECRET);

@@ -472,7 +472,8 @@ impl Credentials {
         let mut st = self.state();
         let take = |held: &mut Option<Held>, from: Option<(String, Duration)>| {
             let Some((value, left)) = from else { return };
-            let ends = now + left;
+            // The store's TTLs are WeChat's `expires_in` (hours); anything longer is not ours.
+            let ends = now + left.min(Duration::from_secs(7 * 86_400));
             match held {
                 Some(h) if *h.value == *value => h.ends = h.ends.max(ends),
                 Some(h) if h.ends >= ends => {}
@@ -490,6 +491,7 @@ impl Credentials {
         take(&mut st.ticket, stored.ticket);
         // The fleet asked WeChat for the ticket this long ago.
         if let (Some(t), Some(left)) = (st.ticket.as_mut(), stored.ticket_checked_left) {
+            let left = left.min(TICKET_RECHECK);
             let checked = (now + left).checked_sub(TICKET_RECHECK).unwrap_or(now);
             t.checked = t.checked.max(checked);
         }
