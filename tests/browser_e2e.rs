@@ -105,18 +105,11 @@ async fn uniapp_login_over_https_and_http2_in_chromium() {
 
 /// A certificate for 127.0.0.1 and its key in `dir`, and the base64 SHA-256 of its public key.
 fn loopback_certificate(dir: &Path) -> (String, String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    let spki = ring::digest::digest(&ring::digest::SHA256, &key.public_key_der());
+    let (cert, key, public_key) = self_signed_certificate(dir, "127.0.0.1");
+    let spki = ring::digest::digest(&ring::digest::SHA256, &public_key);
     use base64::Engine;
     let pin = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
-    (c.display().to_string(), k.display().to_string(), pin)
+    (cert, key, pin)
 }
 
 async fn login_bind_and_return(https: bool) {

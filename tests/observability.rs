@@ -77,19 +77,6 @@ fn query(p: &Prometheus, expr: &str) -> serde_json::Value {
     api(p, &format!("/api/v1/query?query={q}"))
 }
 
-/// A self-signed certificate for `h5.test`, as PEM files in `dir`.
-fn certificate(dir: &Path) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["h5.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c.display().to_string(), k.display().to_string())
-}
-
 fn get(addr: SocketAddr, target: &str, extra: &str) -> RawResponse {
     let req = format!("GET {target} HTTP/1.1\r\nHost: h5.test\r\n{extra}Connection: close\r\n\r\n");
     raw(addr, req.as_bytes()).unwrap()
@@ -105,7 +92,7 @@ fn every_alert_and_dashboard_query_finds_its_series_in_a_real_prometheus() {
         return;
     };
     let dir = temp_dir("observability");
-    let (cert, key) = certificate(&dir);
+    let (cert, key, _) = self_signed_certificate(&dir, "h5.test");
     let backend = tokio::runtime::Runtime::new().unwrap();
     let live = backend.block_on(Backend::start("b"));
     let dead = format!("http://127.0.0.1:{}", free_port());

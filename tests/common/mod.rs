@@ -109,6 +109,24 @@ pub fn repo_dist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dist")
 }
 
+/// A self-signed certificate for `name` and its key, as PEM files in `dir`: their paths, and the
+/// key's public half (DER) for tests that pin it.
+pub fn self_signed_certificate(dir: &Path, name: &str) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (
+        c.display().to_string(),
+        k.display().to_string(),
+        key.public_key_der(),
+    )
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(

@@ -62,7 +62,6 @@ struct Account {
     ticket_serial: usize,
     /// The token the ticket endpoint takes: older ones are 40001 "not latest".
     live_token: Option<String>,
-    token_expires_in: u64,
     /// Next answers of each endpoint instead of the usual one, in order.
     token_script: Vec<Reply>,
     ticket_script: Vec<Reply>,
@@ -159,11 +158,6 @@ impl FakeWechat {
             "JSAPI-TICKET-{}",
             self.state.lock().unwrap().account.ticket_serial
         )
-    }
-
-    /// `expires_in` of tokens handed out from now on (default 7200).
-    pub fn token_lifetime(&self, secs: u64) {
-        self.state.lock().unwrap().account.token_expires_in = secs;
     }
 
     /// The next `stable_token` answers, before the usual ones.
@@ -401,12 +395,7 @@ fn account_reply(
             .live_token
             .get_or_insert_with(|| format!("ACCOUNT-TOKEN-{}", a.token_serial))
             .clone();
-        let expires_in = if a.token_expires_in == 0 {
-            7200
-        } else {
-            a.token_expires_in
-        };
-        let v = serde_json::json!({ "access_token": token, "expires_in": expires_in });
+        let v = serde_json::json!({ "access_token": token, "expires_in": 7200 });
         return AccountReply::Answer(200, v.to_string());
     }
     if q.get("type").map(String::as_str) != Some("jsapi") {
